@@ -1,0 +1,147 @@
+"""``medplib bench``: speed and memory of the default model, measured in one process.
+
+Prints a table (median and p90 of repeated runs). Ratios are measured in the same run.
+No timing is asserted anywhere: this is a measurement, not a test.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "brain1_image.nrrd"
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pyradiomics" / "brain1_image.nrrd"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    unit: str
+    median: float
+    p90: float
+    n: int
+    note: str = ""
+
+
+def _p90(values: list[float]) -> float:
+    return float(np.percentile(values, 90)) if values else float("nan")
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def row_ms(name: str, samples: list[float], note: str = "") -> Row:
+    return Row(name, "ms", statistics.median(samples), _p90(samples), len(samples), note)
+
+
+def print_table(rows: list[Row]) -> None:
+    width = max(len(r.name) for r in rows) + 2
+    print(f"{'measure':<{width}}{'median':>12}{'p90':>12}  {'unit':<6}{'n':>4}  note")
+    print("-" * (width + 48))
+    for r in rows:
+        print(f"{r.name:<{width}}{r.median:>12.3f}{r.p90:>12.3f}  {r.unit:<6}{r.n:>4}  {r.note}")
+
+
+def _image_path(args) -> Path:
+    if args.image:
+        return Path(args.image)
+    return SAMPLE if SAMPLE.exists() else SHARED
+
+
+def run_bench(args) -> int:
+    import torch
+
+    from .imaging.io import read_volume
+    from .imaging.windowing import apply_window
+    from .local import LocalRuntime
+    from .schemas import Box, Prompt, SegmentRequest, SliceRef
+
+    repeats = 3 if args.quick else args.repeats
+    volume = read_volume(_image_path(args))
+    z = volume.array.shape[0]
+    mid = z // 2
+    rows: list[Row] = []
+    print(f"# medplib bench — {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}, image {_image_path(args).name} {volume.array.shape}")
+
+    runtime = LocalRuntime(preset=args.preset)
+    t0 = time.perf_counter()
+    segmenter = runtime._get_segmenter()
+    rows.append(Row("load segmentation model", "ms", (time.perf_counter() - t0) * 1e3, float("nan"), 1))
+    key = runtime.set_image(volume.array, modality="auto", spacing=volume.spacing)
+    window = runtime._images[key].window
+
+    # 1. encoder: distinct slices, straight through the segmenter (no cache)
+    planes = [apply_window(np.take(volume.array, (mid + i) % z, axis=0), window) for i in range(repeats)]
+    segmenter.embed(planes[0])  # warm-up
+    enc = []
+    for plane in planes:
+        t = time.perf_counter()
+        segmenter.embed(plane)
+        enc.append((time.perf_counter() - t) * 1e3)
+    rows.append(row_ms("slice embedding (encoder, 256²)", enc))
+
+    # 2. box → mask on a cached slice
+    rows_, cols_ = volume.array.shape[1:]
+    box = Box(rows_ * 0.35, cols_ * 0.35, rows_ * 0.6, cols_ * 0.6)
+    req = SegmentRequest(image_key=key, slice=SliceRef(0, mid), prompt=Prompt(box=box))
+    runtime.segment(req)  # embeds and warms up
+    dec = timed(lambda: runtime.segment(req), max(repeats * 3, 10))
+    rows.append(row_ms("box → mask, cached slice (total)", dec))
+
+    # 3. the wait a user feels: scroll to a slice, dwell, click (prefetch in background)
+    if not args.quick:
+        rows += _scroll_simulation(runtime, key, z, box)
+
+    # 4. LLM: prefill / decode throughput, MoE vs dense
+    try:
+        from .llm_bench import llm_rows
+
+        rows += llm_rows(repeats=repeats)
+    except ImportError as exc:  # the LLM stack is optional for the segmentation-only bench
+        print(f"# LLM rows skipped: {exc}")
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows.append(Row("peak RSS", "MB", peak_mb, peak_mb, 1))
+    print_table(rows)
+    runtime.close()
+    return 0
+
+
+def _scroll_simulation(runtime, key, z: int, box) -> list[Row]:
+    """A user scrolls one slice at a time, looks for ``dwell`` s, then clicks a box.
+
+    The runtime is told about every slice change (prefetch), as the plugin does. We record
+    the wait from click to mask, and the share of clicks whose slice was already embedded.
+    """
+    from .schemas import Prompt, SegmentRequest, SliceRef
+
+    dwell_s = 2.5
+    start = max(0, z // 2 - 4)
+    indices = list(range(start, min(z, start + 8)))
+    runtime.cache_stats()
+    runtime._cache.reset_stats()
+    runtime.prefetch(key, SliceRef(0, indices[0]))
+    waits = []
+    for index in indices:
+        runtime.prefetch(key, SliceRef(0, index))
+        time.sleep(dwell_s)
+        t = time.perf_counter()
+        runtime.segment(SegmentRequest(image_key=key, slice=SliceRef(0, index), prompt=Prompt(box=box)))
+        waits.append((time.perf_counter() - t) * 1e3)
+    stats = runtime.cache_stats()
+    under = sum(w <= 300 for w in waits) / len(waits)
+    return [row_ms(f"click wait, scroll+{dwell_s:g}s dwell", waits,
+                   f"hit rate {stats.hit_rate:.0%}, ≤300 ms in {under:.0%} of clicks")]

