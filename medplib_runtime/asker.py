@@ -1,0 +1,106 @@
+"""Question (+ region, history) about a slice → answer text, one mask per ``<SEG>``, routing.
+
+MedPLIB used only the first ``<SEG>``; we return every one, in order (multi-object grounding).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .conversation import build_prompt
+from .glue import glue_status
+from .imaging.transforms import mask_to_model
+from .modeling.generation import greedy_generate
+from .modeling.medplib import MedPLIB, build_medplib
+from .modeling.moe import RoutingRecorder
+from .presets import EXPERT_NAMES, IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, MedPLIBConfig
+from .schemas import AskResult, Prompt, Turn
+from .segmenter import Embedding, SamSegmenter
+
+POINT_REGION_HALF = 20
+INPUT_ONLY_TOKENS = (IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, "<im_start>", "<im_end>")  # MedPLIB's demo: a click becomes a 41×41 square
+
+
+class Asker:
+    def __init__(self, model: MedPLIB, segmenter: SamSegmenter) -> None:
+        self.model = model
+        self.segmenter = segmenter
+        self.tokenizer = model.tokenizer
+        self.seg_id = model.token_ids["<SEG>"]
+        self.stop_ids = {i for i in (self.tokenizer.eos_token_id,) if i is not None}
+        self.untrained = tuple(n for n, (_, ok) in glue_status(model.cfg).items() if not ok)
+        # input-only tokens the model must never emit
+        self.suppress_ids = tuple(model.token_ids[t] for t in INPUT_ONLY_TOKENS)
+        for moe in model.moe:  # exact: folds LoRA into per-expert weights for inference
+            merge = getattr(moe, "merge_for_inference", None)
+            if merge is not None:
+                merge()
+
+    @torch.inference_mode()
+    def ask(self, embedding: Embedding, question: str, *, region: Prompt | None = None, history: tuple[Turn, ...] = (),
+            max_new_tokens: int = 64, threshold: float = 0.5, image: np.ndarray | None = None,
+            on_token=None) -> AskResult:
+        t0 = time.perf_counter()
+        m = self.model
+        clip = m.vision_tower.preprocess(image) if image is not None and hasattr(m.vision_tower, "preprocess") else None
+        image_tokens = m.image_tokens(pixel_embedding=embedding.image_embedding, clip_pixels=clip)
+        region_tokens = None
+        if region is not None:
+            region_tokens = m.region_token(embedding.image_embedding, self.region_mask(region, embedding))
+        text = build_prompt(question, system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens, history=history,
+                            region=region is not None)
+        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        embeds = m.embed_inputs(ids, image_tokens=image_tokens, region_tokens=region_tokens)
+        recorder = RoutingRecorder(m.llm)
+        with recorder.record():
+            gen = greedy_generate(m.llm, embeds, max_new_tokens=max_new_tokens, stop_ids=self.stop_ids,
+                                  on_token=on_token, suppress_ids=self.suppress_ids)
+        masks = self.masks_for(gen.token_ids, gen.hidden, embedding, threshold)
+        answer_ids = [t for t in gen.token_ids if t not in self.stop_ids]
+        answer = self.tokenizer.decode(answer_ids, skip_special_tokens=False).strip()
+        token_texts = ["<prompt>"] * gen.prefill_tokens + [self.tokenizer.decode([t]) for t in gen.token_ids]
+        routing = recorder.stats(token_texts, EXPERT_NAMES)
+        n_new = max(len(gen.token_ids), 1)
+        timings = {"prefill": gen.prefill_s * 1e3, "decode": gen.decode_s * 1e3,
+                   "decode_tok_per_s": n_new / gen.decode_s if gen.decode_s else 0.0,
+                   "total": (time.perf_counter() - t0) * 1e3}
+        return AskResult(text=answer, masks=masks, routing=routing, untrained_parts=self.untrained, timings_ms=timings)
+
+    def masks_for(self, token_ids: tuple[int, ...], hidden: torch.Tensor, embedding: Embedding,
+                  threshold: float) -> tuple[np.ndarray, ...]:
+        """One full-resolution mask per ``<SEG>`` in ``token_ids``, in order."""
+        where = [i for i, t in enumerate(token_ids) if t == self.seg_id]
+        if not where:
+            return ()
+        tokens = self.model.seg_tokens(hidden[where])
+        logits, _ = self.segmenter.decode_tokens(embedding, tokens)
+        return tuple(self.segmenter.to_mask(logits[i:i + 1], embedding, threshold) for i in range(len(where)))
+
+    def region_mask(self, region: Prompt, embedding: Embedding) -> torch.Tensor:
+        """A region prompt → mask over the padded model square at the embedding's grid × 4."""
+        h, w = embedding.info.original
+        mask = np.zeros((h, w), np.float32)
+        if region.mask is not None:
+            mask = (np.asarray(region.mask) != 0).astype(np.float32)
+        elif region.box is not None:
+            b = region.box.normalized()
+            mask[int(b.r0):int(b.r1) + 1, int(b.c0):int(b.c1) + 1] = 1
+        for p in region.points:
+            if p.label == 1:
+                r, c = int(round(p.row)), int(round(p.col))
+                mask[max(0, r - POINT_REGION_HALF):r + POINT_REGION_HALF + 1,
+                     max(0, c - POINT_REGION_HALF):c + POINT_REGION_HALF + 1] = 1
+        grid = embedding.image_embedding.shape[-1]
+        return mask_to_model(mask, embedding.info, grid * 4)[0, 0]
+
+
+def build_asker(cfg: MedPLIBConfig, *, segmenter: SamSegmenter) -> Asker:
+    """The full model for ``cfg``, sharing the segmenter's already loaded SAM parts."""
+    model = build_medplib(cfg, pretrained=True, sam=segmenter.model)
+    return Asker(model, segmenter)
+
+
+__all__ = ["Asker", "build_asker"]

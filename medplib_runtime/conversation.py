@@ -1,0 +1,35 @@
+"""MedPLIB's conversation template (LLaVA v1), the same for training and inference.
+
+``{system} USER: <im_start><image>…<image><im_end>\\n{question} ASSISTANT: {answer}</s>USER: ...``
+(turns separated by " " and "</s>"). A region prompt is written ``<region><region_feat></region>``
+where the question says ``<region>``, or appended to the question.
+"""
+
+from __future__ import annotations
+
+from .presets import IMAGE_PLACEHOLDER, REGION_PLACEHOLDER
+from .schemas import Turn
+
+SEP, SEP2 = " ", "</s>"
+REGION_SPAN = f"<region>{REGION_PLACEHOLDER}</region>"
+
+
+def region_question(question: str) -> str:
+    """Put the region token where the user wrote ``<region>``, else after the question."""
+    if "<region>" in question:
+        return question.replace("<region>", REGION_SPAN, 1)
+    return f"{question.rstrip()} {REGION_SPAN}"
+
+
+def build_prompt(question: str, *, system: str, n_image_tokens: int, history: tuple[Turn, ...] = (),
+                 region: bool = False) -> str:
+    """The full prompt text ending in ``ASSISTANT:``; the image goes with the first user turn."""
+    image = f"<im_start>{IMAGE_PLACEHOLDER * n_image_tokens}<im_end>\n"
+    turns = list(history) + [Turn(region_question(question) if region else question, "")]
+    text = system + SEP
+    for i, turn in enumerate(turns):
+        q = (image + turn.question) if i == 0 else turn.question
+        text += f"USER: {q}{SEP}ASSISTANT:"
+        if turn.answer or i < len(turns) - 1:
+            text += f" {turn.answer}{SEP2}"
+    return text

@@ -1,0 +1,62 @@
+"""Greedy decoding with a KV cache, keeping the last-layer hidden state of every token.
+
+Our own short loop (rather than ``generate``) because MedPLIB needs the hidden state at each
+``<SEG>`` *as an input position*: the state computed when ``<SEG>`` is fed back in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    token_ids: tuple[int, ...]
+    hidden: torch.Tensor  # len(token_ids)×D: last-layer state where token i was the input
+    prefill_tokens: int
+    prefill_s: float
+    decode_s: float
+
+
+@torch.inference_mode()
+def greedy_generate(llm, inputs_embeds: torch.Tensor, *, max_new_tokens: int, stop_ids: set[int],
+                    on_token: Callable[[int], None] | None = None,
+                    suppress_ids: tuple[int, ...] = ()) -> GenerationOutput:
+    """``inputs_embeds`` ``1×T×D`` → greedy continuation, stopping at any of ``stop_ids``.
+
+    ``suppress_ids`` are never emitted (input-only placeholders such as ``<image>``).
+    """
+    import time
+
+    from transformers import DynamicCache
+
+    body, head = llm.model, llm.lm_head
+    cache = DynamicCache()
+    t0 = time.perf_counter()
+    out = body(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True)
+    logits = head(out.last_hidden_state[:, -1])
+    t1 = time.perf_counter()
+    tokens: list[int] = []
+    hidden: list[torch.Tensor] = []
+    embed = llm.get_input_embeddings()
+    suppress = torch.tensor(suppress_ids, dtype=torch.long)
+    for step in range(max_new_tokens):
+        if len(suppress_ids):
+            logits[..., suppress] = float("-inf")
+        token = int(logits.argmax(-1))
+        tokens.append(token)
+        if on_token is not None:
+            on_token(token)
+        # feed it back: its output state is "the hidden state at this token" (needed for <SEG>)
+        last = token in stop_ids or step == max_new_tokens - 1
+        out = body(inputs_embeds=embed(torch.tensor([[token]])), past_key_values=cache, use_cache=True)
+        hidden.append(out.last_hidden_state[0, -1])
+        if last:
+            break
+        logits = head(out.last_hidden_state[:, -1])
+    t2 = time.perf_counter()
+    h = torch.stack(hidden) if hidden else torch.empty(0, llm.config.hidden_size)
+    return GenerationOutput(tuple(tokens), h, inputs_embeds.shape[1], t1 - t0, t2 - t1)

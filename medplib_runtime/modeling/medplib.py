@@ -1,0 +1,152 @@
+"""MedPLIB composed from its parts, for both presets (DESIGN §3).
+
+    slice ─► pixel encoder ─► image embedding ──────────────────────────► mask decoder ─► masks
+                 │ (lite: shared)                                    ▲ sparse: [<SEG> token]
+    slice ─► vision tower ─► projector ─► <image> tokens ─┐          │ dense: no-mask
+    region ─► region encoder ─────────► <region_feat> ────┼─► LLM (MoE FFN) ─► <SEG> hidden ─► seg projector
+    question ─► tokenizer ────────────────────────────────┘
+
+Placeholders are filled with ``masked_scatter`` after checking that counts match.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from ..presets import IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, SPECIAL_TOKENS, MedPLIBConfig
+from .litemedsam import SamParts, build_litemedsam, build_sam_decoder
+from .moe import install_moe
+from .projector import VisionProjector
+from .region_encoder import RegionEncoder
+from .seg_projector import SegProjector
+from .vision_tower import ClipTower, PooledPixelFeatures
+
+GLUE_SEED = 0
+
+
+class MedPLIB(nn.Module):
+    def __init__(self, cfg: MedPLIBConfig, *, sam: SamParts, llm: nn.Module, tokenizer, vision_tower: nn.Module):
+        super().__init__()
+        self.cfg = cfg
+        self.sam = sam
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.vision_tower = vision_tower
+        self.token_ids: dict[str, int] = {}
+        torch.manual_seed(GLUE_SEED)  # untrained glue is reproducible
+        self.vision_projector = VisionProjector(cfg.vision_feature_dim, cfg.llm_hidden)
+        self.region_encoder = RegionEncoder(cfg.prompt_embed_dim, cfg.llm_hidden, max_samples=cfg.region_max_samples)
+        self.seg_projector = SegProjector(cfg.llm_hidden, cfg.prompt_embed_dim)
+        self.moe = install_moe(llm, cfg.moe)
+
+    @property
+    def n_image_tokens(self) -> int:
+        return self.cfg.vision_grid ** 2
+
+    def image_tokens(self, *, pixel_embedding: torch.Tensor, clip_pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """→ ``1×N×llm_hidden`` projected vision tokens."""
+        if isinstance(self.vision_tower, PooledPixelFeatures):
+            feats = self.vision_tower(pixel_embedding)
+        else:
+            if clip_pixels is None:
+                raise ModelError("this preset's CLIP vision tower needs the slice image, not only its embedding")
+            feats = self.vision_tower(clip_pixels)
+        return self.vision_projector(feats)
+
+    def region_token(self, pixel_embedding: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:
+        """Region mask in the padded model square (any size) → ``1×1×llm_hidden``."""
+        return self.region_encoder(pixel_embedding, region_mask)
+
+    def embed_inputs(self, input_ids: torch.Tensor, *, image_tokens: torch.Tensor,
+                     region_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids ``1×T`` → embeddings with placeholders filled (counts checked)."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        embeds = _fill(embeds, input_ids == self.token_ids[IMAGE_PLACEHOLDER], image_tokens, "image")
+        region_mask = input_ids == self.token_ids[REGION_PLACEHOLDER]
+        if region_tokens is not None or bool(region_mask.any()):
+            if region_tokens is None:
+                raise ModelError("the prompt has a region placeholder but no region was given")
+            embeds = _fill(embeds, region_mask, region_tokens, "region")
+        return embeds
+
+    def seg_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``N×D`` hidden states at ``<SEG>`` positions → ``N×1×C`` sparse prompt tokens."""
+        return self.seg_projector(hidden)
+
+
+def _fill(embeds: torch.Tensor, where: torch.Tensor, values: torch.Tensor, name: str) -> torch.Tensor:
+    n_slots, n_values = int(where.sum()), values.shape[0] * values.shape[1]
+    if n_slots != n_values:
+        raise ModelError(f"{name} placeholders ({n_slots}) and {name} features ({n_values}) do not match")
+    mask = where.unsqueeze(-1).expand_as(embeds)
+    return embeds.masked_scatter(mask, values.to(embeds.dtype).reshape(-1))
+
+
+def _tiny_sam(cfg: MedPLIBConfig) -> SamParts:
+    """SAM ViT-B structure (transformers' SamVisionModel) + our prompt encoder/decoder.
+
+    SAM-Med2D's adapters are not part of this structure yet (loading its checkpoint is a later step).
+    """
+    from transformers import SamVisionConfig, SamVisionModel
+
+    big = cfg.preset == "medplib-7b"
+    vision = SamVisionConfig(
+        hidden_size=768 if big else 32, num_hidden_layers=12 if big else 2, num_attention_heads=12 if big else 2,
+        image_size=cfg.pixel_image_size, patch_size=16, output_channels=cfg.prompt_embed_dim,
+        window_size=14 if big else 2, global_attn_indexes=(2, 5, 8, 11) if big else (1,),
+        num_pos_feats=cfg.prompt_embed_dim // 2, mlp_dim=3072 if big else 64)
+    encoder = _SamVisionEncoder(SamVisionModel(vision))
+    prompt, decoder = build_sam_decoder(embed_dim=cfg.prompt_embed_dim, grid=cfg.pixel_embed_grid,
+                                        image_size=cfg.pixel_image_size, mlp_dim=2048 if big else 64,
+                                        heads=8 if big else 2)
+    return SamParts(encoder, prompt, decoder, image_size=cfg.pixel_image_size).eval()
+
+
+class _SamVisionEncoder(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).last_hidden_state
+
+
+def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None = None) -> MedPLIB:
+    """Build MedPLIB for ``cfg``. ``pretrained`` loads the real weights the preset names.
+
+    medplib-lite: LiteMedSAM + SmolLM2 (glue randomly initialised until trained).
+    medplib-7b: structure only for now (random weights); loading the released checkpoint from a
+    local folder is not implemented yet.
+    """
+    from .llm import add_special_tokens, build_random_llama, load_smollm2
+
+    if cfg.vision_tower == "litemedsam-tinyvit":
+        sam = sam or build_litemedsam(pretrained=pretrained)
+        tower: nn.Module = PooledPixelFeatures(cfg.vision_grid)
+        if pretrained:
+            llm, tokenizer = load_smollm2()
+        else:
+            llm, tokenizer = build_random_llama(cfg), _tiny_tokenizer()
+    else:
+        if pretrained:
+            raise ModelError(f"{cfg.preset}: loading the released checkpoint from a local folder is not built yet")
+        sam = sam or _tiny_sam(cfg)
+        tower = ClipTower(cfg)
+        llm, tokenizer = build_random_llama(cfg), _tiny_tokenizer()
+    model = MedPLIB(cfg, sam=sam, llm=llm, tokenizer=tokenizer, vision_tower=tower)
+    model.token_ids = add_special_tokens(llm, tokenizer, SPECIAL_TOKENS + (IMAGE_PLACEHOLDER, REGION_PLACEHOLDER))
+    return model.eval()
+
+
+def _tiny_tokenizer():
+    """A small word-level tokenizer for random-weight models (no download)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "</s>", "USER", ":", "ASSISTANT", "\n", "the", "lesion", "is", "a", "what", "?", "segment",
+             "region", "in", "brain", "lung", "tumour", "here", "it"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>")

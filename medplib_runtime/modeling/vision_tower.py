@@ -1,0 +1,65 @@
+"""Vision tower → feature tokens for the projector.
+
+``medplib-lite`` shares the pixel encoder: the cached 256×64×64 LiteMedSAM embedding is
+average-pooled to a ``vision_grid``² token grid (one encoder pass serves masks and text).
+``medplib-7b`` uses CLIP ViT-L/14-336: penultimate layer, patch tokens without CLS (576).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..presets import MedPLIBConfig
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class PooledPixelFeatures(nn.Module):
+    """``1×C×g×g`` pixel embedding → ``1×grid²×C`` tokens (no parameters)."""
+
+    def __init__(self, grid: int) -> None:
+        super().__init__()
+        self.grid = grid
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(embedding, self.grid).flatten(2).transpose(1, 2)
+
+
+class ClipTower(nn.Module):
+    """transformers' CLIPVisionModel; features of the penultimate layer without CLS."""
+
+    def __init__(self, cfg: MedPLIBConfig) -> None:
+        super().__init__()
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        if cfg.preset == "medplib-7b":  # ViT-L/14-336
+            config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                      num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
+        else:  # same structure, toy sizes
+            config = CLIPVisionConfig(hidden_size=cfg.vision_feature_dim, intermediate_size=cfg.vision_feature_dim * 2,
+                                      num_hidden_layers=2, num_attention_heads=4, image_size=cfg.vision_image_size,
+                                      patch_size=cfg.vision_image_size // cfg.vision_grid)
+        self.model = CLIPVisionModel(config)
+        self.image_size = config.image_size
+
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """``(h, w)`` float in [0, 1] → ``1×3×S×S`` CLIP-normalised, longest side to S, centred pad."""
+        x = torch.from_numpy(np.asarray(image, np.float32))[None, None]
+        h, w = x.shape[-2:]
+        s = self.image_size / max(h, w)
+        nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
+        top, left = (self.image_size - nh) // 2, (self.image_size - nw) // 2
+        x = F.pad(x, (left, self.image_size - nw - left, top, self.image_size - nh - top))
+        x = x.expand(1, 3, -1, -1)
+        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=pixel_values, output_hidden_states=True)
+        return out.hidden_states[-2][:, 1:]
