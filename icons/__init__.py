@@ -1,0 +1,1 @@
+"""Icons shipped with the plugin (a package so npe2 can resolve them)."""

@@ -1,0 +1,44 @@
+"""Volume ⇄ napari layer data, keeping the file's geometry in layer metadata (no Qt here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medplib_runtime.imaging.io import Volume
+
+GEOMETRY_KEY = "medplib_geometry"
+
+
+def geometry_metadata(volume: Volume) -> dict:
+    return {GEOMETRY_KEY: {"spacing": list(volume.spacing), "origin": list(volume.origin),
+                           "direction": list(volume.direction), "source": volume.source,
+                           "shape": list(volume.shape)}, **({"modality": volume.metadata["modality"]}
+                                                              if "modality" in volume.metadata else {})}
+
+
+def image_layer_data(volume: Volume, *, name: str | None = None) -> tuple:
+    """A napari LayerDataTuple for an image volume (scale from spacing, translate from origin)."""
+    name = name or Path(volume.source or "image").name.split(".")[0]
+    kwargs = {"name": name, "scale": volume.napari_scale, "translate": volume.napari_translate,
+              "metadata": geometry_metadata(volume), "colormap": "gray"}
+    return (volume.array, kwargs, "image")
+
+
+def labels_layer_data(volume: Volume, *, name: str) -> tuple:
+    kwargs = {"name": name, "scale": volume.napari_scale, "translate": volume.napari_translate,
+              "metadata": geometry_metadata(volume), "opacity": 0.5}
+    return (np.asarray(volume.array).astype(np.uint16 if volume.array.max() > 255 else np.uint8), kwargs, "labels")
+
+
+def volume_like(data: np.ndarray, meta: dict, scale, translate) -> Volume:
+    """The geometry a layer should be written with: the file's, or else its scale/translate."""
+    geo = (meta or {}).get(GEOMETRY_KEY)
+    if geo and tuple(geo["shape"]) == tuple(np.shape(data)):
+        return Volume(np.asarray(data), tuple(geo["spacing"]), tuple(geo["origin"]), tuple(geo["direction"]),
+                      source=geo.get("source"))
+    ndim = np.ndim(data)
+    identity = tuple(float(i == j) for i in range(ndim) for j in range(ndim))
+    return Volume(np.asarray(data), tuple(float(s) for s in scale), tuple(float(t) for t in reversed(translate)),
+                  identity)
