@@ -117,7 +117,10 @@ def cmd_info(args) -> int:
 
 
 def cmd_segment(args) -> int:
+    from .imaging.io import check_writable
+
     t0 = time.perf_counter()
+    check_writable(args.out)
     volume, ref = _load(args)
     prompt = _prompt(args, volume, ref)
     if prompt is None:
@@ -135,8 +138,12 @@ def cmd_segment(args) -> int:
 
 
 def cmd_ask(args) -> int:
+    from .imaging.io import check_writable
+
     if not args.question.strip():
         raise InputError("empty question: type what you want to know")
+    if args.out:
+        check_writable(args.out)
     volume, ref = _load(args)
     region = _prompt(args, volume, ref)
     runtime = _runtime(args)
@@ -146,7 +153,7 @@ def cmd_ask(args) -> int:
     if result.untrained_parts:
         print("medplib: warning: untrained parts (" + ", ".join(result.untrained_parts)
               + "): this answer is not grounded in the image yet", file=sys.stderr)
-    print(result.text)
+    print(result.text if result.text.strip() else "(the model produced no answer text)")
     if result.masks:
         if args.out:
             summary = _write_masks(list(result.masks), volume, ref, args.out)

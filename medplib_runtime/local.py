@@ -21,7 +21,7 @@ from .presets import get_preset
 from .schemas import (AskRequest, AskResult, PartInfo, RuntimeInfo, SegmentRequest, SegmentResult, SliceRef,
                       validate_prompt)
 
-DEFAULT_CACHE_MB = 768  # 4 MB per LiteMedSAM slice embedding → ~190 slices
+DEFAULT_CACHE_MB = 256  # 4 MB per LiteMedSAM slice embedding → 64 slices; keeps peak RSS ≲ 1.5 GB
 
 
 @dataclass(frozen=True)

@@ -130,12 +130,21 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
+def check_writable(path: str | os.PathLike) -> Path:
+    """Fail early (before any model work) if ``path`` cannot take a label volume."""
+    path = Path(path)
+    if _suffix(path) not in LABEL_SUFFIXES:
+        raise InputError(f"cannot write {path.name}: use one of {', '.join(LABEL_SUFFIXES)}")
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise InputError(f"cannot write {path}: folder {path.parent} is not writable")
+    return path
+
+
 def _write_atomic(image: sitk.Image, path: Path) -> Path:
     suffix = _suffix(path)
-    if suffix not in LABEL_SUFFIXES:
-        raise InputError(f"cannot write {path.name}: use one of {', '.join(LABEL_SUFFIXES)}")
-    if not path.parent.exists():
-        raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
+    check_writable(path)
     fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
     try:
