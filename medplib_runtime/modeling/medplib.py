@@ -120,7 +120,7 @@ def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None 
     medplib-7b: structure only for now (random weights); loading the released checkpoint from a
     local folder is not implemented yet.
     """
-    from .llm import add_special_tokens, build_random_llama, load_smollm2
+    from .llm import add_special_tokens, build_random_llama, column_major_linears, load_smollm2
 
     if cfg.vision_tower == "litemedsam-tinyvit":
         sam = sam or build_litemedsam(pretrained=pretrained)
@@ -137,6 +137,7 @@ def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None 
         llm, tokenizer = build_random_llama(cfg), _tiny_tokenizer()
     model = MedPLIB(cfg, sam=sam, llm=llm, tokenizer=tokenizer, vision_tower=tower)
     model.token_ids = add_special_tokens(llm, tokenizer, SPECIAL_TOKENS + (IMAGE_PLACEHOLDER, REGION_PLACEHOLDER))
+    column_major_linears(llm)  # resizing made a new (row-major) LM head: restore the fast decode layout
     return model.eval()
 
 

@@ -1,13 +1,24 @@
-"""MedPLIB's mixture-of-experts FFN: 2 experts on every LLM layer, top-1 routing.
+"""MedPLIB's mixture-of-experts FFN: 2 experts in every LLM layer, top-1 routing.
 
 Expert 0 is the grounding FFN (paper stage III), expert 1 the vision-language FFN (stage
-II); the router (``Linear → softmax``) is trained in stage IV, without an auxiliary loss.
-Each expert is the layer's frozen base MLP plus its own LoRA on gate/up/down projections,
-so an expert costs one dense FFN plus a small delta. Tokens are grouped by expert (no loop
-over tokens). Capacity per expert is ``ceil(cf · tokens · k / E)``; tokens past it are
-dropped (FFN output 0, the residual carries them), as DeepSpeed-MoE does. The expert output
-is scaled by its router probability (DeepSpeed's combine weights); a forced expert (stages
-II/III train one expert alone) is used with weight 1.
+II); the router (``Linear(d→E) → softmax``, MedPLIB's ``wg``) is trained in stage IV without
+an auxiliary loss (its ``train_stage4.sh``: ``--top_k_experts 1 --capacity_factor 1.5
+--router_aux_loss_coef 0.0``). Each expert is the layer's frozen base MLP plus its own LoRA
+on gate/up/down, so an expert costs one dense FFN plus a small delta.
+
+Conventions (DeepSpeed-MoE's top-1 gate, which MedPLIB used):
+* the expert output is scaled by its router probability (the combine weight); a forced
+  expert (stages II/III train one expert alone) gets weight 1. With an untrained router
+  (p ≈ 0.5) this halves every FFN output: the untrained MoE is *not* the base model;
+  ``force_expert`` with zero LoRA is.
+* capacity per expert = ``ceil(cf · tokens · k / E)`` per forward (cf 1.5 train, 2.0 eval);
+  tokens past it are dropped (FFN output 0; the residual carries them). Earlier tokens win
+  (DeepSpeed's default ``use_rts`` picks randomly in training; DeepSpeed also floors the
+  capacity at ``min_capacity=4``, which we do not: our formula is exact and testable).
+No loop over tokens. When every token picks the same expert, that expert runs on the whole
+batch directly (decode is always this case). Mixed top-1 routing runs the shared frozen base
+once for all tokens and adds each token's own expert LoRA delta (exact; see
+``_top1_shared_base``); top-k > 1 (ablations) gathers tokens per expert (index_select/index_add).
 """
 
 from __future__ import annotations
@@ -26,56 +37,67 @@ from .lora import LoRADelta
 
 
 class ExpertLoRA(nn.Module):
-    """One expert's LoRA deltas on the base MLP's projections."""
+    """One expert's LoRA deltas on the shared base MLP's ``gate_proj``/``up_proj``/``down_proj``."""
 
     def __init__(self, hidden: int, intermediate: int, cfg: MoEConfig) -> None:
         super().__init__()
         dims = {"gate_proj": (hidden, intermediate), "up_proj": (hidden, intermediate),
                 "down_proj": (intermediate, hidden)}
         for name in cfg.lora_targets:
+            if name not in dims:
+                raise ValueError(f"LoRA target {name!r} is not an MLP projection ({', '.join(dims)})")
             i, o = dims[name]
             self.add_module(name, LoRADelta(i, o, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout))
+        self.gate_proj: LoRADelta | None = self._modules.get("gate_proj")
+        self.up_proj: LoRADelta | None = self._modules.get("up_proj")
+        self.down_proj: LoRADelta | None = self._modules.get("down_proj")
 
-    def delta(self, name: str, x: torch.Tensor) -> torch.Tensor | None:
-        module = self._modules.get(name)
-        return None if module is None else module(x)
 
+@dataclass(frozen=True)
+class RoutingTrace:
+    """What one MoE layer decided in one forward over ``N`` tokens (batch × sequence, flattened).
 
-@dataclass
-class LayerRouting:
-    """What one MoE layer decided in one forward: expert per token (``N×k``), probs ``N×E``."""
+    ``experts`` ``N×k`` (long, chosen experts, best first), ``probs`` ``N×E`` (router softmax),
+    ``kept`` ``N×k`` (bool, False where the capacity limit dropped the token), ``dropped`` count.
+    """
 
     experts: torch.Tensor
     probs: torch.Tensor
+    kept: torch.Tensor
     dropped: int
 
 
 class MoEFeedForward(nn.Module):
-    def __init__(self, base_mlp: nn.Module, cfg: MoEConfig, *, hidden: int, intermediate: int) -> None:
+    """Drop-in for a LLaMA ``mlp``: ``x (…×D) → (…×D)``, same shape, routed over the experts."""
+
+    def __init__(self, base_mlp: nn.Module, cfg: MoEConfig) -> None:
         super().__init__()
+        hidden, intermediate = base_mlp.gate_proj.in_features, base_mlp.gate_proj.out_features
+        if not 1 <= cfg.top_k <= cfg.num_experts:
+            raise ValueError(f"top_k must be in 1..{cfg.num_experts}, got {cfg.top_k}")
         self.base = base_mlp
         for p in self.base.parameters():
             p.requires_grad_(False)
         self.cfg = cfg
         self.router = nn.Linear(hidden, cfg.num_experts, bias=False)
         self.experts = nn.ModuleList(ExpertLoRA(hidden, intermediate, cfg) for _ in range(cfg.num_experts))
-        self.forced_expert: int | None = None
         self.top_k = cfg.top_k
+        self.forced_expert: int | None = None
         self.capacity_factor: float | None = None  # None → cfg's train/eval value by mode
-        self.trace: list[LayerRouting] | None = None
+        self.trace: list[RoutingTrace] | None = None  # a list while a RoutingRecorder records
 
     def expert(self, x: torch.Tensor, i: int) -> torch.Tensor:
-        """Expert ``i`` on tokens ``N×D``: base MLP with this expert's LoRA deltas."""
+        """Expert ``i`` on tokens ``N×D`` → ``N×D``: base MLP with this expert's LoRA deltas."""
         base, lora = self.base, self.experts[i]
         gate, up = base.gate_proj(x), base.up_proj(x)
-        if (d := lora.delta("gate_proj", x)) is not None:
-            gate = gate + d
-        if (d := lora.delta("up_proj", x)) is not None:
-            up = up + d
+        if lora.gate_proj is not None:
+            gate = gate + lora.gate_proj(x)
+        if lora.up_proj is not None:
+            up = up + lora.up_proj(x)
         h = F.silu(gate) * up
         out = base.down_proj(h)
-        if (d := lora.delta("down_proj", h)) is not None:
-            out = out + d
+        if lora.down_proj is not None:
+            out = out + lora.down_proj(h)
         return out
 
     def capacity(self, tokens: int) -> int:
@@ -88,49 +110,103 @@ class MoEFeedForward(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         n = flat.shape[0]
-        probs = torch.softmax(self.router(flat).float(), dim=-1)
+        probs = torch.softmax(self.router(flat), dim=-1, dtype=torch.float32)  # N×E
         if self.forced_expert is not None:
             idx = torch.full((n, 1), self.forced_expert, dtype=torch.long, device=x.device)
-            weights = torch.ones((n, 1), dtype=flat.dtype, device=x.device)
+            weights = None  # weight 1
+        elif self.top_k == 1:
+            w, idx = probs.max(dim=-1, keepdim=True)
+            weights = w.to(flat.dtype)
         else:
             w, idx = probs.topk(self.top_k, dim=-1)
             weights = w.to(flat.dtype)
-        cap = self.capacity(n)
-        out, dropped = self._dispatch(flat, idx, weights, cap)
+        out, kept = self._dispatch(flat, idx, weights, self.capacity(n))
         if self.trace is not None:
-            self.trace.append(LayerRouting(idx.detach(), probs.detach(), dropped))
+            dropped = 0 if kept is None else int((~kept).sum())
+            if kept is None:
+                kept = torch.ones_like(idx, dtype=torch.bool)
+            self.trace.append(RoutingTrace(idx.detach(), probs.detach(), kept, dropped))
         return out.view(shape)
 
-    def _dispatch(self, flat, idx, weights, cap) -> tuple[torch.Tensor, int]:
+    def _dispatch(self, flat: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor | None,
+                  cap: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the chosen experts → (``N×D`` output, ``N×k`` kept mask, or None when all were kept)."""
         n = flat.shape[0]
         if idx.shape[1] == 1:
             first = int(idx[0, 0])
-            if n <= cap and bool((idx == first).all()):  # one expert takes every token: no gather
-                return weights * self.expert(flat, first), 0
+            if n == 1 or (n <= cap and bool((idx == first).all())):  # one expert takes every token
+                y = self.expert(flat, first)
+                return (y if weights is None else y * weights), None
+            return self._top1_shared_base(flat, idx[:, 0], weights, cap)
+        return self._grouped(flat, idx, weights, cap)
+
+    def _top1_shared_base(self, flat, idx, weights, cap):
+        """Top-1 with mixed routing: the frozen base runs ONCE on all tokens, experts differ only by LoRA.
+
+        Exact, and cheaper than gathering tokens per expert on this memory-bound CPU: grouping would
+        read the shared base weights once per expert. Each LoRA target becomes one rank-``E·r``
+        product whose ``r``-wide block is zeroed for the experts a token did not choose.
+        """
+        hot = F.one_hot(idx, self.cfg.num_experts)  # N×E
+        order = (hot.cumsum(0) * hot).sum(-1)  # 1-based arrival rank within the token's expert
+        kept = order <= cap  # earlier tokens win
+        combine = kept.to(flat.dtype).unsqueeze(-1)  # N×1: 0 drops the token's FFN output
+        if weights is not None:
+            combine = combine * weights
+        r = self.cfg.lora_r
+        zmask = hot.to(flat.dtype).repeat_interleave(r, dim=1)  # N×(E·r)
+        base = self.base
+        gate, up = base.gate_proj(flat), base.up_proj(flat)
+        if (d := self._masked_delta("gate_proj", flat, zmask)) is not None:
+            gate = gate + d
+        if (d := self._masked_delta("up_proj", flat, zmask)) is not None:
+            up = up + d
+        h = F.silu(gate) * up
+        out = base.down_proj(h)
+        if (d := self._masked_delta("down_proj", h, zmask)) is not None:
+            out = out + d
+        return out * combine, kept.unsqueeze(-1)
+
+    def _masked_delta(self, name: str, x: torch.Tensor, zmask: torch.Tensor) -> torch.Tensor | None:
+        mods = [getattr(e, name) for e in self.experts]
+        if mods[0] is None:
+            return None
+        if self.training:
+            x = mods[0].dropout(x)
+        a = torch.cat([m.lora_A for m in mods])  # (E·r)×in
+        b = torch.cat([m.lora_B for m in mods], dim=1)  # out×(E·r)
+        return ((x @ a.t()) * (zmask * mods[0].scale)) @ b.t()
+
+    def _grouped(self, flat, idx, weights, cap):
+        """Any top-k: gather each expert's tokens (index_select), run it, scatter back (index_add)."""
         out = torch.zeros_like(flat)
-        dropped = 0
-        for e in range(self.cfg.num_experts):
-            token_pos, slot = (idx == e).nonzero(as_tuple=True)  # token order: earlier tokens first
+        kept = torch.ones_like(idx, dtype=torch.bool)
+        for e in range(self.cfg.num_experts):  # E = 2: a loop over experts, never over tokens
+            token_pos, slot = (idx == e).nonzero(as_tuple=True)  # row-major: earlier tokens first
+            if token_pos.numel() > cap:
+                kept[token_pos[cap:], slot[cap:]] = False
+                token_pos, slot = token_pos[:cap], slot[:cap]
             if token_pos.numel() == 0:
                 continue
-            if token_pos.numel() > cap:
-                dropped += token_pos.numel() - cap
-                token_pos, slot = token_pos[:cap], slot[:cap]
-            y = self.expert(flat.index_select(0, token_pos), e) * weights[token_pos, slot].unsqueeze(-1)
+            y = self.expert(flat.index_select(0, token_pos), e)
+            if weights is not None:
+                y = y * weights[token_pos, slot].unsqueeze(-1)
             out.index_add_(0, token_pos, y)
-        return out, dropped
+        return out, kept
 
 
 def install_moe(llm: nn.Module, cfg: MoEConfig) -> list[MoEFeedForward]:
-    """Replace every decoder layer's ``mlp`` with a MoEFeedForward around it (module swap)."""
-    config = llm.config
-    layers = llm.model.layers
+    """Replace every decoder layer's ``mlp`` with a MoEFeedForward around it (module swap).
+
+    Idempotent: layers that already hold a MoEFeedForward are kept as they are.
+    """
     moes = []
-    for layer in layers:
-        moe = MoEFeedForward(layer.mlp, cfg, hidden=config.hidden_size, intermediate=config.intermediate_size)
-        moe.to(next(layer.mlp.parameters()).dtype)
-        layer.mlp = moe
-        moes.append(moe)
+    for layer in llm.model.layers:
+        if not isinstance(layer.mlp, MoEFeedForward):
+            ref = next(layer.mlp.parameters())
+            layer.mlp = MoEFeedForward(layer.mlp, cfg).to(dtype=ref.dtype, device=ref.device)
+            layer.mlp.train(llm.training)
+        moes.append(layer.mlp)
     return moes
 
 
@@ -139,15 +215,24 @@ def moe_layers(llm: nn.Module) -> list[MoEFeedForward]:
 
 
 def force_expert(llm: nn.Module, expert: int | None) -> None:
-    for m in moe_layers(llm):
+    """Send every token to ``expert`` with weight 1 (stages II/III), or back to the router (None)."""
+    layers = moe_layers(llm)
+    for m in layers:
+        if expert is not None and not 0 <= expert < m.cfg.num_experts:
+            raise ValueError(f"expert must be in 0..{m.cfg.num_experts - 1} or None, got {expert}")
         m.forced_expert = expert
 
 
 class RoutingRecorder:
-    """Collects every MoE layer's routing over a series of forwards (prefill + decode steps)."""
+    """Collects every MoE layer's routing over a series of forwards (prefill + decode steps).
+
+    ``with recorder.record(): ...`` then ``recorder.choices()`` (``L×T``, top-1 expert per layer
+    and token in forward order) or ``recorder.stats(token_texts, names)`` → RoutingStats.
+    """
 
     def __init__(self, llm: nn.Module) -> None:
         self.layers = moe_layers(llm)
+        self._traces: list[list[RoutingTrace]] = []
 
     @contextmanager
     def record(self):
@@ -156,20 +241,31 @@ class RoutingRecorder:
         try:
             yield self
         finally:
-            self._traces = [m.trace for m in self.layers]
+            self._traces = [m.trace or [] for m in self.layers]
             for m in self.layers:
                 m.trace = None
 
+    @property
+    def traces(self) -> list[list[RoutingTrace]]:
+        """Per layer, one RoutingTrace per forward."""
+        return self._traces
+
+    def choices(self) -> torch.Tensor:
+        """``L×T`` top-1 expert per layer and token (T = all tokens of all recorded forwards)."""
+        if not self._traces or not self._traces[0]:
+            return torch.empty(len(self._traces), 0, dtype=torch.long)
+        return torch.stack([torch.cat([r.experts[:, 0] for r in trace]) for trace in self._traces])
+
+    def dropped(self) -> int:
+        return sum(r.dropped for trace in self._traces for r in trace)
+
     def stats(self, token_texts: list[str], expert_names: tuple[str, ...]) -> RoutingStats:
         """Per token (in forward order), the fraction of layers that chose each expert."""
-        traces = self._traces
-        if not traces or not traces[0]:
-            return RoutingStats(expert_names, (), (), 0)
-        per_layer = [torch.cat([r.experts[:, 0] for r in trace]) for trace in traces]  # L × (tokens,)
-        choices = torch.stack(per_layer)  # L×N
-        n_exp = len(expert_names)
-        frac = torch.stack([(choices == e).float().mean(0) for e in range(n_exp)], dim=-1)  # N×E
-        dropped = sum(r.dropped for trace in traces for r in trace)
-        n = frac.shape[0]
-        texts = tuple(token_texts[:n]) + tuple("" for _ in range(n - len(token_texts)))
-        return RoutingStats(expert_names, texts, tuple(tuple(float(v) for v in row) for row in frac), int(dropped))
+        choices = self.choices()
+        n = choices.shape[1]
+        if n == 0:
+            return RoutingStats(tuple(expert_names), (), (), 0)
+        frac = F.one_hot(choices, len(expert_names)).float().mean(0)  # T×E
+        texts = tuple(token_texts[:n]) + ("",) * max(0, n - len(token_texts))
+        per_token = tuple(tuple(float(v) for v in row) for row in frac.tolist())
+        return RoutingStats(tuple(expert_names), texts, per_token, self.dropped())
