@@ -105,16 +105,12 @@ def run_bench(args) -> int:
     if not args.quick:
         rows += _scroll_simulation(runtime, key, z, box)
 
-    # 4. LLM: prefill / decode throughput, MoE vs dense
-    try:
-        from .llm_bench import llm_rows
+    # 4. the LLM through the same runtime: ask latency, prefill / decode, MoE vs dense
+    from .llm_bench import llm_rows
 
-        rows += llm_rows(repeats=repeats)
-    except ImportError as exc:  # the LLM stack is optional for the segmentation-only bench
-        print(f"# LLM rows skipped: {exc}")
-
+    rows += llm_rows(runtime, key, SliceRef(0, mid), repeats=repeats)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rows.append(Row("peak RSS", "MB", peak_mb, peak_mb, 1))
+    rows.append(Row("peak RSS (whole bench, one model)", "MB", peak_mb, peak_mb, 1))
     print_table(rows)
     runtime.close()
     return 0

@@ -98,11 +98,34 @@ def load_smollm2(*, cache_dir: Path | None = None, dtype: torch.dtype = torch.fl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = converted_folder(cache_dir=cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa")
+    model = _fast_load(folder, dtype)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model.eval()
     column_major_linears(model)
     return model, tokenizer
+
+
+def _fast_load(folder: Path, dtype: torch.dtype):
+    """Build on the meta device and assign the saved tensors: ~1.5 s instead of ~8 s for
+    ``from_pretrained`` here (which initialises every weight before overwriting it)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder)
+    config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    state = {k: v.to(dtype) for k, v in load_file(folder / "model.safetensors").items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise ModelError(f"cached LLM at {folder} does not match its config (missing {sorted(missing)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]}): delete the folder to convert again")
+    model.tie_weights()
+    # non-persistent buffers (rotary frequencies) are not in the file: rebuild them on the CPU
+    rotary = model.model.rotary_emb
+    model.model.rotary_emb = type(rotary)(config=config)
+    return model
 
 
 @torch.no_grad()
