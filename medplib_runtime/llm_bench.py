@@ -19,14 +19,18 @@ PROMPT_TOKENS = 200  # ≈ system + 64 image tokens + a question
 NEW_TOKENS = 32
 
 
-def _measure(llm, embeds, repeats: int) -> tuple[list[float], list[float]]:
-    greedy_generate(llm, embeds, max_new_tokens=4, stop_ids=set())  # warm-up
-    prefill, step = [], []
-    for _ in range(repeats):
+def _interleaved(llm, embeds, repeats: int) -> dict[str, tuple[list[float], list[float]]]:
+    """MoE and dense runs alternate, so drift on a shared machine hits both alike."""
+    runs: dict[str, tuple[list[float], list[float]]] = {"moe": ([], []), "dense": ([], [])}
+    for i in range(repeats * 2 + 2):
+        kind = "moe" if i % 2 == 0 else "dense"
+        force_expert(llm, None if kind == "moe" else 1)
         out = greedy_generate(llm, embeds, max_new_tokens=NEW_TOKENS, stop_ids=set())
-        prefill.append(out.prefill_s * 1e3)
-        step.append(out.decode_s * 1e3 / len(out.token_ids))
-    return prefill, step
+        if i >= 2:  # the first pair warms up
+            runs[kind][0].append(out.prefill_s * 1e3)
+            runs[kind][1].append(out.decode_s * 1e3 / len(out.token_ids))
+    force_expert(llm, None)
+    return runs
 
 
 def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
@@ -49,12 +53,11 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
     ids = torch.randint(100, 40000, (1, PROMPT_TOKENS))
     with torch.inference_mode():
         embeds = llm.get_input_embeddings()(ids)
-    moe_prefill, moe_step = _measure(llm, embeds, repeats)
-    force_expert(llm, 1)
     try:
-        dense_prefill, dense_step = _measure(llm, embeds, repeats)
+        runs = _interleaved(llm, embeds, repeats)
     finally:
         force_expert(llm, None)
+    (moe_prefill, moe_step), (dense_prefill, dense_step) = runs["moe"], runs["dense"]
     d_step, m_step = statistics.median(dense_step), statistics.median(moe_step)
     d_pre, m_pre = statistics.median(dense_prefill), statistics.median(moe_prefill)
     tok_s = sorted(1e3 / s for s in moe_step)
