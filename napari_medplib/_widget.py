@@ -1,0 +1,188 @@
+"""The MedPLIB dock: pick image, prompt and target layers, press Segment; Undo the last write.
+
+Widgets only wire signals to ``on_*`` methods. The runtime call runs in a napari worker
+thread (never on the Qt main thread; the worker touches no layer); the mask is written in
+``on_segmented`` on the main thread. ``synchronous = True`` (or MEDPLIB_SYNC_WORKERS=1)
+runs the call inline, for tests and debugging.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from napari.layers import Image, Labels, Points, Shapes
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+                            QSpinBox, QVBoxLayout, QWidget)
+
+from medplib_runtime.errors import MedplibError
+from medplib_runtime.schemas import SegmentRequest
+
+from .label_writes import undo_write, write_mask
+from .prompt_capture import capture
+from .runtime_factory import get_runtime
+
+
+class MedPLIBWidget(QWidget):
+    def __init__(self, napari_viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.synchronous = os.environ.get("MEDPLIB_SYNC_WORKERS") == "1"
+        self.writes: list = []
+        self._worker = None
+        self.image_combo, self.prompt_combo, self.target_combo = QComboBox(), QComboBox(), QComboBox()
+        self.label_id = QSpinBox()
+        self.label_id.setRange(1, 65535)
+        self.label_name = QLineEdit("lesion")
+        self.overwrite = QCheckBox("overwrite other labels")
+        self.segment_button, self.undo_button = QPushButton("Segment"), QPushButton("Undo")
+        self.cancel_button = QPushButton("Cancel")
+        self.status = QLabel("ready")
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        form.addRow("prompt", self.prompt_combo)
+        form.addRow("target labels", self.target_combo)
+        form.addRow("label id", self.label_id)
+        form.addRow("label name", self.label_name)
+        form.addRow(self.overwrite)
+        buttons = QHBoxLayout()
+        for b in (self.segment_button, self.undo_button, self.cancel_button):
+            buttons.addWidget(b)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        self.cancel_button.setEnabled(False)
+
+        self.segment_button.clicked.connect(self.on_segment)
+        self.undo_button.clicked.connect(self.on_undo)
+        self.cancel_button.clicked.connect(self.on_cancel)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            event.connect(self.on_layers_changed)
+        self.on_layers_changed()
+
+    # -- layer choices ---------------------------------------------------------------------------
+    def on_layers_changed(self, event=None) -> None:
+        def fill(combo: QComboBox, kinds: tuple) -> None:
+            current = combo.currentText()
+            combo.clear()
+            names = [layer.name for layer in self.viewer.layers if isinstance(layer, kinds)]
+            combo.addItems(names)
+            if current in names:
+                combo.setCurrentText(current)
+
+        fill(self.image_combo, (Image,))
+        fill(self.prompt_combo, (Shapes, Points, Labels))
+        fill(self.target_combo, (Labels,))
+
+    def _layer(self, combo: QComboBox, what: str):
+        name = combo.currentText()
+        if not name or name not in self.viewer.layers:
+            raise MedplibError(f"no {what} layer: add one and pick it in the MedPLIB dock")
+        return self.viewer.layers[name]
+
+    # -- segment -----------------------------------------------------------------------------------
+    def on_segment(self) -> None:
+        try:
+            image = self._layer(self.image_combo, "image")
+            prompt_layer = self._layer(self.prompt_combo, "prompt")
+            target = self._target_layer(image)
+            captured = capture(self.viewer, image, prompt_layer)
+        except MedplibError as exc:
+            show_error(str(exc))
+            return
+        if captured.ignored:
+            show_info(f"{captured.ignored} prompt(s) on other slices ignored")
+        data = np.asarray(image.data)
+        job = _SegmentJob(data, captured, modality=image.metadata.get("modality", "auto"))
+        context = (target, captured.slice, int(self.label_id.value()), self.label_name.text().strip(),
+                   self.overwrite.isChecked())
+        self._start(job.run, lambda result: self.on_segmented(result, context))
+
+    def _target_layer(self, image):
+        if self.target_combo.currentText():
+            target = self.viewer.layers[self.target_combo.currentText()]
+            if target.data.shape != image.data.shape:
+                raise MedplibError(f"target layer {target.name!r} has shape {target.data.shape}, "
+                                   f"but the image is {image.data.shape}")
+            return target
+        return None  # created on success, so a failure leaves no empty layer behind
+
+    def on_segmented(self, result, context) -> None:
+        target, ref, label, name, overwrite = context
+        image = self.viewer.layers[self.image_combo.currentText()]
+        if target is None:
+            target = self.viewer.add_labels(np.zeros(image.data.shape, np.uint8), name=f"{image.name} MedPLIB",
+                                            scale=image.scale, translate=image.translate,
+                                            metadata=dict(image.metadata))
+            self.target_combo.setCurrentText(target.name)
+        try:
+            write = write_mask(target, result.mask, ref, label=label, name=name or None, overwrite=overwrite)
+        except MedplibError as exc:
+            show_error(str(exc))
+            return
+        self.writes.append((target, write))
+        self.status.setText(f"{write.changed} voxels → label {label} on slice {ref.index} "
+                            f"(score {result.score:.2f}, {result.timings_ms.get('total', 0):.0f} ms)")
+
+    def on_undo(self) -> None:
+        if not self.writes:
+            show_info("nothing to undo")
+            return
+        layer, write = self.writes.pop()
+        undo_write(layer, write)
+        self.status.setText(f"undid the write on slice {write.slice.index}")
+
+    def on_cancel(self) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+            self.status.setText("cancelled: the result will be discarded")
+            self._worker = None
+            self._set_busy(False)
+
+    # -- threading ---------------------------------------------------------------------------------
+    def _start(self, fn, on_done) -> None:
+        if self.synchronous:
+            try:
+                result = fn()
+            except MedplibError as exc:
+                show_error(str(exc))
+                return
+            on_done(result)
+            return
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(fn)
+        self._worker = worker
+
+        def finished(result, worker=worker):
+            if self._worker is worker:  # not cancelled meanwhile
+                on_done(result)
+
+        worker.returned.connect(finished)
+        worker.errored.connect(lambda exc: show_error(str(exc) if isinstance(exc, MedplibError)
+                                                      else f"MedPLIB failed: {type(exc).__name__}: {exc}"))
+        worker.finished.connect(lambda: self._set_busy(False))
+        self._set_busy(True)
+        worker.start()
+
+    def _set_busy(self, busy: bool) -> None:
+        self.segment_button.setEnabled(not busy)
+        self.undo_button.setEnabled(not busy)
+        self.cancel_button.setEnabled(busy)
+        if busy:
+            self.status.setText("working… (a new slice takes ~1.5 s for its embedding)")
+
+
+class _SegmentJob:
+    """The worker's whole job: plain data in, SegmentResult out; touches no widget or layer."""
+
+    def __init__(self, data: np.ndarray, captured, *, modality: str) -> None:
+        self.data, self.captured, self.modality = data, captured, modality
+
+    def run(self):
+        runtime = get_runtime()
+        key = runtime.set_image(self.data, modality=self.modality)
+        return runtime.segment(SegmentRequest(image_key=key, slice=self.captured.slice, prompt=self.captured.prompt))
