@@ -140,6 +140,10 @@ class LocalRuntime:
         self._cache.close()
 
     # -- extras used by bench / plugin ------------------------------------------------------------
+    def warm_up(self) -> None:
+        """Import torch and load the segmentation model now (call from a background thread)."""
+        self._get_segmenter()
+
     def cache_stats(self) -> CacheStats:
         return self._cache.stats()
 

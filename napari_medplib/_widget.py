@@ -20,8 +20,11 @@ from medplib_runtime.errors import MedplibError
 from medplib_runtime.schemas import SegmentRequest
 
 from .label_writes import undo_write, write_mask
-from .prompt_capture import capture
+from .prompt_capture import capture, current_slice
 from .runtime_factory import get_runtime
+
+
+NEW_LAYER = "(new labels layer)"
 
 
 class MedPLIBWidget(QWidget):
@@ -61,21 +64,34 @@ class MedPLIBWidget(QWidget):
         self.cancel_button.clicked.connect(self.on_cancel)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.on_layers_changed)
+        self.viewer.dims.events.current_step.connect(self.on_slice_changed)
         self.on_layers_changed()
+        # import torch and load the segmentation model now, off the main thread, so the first
+        # click does not pay for it (the import itself briefly holds the GIL: ~0.3 s, once)
+        self._background(_warm_up)
 
     # -- layer choices ---------------------------------------------------------------------------
     def on_layers_changed(self, event=None) -> None:
-        def fill(combo: QComboBox, kinds: tuple) -> None:
+        def fill(combo: QComboBox, kinds: tuple, first: tuple[str, ...] = ()) -> None:
             current = combo.currentText()
             combo.clear()
-            names = [layer.name for layer in self.viewer.layers if isinstance(layer, kinds)]
+            names = list(first) + [layer.name for layer in self.viewer.layers if isinstance(layer, kinds)]
             combo.addItems(names)
             if current in names:
                 combo.setCurrentText(current)
 
         fill(self.image_combo, (Image,))
         fill(self.prompt_combo, (Shapes, Points, Labels))
-        fill(self.target_combo, (Labels,))
+        fill(self.target_combo, (Labels,), first=(NEW_LAYER,))
+
+    def on_slice_changed(self, event=None) -> None:
+        """Embed the slice the user looks at, and its neighbours, before they click."""
+        try:
+            image = self._layer(self.image_combo, "image")
+            ref = current_slice(self.viewer, image)
+        except MedplibError:
+            return
+        self._background(_Prefetch(np.asarray(image.data), ref, image.metadata.get("modality", "auto")).run)
 
     def _layer(self, combo: QComboBox, what: str):
         name = combo.currentText()
@@ -102,7 +118,7 @@ class MedPLIBWidget(QWidget):
         self._start(job.run, lambda result: self.on_segmented(result, context))
 
     def _target_layer(self, image):
-        if self.target_combo.currentText():
+        if self.target_combo.currentText() not in ("", NEW_LAYER):
             target = self.viewer.layers[self.target_combo.currentText()]
             if target.data.shape != image.data.shape:
                 raise MedplibError(f"target layer {target.name!r} has shape {target.data.shape}, "
@@ -168,12 +184,37 @@ class MedPLIBWidget(QWidget):
         self._set_busy(True)
         worker.start()
 
+    def _background(self, fn) -> None:
+        """Fire-and-forget runtime work (warm-up, prefetch); failures only cost speed."""
+        if self.synchronous:
+            return
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(fn)
+        worker.errored.connect(lambda exc: None)
+        worker.start()
+
     def _set_busy(self, busy: bool) -> None:
         self.segment_button.setEnabled(not busy)
         self.undo_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
         if busy:
             self.status.setText("working… (a new slice takes ~1.5 s for its embedding)")
+
+
+def _warm_up() -> None:
+    warm = getattr(get_runtime(), "warm_up", None)
+    if warm is not None:
+        warm()
+
+
+class _Prefetch:
+    def __init__(self, data: np.ndarray, ref, modality: str) -> None:
+        self.data, self.ref, self.modality = data, ref, modality
+
+    def run(self) -> None:
+        runtime = get_runtime()
+        runtime.prefetch(runtime.set_image(self.data, modality=self.modality), self.ref)
 
 
 class _SegmentJob:
