@@ -189,20 +189,10 @@ class TinyViTBlock(nn.Module):
         return x + self.mlp(x)
 
 
-class ConvStage(nn.Module):
-    def __init__(self, dim: int, depth: int, expand: float, downsample: PatchMerging | None) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(MBConv(dim, expand) for _ in range(depth))
-        self.downsample = downsample
+class Stage(nn.Module):
+    """A run of blocks (MBConv in stage 0, attention after) and an optional patch merging."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for blk in self.blocks:
-            x = blk(x)
-        return self.downsample(x) if self.downsample is not None else x
-
-
-class AttnStage(nn.Module):
-    def __init__(self, blocks: list[TinyViTBlock], downsample: PatchMerging | None) -> None:
+    def __init__(self, blocks: list[nn.Module], downsample: PatchMerging | None) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.downsample = downsample
@@ -229,11 +219,11 @@ class TinyViT(nn.Module):
                 stride = 1 if dims[i + 1] in cfg.no_stride_dims else 2
                 down = PatchMerging(res[i], dims[i], dims[i + 1], stride)
             if i == 0:
-                layers.append(ConvStage(dims[0], depth, cfg.mbconv_expand_ratio, down))
+                blocks: list[nn.Module] = [MBConv(dims[0], cfg.mbconv_expand_ratio) for _ in range(depth)]
             else:
                 blocks = [TinyViTBlock(dims[i], res[i], cfg.num_heads[i], cfg.window_sizes[i], cfg.mlp_ratio,
                                        cfg.local_conv_size) for _ in range(depth)]
-                layers.append(AttnStage(blocks, down))
+            layers.append(Stage(blocks, down))
         self.layers = nn.ModuleList(layers)
         self.out_grid = res[-1]
         self.neck = nn.Sequential(
