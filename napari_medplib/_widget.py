@@ -21,6 +21,7 @@ from medplib_runtime.schemas import SegmentRequest
 
 from .label_writes import undo_write, write_mask
 from .prompt_capture import capture, current_slice
+from ._workers import run_call
 from .runtime_factory import get_runtime
 
 
@@ -160,29 +161,18 @@ class MedPLIBWidget(QWidget):
 
     # -- threading ---------------------------------------------------------------------------------
     def _start(self, fn, on_done) -> None:
-        if self.synchronous:
-            try:
-                result = fn()
-            except MedplibError as exc:
-                show_error(str(exc))
-                return
-            on_done(result)
-            return
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(fn)
+        current: list = [None]  # the worker, known once started (results arrive via the event loop)
+        self._set_busy(True)
+        worker = run_call(fn, lambda r: self._deliver(current[0], r, on_done), synchronous=self.synchronous,
+                          on_finished=lambda: self._set_busy(False))
+        current[0] = worker
         self._worker = worker
 
-        def finished(result, worker=worker):
-            if self._worker is worker:  # not cancelled meanwhile
-                on_done(result)
-
-        worker.returned.connect(finished)
-        worker.errored.connect(lambda exc: show_error(str(exc) if isinstance(exc, MedplibError)
-                                                      else f"MedPLIB failed: {type(exc).__name__}: {exc}"))
-        worker.finished.connect(lambda: self._set_busy(False))
-        self._set_busy(True)
-        worker.start()
+    def _deliver(self, worker, result, on_done) -> None:
+        if worker is not None and self._worker is not worker:
+            return  # cancelled meanwhile: the result is discarded, nothing is written
+        self._worker = None
+        on_done(result)
 
     def _background(self, fn) -> None:
         """Fire-and-forget runtime work (warm-up, prefetch); failures only cost speed."""
@@ -191,7 +181,7 @@ class MedPLIBWidget(QWidget):
         from napari.qt.threading import create_worker
 
         worker = create_worker(fn)
-        worker.errored.connect(lambda exc: None)
+        worker.errored.connect(lambda exc: None)  # a failed prefetch only costs speed
         worker.start()
 
     def _set_busy(self, busy: bool) -> None:

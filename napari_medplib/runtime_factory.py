@@ -1,17 +1,22 @@
-"""Where the dock gets its runtime: one LocalRuntime per process, replaceable (tests, remote)."""
+"""Where the docks get their runtime: one per process, shared (one embedding cache), replaceable.
+
+The runtime is closed at interpreter exit so its prefetch thread never runs torch code while
+Python shuts down (that aborts the process).
+"""
 
 from __future__ import annotations
 
+import atexit
 import threading
 
 _lock = threading.Lock()
-_state: dict = {}
+_state: dict = {}  # the process-wide runtime; a registry, so several docks share one cache
 
 
 def get_runtime():
     """The process's runtime, created on first use (torch is imported then, not before)."""
     with _lock:
-        if "runtime" not in _state:
+        if _state.get("runtime") is None:
             from medplib_runtime.local import LocalRuntime
 
             _state["runtime"] = LocalRuntime()
@@ -19,9 +24,14 @@ def get_runtime():
 
 
 def set_runtime(runtime) -> None:
-    """Use ``runtime`` (anything implementing medplib_runtime.protocol.Runtime) from now on."""
+    """Use ``runtime`` (a medplib_runtime.protocol.Runtime) from now on; None forgets it. Closes the old one."""
     with _lock:
         old = _state.get("runtime")
         _state["runtime"] = runtime
     if old is not None and old is not runtime:
         old.close()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    set_runtime(None)

@@ -13,6 +13,14 @@ from napari_medplib.prompt_capture import capture
 from napari_medplib._widget import MedPLIBWidget
 
 SCALE = (6.5, 0.78, 0.78)
+
+
+@pytest.fixture(autouse=True)
+def fresh_runtime():
+    """Each test starts without a runtime and closes the one it used (no threads left running)."""
+    runtime_factory.set_runtime(None)
+    yield
+    runtime_factory.set_runtime(None)
 TRANSLATE = (10.0, -40.0, 25.0)
 
 
