@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer.add_shapes(ndim=image.ndim, name="prompt", edge_color="yellow", face_color="transparent", edge_width=1)
     viewer.layers["prompt"].mode = "add_rectangle"
     viewer.window.add_plugin_dock_widget("napari-medplib", "MedPLIB segment")
+    viewer.window.add_plugin_dock_widget("napari-medplib", "MedPLIB chat")
     napari.run()
     return 0
 

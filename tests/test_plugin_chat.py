@@ -1,0 +1,88 @@
+"""The chat dock: transcript per image, history sent back, routing shown, masks to labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medplib_runtime.schemas import AskResult, RoutingStats
+from napari_medplib import runtime_factory
+from napari_medplib._chat_widget import NO_REGION, ChatDock
+
+
+@pytest.fixture(autouse=True)
+def fresh_runtime():
+    runtime_factory.set_runtime(None)
+    yield
+    runtime_factory.set_runtime(None)
+
+
+class FakeAskRuntime:
+    """Widget unit test only: echoes the question, returns two masks, records requests."""
+
+    def __init__(self):
+        self.requests = []
+
+    def set_image(self, image, **kw):
+        return "k"
+
+    def ask(self, request):
+        self.requests.append(request)
+        m1 = np.zeros((32, 40), np.uint8)
+        m1[2:6, 2:6] = 1
+        m2 = np.zeros((32, 40), np.uint8)
+        m2[10:12, 10:20] = 1
+        routing = RoutingStats(("grounding", "vision-language"), ("a", "b"), ((1.0, 0.0), (0.5, 0.5)))
+        return AskResult(f"about: {request.question}", (m1, m2), routing, ("seg_projector",), {"total": 5.0})
+
+    def close(self):
+        pass
+
+
+def test_chat_transcript_history_routing_and_masks(make_napari_viewer, qtbot):
+    fake = FakeAskRuntime()
+    runtime_factory.set_runtime(fake)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((6, 32, 40)).astype(np.float32), name="ct")
+    viewer.dims.set_point(0, 4)
+    dock = ChatDock(viewer)
+    dock.synchronous = True
+    dock.question.setText("   ")
+    dock.on_ask()
+    assert not fake.requests, "an empty question is refused"
+    dock.question.setText("What is this?")
+    dock.on_ask()
+    dock.question.setText("And its size?")
+    dock.on_ask()
+    assert [r.slice.index for r in fake.requests] == [4, 4]
+    assert fake.requests[1].history[0].question == "What is this?"
+    assert fake.requests[1].history[0].answer == "about: What is this?"
+    text = dock.transcript.toPlainText()
+    assert "about: And its size?" in text and "2 mask(s)" in text and "grounding 75% · vision-language 25%" in text
+    assert "untrained parts (seg_projector)" in text
+    dock.on_add_masks()
+    labels = viewer.layers["ct MedPLIB chat"]
+    assert (labels.data[4] == 1).sum() == 16 and (labels.data[4] == 2).sum() == 20
+    assert not np.delete(labels.data, 4, 0).any()
+    dock.on_copy()
+    from qtpy.QtWidgets import QApplication
+
+    assert "Q (slice 4, region none): What is this?" in QApplication.clipboard().text()
+    dock.on_clear()
+    assert dock.history.entries("ct") == [] and "about" not in dock.transcript.toPlainText()
+    assert dock.region_combo.currentText() == NO_REGION
+
+
+@pytest.mark.slow
+def test_chat_real_runtime_answers_and_warns(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-medplib", "brain1")
+    viewer.dims.set_point(0, viewer.layers[0].data_to_world((16, 0, 0))[0])
+    dock = ChatDock(viewer)
+    dock.question.setText("What is shown in this image?")
+    dock.on_ask()  # a real worker thread, real model
+    qtbot.waitUntil(lambda: bool(dock.history.entries("brain1")), timeout=180_000)
+    qtbot.waitUntil(lambda: dock.ask_button.isEnabled(), timeout=10_000)
+    entry = dock.history.entries("brain1")[0]
+    assert entry.slice.index == 16 and "vision-language" in entry.routing
+    assert "not grounded in the image yet" in dock.transcript.toPlainText()
