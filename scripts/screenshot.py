@@ -1,4 +1,4 @@
-"""A real session under Xvfb → docs/screenshot.png: brain1, a box on slice 16, Segment, the mask.
+"""A real session under Xvfb → docs/screenshot.png: brain1, a box on slice 16, Segment, the mask, a question.
 
 Run: xvfb-run -a -s "-screen 0 1400x900x24" .venv/bin/python scripts/screenshot.py
 """
@@ -7,6 +7,7 @@ import numpy as np
 import napari
 from qtpy.QtWidgets import QApplication
 
+from napari_medplib._chat_widget import ChatDock
 from napari_medplib._widget import MedPLIBWidget
 
 
@@ -27,6 +28,13 @@ def main():
     viewer.window.add_dock_widget(widget, name="MedPLIB segment", area="right")
     widget.prompt_combo.setCurrentText("prompt")
     widget.on_segment()
+    chat = ChatDock(viewer)
+    chat.synchronous = True
+    chat.transcript.setMinimumHeight(300)
+    viewer.window.add_dock_widget(chat, name="MedPLIB chat", area="right")
+    chat.region_combo.setCurrentText("prompt")
+    chat.question.setText("What is in the region?")
+    chat.on_ask()
     viewer.scene.camera.zoom *= 2.2
     viewer.scene.camera.center = image.data_to_world((k, 100, 184))
     for _ in range(20):
