@@ -26,6 +26,7 @@ from .runtime_factory import get_runtime
 
 
 NEW_LAYER = "(new labels layer)"
+PREVIEW_LAYER = "MedPLIB preview"
 
 
 class MedPLIBWidget(QWidget):
@@ -40,6 +41,9 @@ class MedPLIBWidget(QWidget):
         self.label_id.setRange(1, 65535)
         self.label_name = QLineEdit("lesion")
         self.overwrite = QCheckBox("overwrite other labels")
+        self.preview = QCheckBox("preview before writing")
+        self.accept_button, self.discard_button = QPushButton("Accept preview"), QPushButton("Discard preview")
+        self._pending = None  # (result, context) shown as a preview, not yet written
         self.segment_button, self.undo_button = QPushButton("Segment"), QPushButton("Undo")
         self.cancel_button = QPushButton("Cancel")
         self.status = QLabel("ready")
@@ -51,18 +55,26 @@ class MedPLIBWidget(QWidget):
         form.addRow("label id", self.label_id)
         form.addRow("label name", self.label_name)
         form.addRow(self.overwrite)
+        form.addRow(self.preview)
         buttons = QHBoxLayout()
         for b in (self.segment_button, self.undo_button, self.cancel_button):
             buttons.addWidget(b)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
+        previews = QHBoxLayout()
+        previews.addWidget(self.accept_button)
+        previews.addWidget(self.discard_button)
+        layout.addLayout(previews)
         layout.addWidget(self.status)
         self.cancel_button.setEnabled(False)
+        self._show_preview_buttons(False)
 
         self.segment_button.clicked.connect(self.on_segment)
         self.undo_button.clicked.connect(self.on_undo)
         self.cancel_button.clicked.connect(self.on_cancel)
+        self.accept_button.clicked.connect(self.on_accept_preview)
+        self.discard_button.clicked.connect(self.on_discard_preview)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.on_layers_changed)
         self.viewer.dims.events.current_step.connect(self.on_slice_changed)
@@ -128,6 +140,40 @@ class MedPLIBWidget(QWidget):
         return None  # created on success, so a failure leaves no empty layer behind
 
     def on_segmented(self, result, context) -> None:
+        if self.preview.isChecked():
+            self._show_preview(result, context)
+            return
+        self._commit(result, context)
+
+    def _show_preview(self, result, context) -> None:
+        self.on_discard_preview()
+        ref = context[1]
+        image = self.viewer.layers[self.image_combo.currentText()]
+        data = np.zeros(image.data.shape, np.uint8)
+        (data if data.ndim == 2 else np.moveaxis(data, ref.axis, 0)[ref.index])[result.mask != 0] = 1
+        self.viewer.add_labels(data, name=PREVIEW_LAYER, scale=image.scale, translate=image.translate, opacity=0.6)
+        self._pending = (result, context)
+        self._show_preview_buttons(True)
+        self.status.setText(f"preview: {int(result.mask.sum())} voxels on slice {ref.index} — accept or discard")
+
+    def on_accept_preview(self) -> None:
+        if self._pending is None:
+            return
+        result, context = self._pending
+        self.on_discard_preview()
+        self._commit(result, context)
+
+    def on_discard_preview(self) -> None:
+        self._pending = None
+        if PREVIEW_LAYER in self.viewer.layers:
+            self.viewer.layers.remove(PREVIEW_LAYER)
+        self._show_preview_buttons(False)
+
+    def _show_preview_buttons(self, visible: bool) -> None:
+        self.accept_button.setVisible(visible)
+        self.discard_button.setVisible(visible)
+
+    def _commit(self, result, context) -> None:
         target, ref, label, name, overwrite = context
         image = self.viewer.layers[self.image_combo.currentText()]
         if target is None:

@@ -202,3 +202,27 @@ def test_segment_lesion_on_brain1_end_to_end(make_napari_viewer, qtbot):
     widget.on_undo()
     assert np.array_equal(target.data, before)
     del shapes
+
+
+def test_preview_can_be_discarded_or_accepted(viewer_with_image, qtbot):
+    viewer, image = viewer_with_image
+    runtime_factory.set_runtime(FakeRuntime())
+    viewer.dims.set_point(0, world(3, 0, 0)[0])
+    shapes = viewer.add_shapes(ndim=3, scale=SCALE, translate=TRANSLATE, name="box")
+    shapes.add_rectangles(np.array([[3, 10, 10], [3, 10, 20], [3, 20, 20], [3, 20, 10]], float))
+    target = viewer.add_labels(np.zeros((25, 64, 80), np.uint8), name="t", scale=SCALE, translate=TRANSLATE)
+    widget = MedPLIBWidget(viewer)
+    widget.synchronous = True
+    widget.prompt_combo.setCurrentText("box")
+    widget.target_combo.setCurrentText("t")
+    widget.preview.setChecked(True)
+    widget.on_segment()
+    assert "MedPLIB preview" in viewer.layers and not target.data.any(), "a preview writes nothing"
+    widget.on_discard_preview()
+    assert "MedPLIB preview" not in viewer.layers and not target.data.any()
+    widget.on_segment()
+    previewed = viewer.layers["MedPLIB preview"].data.copy()
+    assert previewed[3].sum() > 0
+    widget.on_accept_preview()
+    assert "MedPLIB preview" not in viewer.layers
+    assert np.array_equal(target.data == 1, previewed == 1), "what was previewed is what gets written"
