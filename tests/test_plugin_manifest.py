@@ -61,3 +61,13 @@ def test_reader_declines_other_files_and_reports_bad_ones(tmp_path):
     bad.write_text("nope")
     reader = get_reader(str(bad))
     assert reader is not None and reader(str(bad)) == []  # a notification, no layer
+
+
+def test_mni152_sample_with_tissue_labels(make_napari_viewer):
+    pytest.importorskip("nilearn")
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-medplib", "mni152")
+    image, labels = viewer.layers
+    assert image.data.shape == (95, 117, 99) and tuple(image.scale) == (2.0, 2.0, 2.0)
+    assert set(np.unique(labels.data)) == {0, 1, 2, 3}
+    assert labels.metadata["medplib_label_names"][2] == "grey matter"
