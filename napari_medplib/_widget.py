@@ -22,7 +22,7 @@ from medplib_runtime.schemas import SegmentRequest
 from .label_writes import undo_write, write_mask
 from .prompt_capture import capture, current_slice
 from ._workers import run_call
-from .runtime_factory import get_runtime
+from .runtime_factory import get_runtime, run_background
 
 
 NEW_LAYER = "(new labels layer)"
@@ -222,13 +222,8 @@ class MedPLIBWidget(QWidget):
 
     def _background(self, fn) -> None:
         """Fire-and-forget runtime work (warm-up, prefetch); failures only cost speed."""
-        if self.synchronous:
-            return
-        from napari.qt.threading import create_worker
-
-        worker = create_worker(fn)
-        worker.errored.connect(lambda exc: None)  # a failed prefetch only costs speed
-        worker.start()
+        if not self.synchronous:
+            run_background(fn)
 
     def _set_busy(self, busy: bool) -> None:
         self.segment_button.setEnabled(not busy)

@@ -11,6 +11,7 @@ import threading
 
 _lock = threading.Lock()
 _state: dict = {}  # the process-wide runtime; a registry, so several docks share one cache
+_background: set[threading.Thread] = set()  # fire-and-forget jobs (warm-up, prefetch hints)
 
 
 def get_runtime():
@@ -23,8 +24,34 @@ def get_runtime():
         return _state["runtime"]
 
 
+def run_background(fn) -> None:
+    """Run ``fn`` on a plain thread (no Qt objects, so it can outlive a closed viewer safely)."""
+
+    def body():
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 — a failed warm-up/prefetch only costs speed
+            pass
+        finally:
+            with _lock:
+                _background.discard(thread)
+
+    thread = threading.Thread(target=body, name="medplib-background", daemon=True)
+    with _lock:
+        _background.add(thread)
+    thread.start()
+
+
+def wait_background(timeout: float = 120.0) -> None:
+    with _lock:
+        threads = list(_background)
+    for thread in threads:
+        thread.join(timeout)
+
+
 def set_runtime(runtime) -> None:
     """Use ``runtime`` (a medplib_runtime.protocol.Runtime) from now on; None forgets it. Closes the old one."""
+    wait_background()  # no job may still be using the old runtime
     with _lock:
         old = _state.get("runtime")
         _state["runtime"] = runtime

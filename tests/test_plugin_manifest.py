@@ -71,3 +71,15 @@ def test_mni152_sample_with_tissue_labels(make_napari_viewer):
     assert image.data.shape == (95, 117, 99) and tuple(image.scale) == (2.0, 2.0, 2.0)
     assert set(np.unique(labels.data)) == {0, 1, 2, 3}
     assert labels.metadata["medplib_label_names"][2] == "grey matter"
+
+
+def test_docks_open_from_the_manifest(make_napari_viewer):
+    from napari_medplib import runtime_factory
+
+    viewer = make_napari_viewer()
+    try:
+        _, segment = viewer.window.add_plugin_dock_widget("napari-medplib", "MedPLIB segment")
+        _, chat = viewer.window.add_plugin_dock_widget("napari-medplib", "MedPLIB chat")
+        assert type(segment).__name__ == "MedPLIBWidget" and type(chat).__name__ == "ChatDock"
+    finally:
+        runtime_factory.set_runtime(None)  # the dock started a background warm-up
