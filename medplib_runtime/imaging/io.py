@@ -1,35 +1,84 @@
-"""Volume I/O with geometry: NIfTI, NRRD, MHA/MHD and DICOM series via SimpleITK.
+"""Volume I/O with exact geometry: NIfTI, NRRD, MHA/MHD and DICOM series (SimpleITK; nibabel fallback).
 
-Arrays are numpy ``(z, y, x)`` as ``sitk.GetArrayFromImage`` gives them; ``spacing`` is in
-the same (array) order, in mm. ``origin`` and ``direction`` are ITK's (x, y, z, LPS; 3×3
-row-major). Label volumes are written with exactly the reference geometry, atomically.
+Arrays are numpy ``(z, y, x)`` (3D) or ``(y, x)`` (2D), as ``sitk.GetArrayFromImage`` gives them;
+``spacing`` is in the same array order, in mm. ``origin`` and ``direction`` are ITK's: origin
+``(x, y[, z])`` LPS mm, direction row-major ``ndim × ndim`` (3×3 for volumes, 2×2 for 2D images).
+Writers put back exactly this geometry, atomically (temp file in the target folder + ``os.replace``).
+
+Precision of a round trip (measured in tests/test_imaging_io.py): MHA stores spacing, origin and
+direction as separate full-precision numbers → bit-identical. NRRD stores spacing × direction
+("space directions") → bit-identical for axis-aligned/flipped volumes, ~1e-13 for rotated ones,
+and bit-identical from the second trip on. NIfTI stores float32 (pixdim, quaternion, sform)
+→ ~1e-6 relative; stable (identical numbers) from the third trip on.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .geometry import identity_direction, is_identity, napari_affine, orthonormalize
 
-LABEL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
+WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")  # single-file formats only: .mhd needs a .raw beside it
+LABEL_SUFFIXES = WRITE_SUFFIXES  # older name, kept for callers
+_CHANNEL_NAMES = {2: "2 channels (complex/vector)", 3: "3 channels (RGB)", 4: "4 channels (RGBA)"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: comparing/hashing numpy arrays has no single answer
 class Volume:
-    """A scalar image with its geometry. ``array`` is ``(z, y, x)`` (3D) or ``(y, x)`` (2D)."""
+    """A scalar image with its geometry. ``array`` is ``(z, y, x)`` (3D) or ``(y, x)`` (2D).
+
+    Non-identity ``direction`` (rotated or flipped scans): napari's ``scale``/``translate`` cannot
+    express a rotation, so :attr:`napari_translate` is simply the origin in array order (exact at
+    voxel 0, the rest is shown axis-aligned); the direction is kept here, written back unchanged,
+    and :attr:`napari_affine` gives the exact mapping for callers that want it.
+    """
 
     array: np.ndarray
     spacing: tuple[float, ...]  # array order, mm
-    origin: tuple[float, ...]  # ITK order (x, y[, z]), mm, LPS
+    origin: tuple[float, ...]  # ITK order (x, y[, z]), LPS mm
     direction: tuple[float, ...]  # ITK row-major (ndim × ndim)
     source: str | None = None
-    metadata: dict = field(default_factory=dict, compare=False)
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.array.ndim
+        if n not in (2, 3):
+            raise InputError(f"a Volume is 2D or 3D, got an array of shape {self.array.shape}")
+        spacing = tuple(float(s) for s in self.spacing)
+        origin = tuple(float(o) for o in self.origin)
+        direction = tuple(float(d) for d in self.direction)
+        if len(spacing) != n or len(origin) != n or len(direction) != n * n:
+            raise InputError(f"geometry does not fit a {n}D array: spacing {len(spacing)}, origin {len(origin)},"
+                             f" direction {len(direction)} values (want {n}, {n}, {n * n})")
+        if not all(np.isfinite(s) and s > 0 for s in spacing):
+            raise InputError(f"spacing must be positive, got {spacing}")
+        object.__setattr__(self, "spacing", spacing)
+        object.__setattr__(self, "origin", origin)
+        object.__setattr__(self, "direction", direction)
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, *, spacing: tuple[float, ...] | None = None,
+                   origin: tuple[float, ...] | None = None, direction: tuple[float, ...] | None = None,
+                   source: str | None = None, metadata: dict | None = None) -> "Volume":
+        """An array with default geometry: 1 mm spacing, origin 0, identity direction."""
+        array = np.asarray(array)
+        n = array.ndim
+        return cls(array, spacing if spacing is not None else (1.0,) * n, origin if origin is not None else (0.0,) * n,
+                   direction if direction is not None else identity_direction(n), source, dict(metadata or {}))
+
+    def with_array(self, array: np.ndarray) -> "Volume":
+        """Same geometry, another array of the same shape (e.g. a label volume)."""
+        array = np.asarray(array)
+        if array.shape != self.array.shape:
+            raise InputError(f"array has shape {array.shape}, but the image is {self.array.shape}")
+        return replace(self, array=array)
 
     @property
     def ndim(self) -> int:
@@ -41,6 +90,7 @@ class Volume:
 
     @property
     def spacing_xyz(self) -> tuple[float, ...]:
+        """Spacing in ITK order (x, y[, z])."""
         return tuple(reversed(self.spacing))
 
     @property
@@ -49,81 +99,166 @@ class Volume:
 
     @property
     def napari_translate(self) -> tuple[float, ...]:
-        """Origin in array order. With a non-identity direction napari cannot show the rotation;
-        the direction stays in ``metadata``/the Volume and is written back unchanged."""
+        """Origin in array order (z, y, x); exact when :attr:`is_axis_aligned` (see class doc)."""
         return tuple(reversed(self.origin))
 
     @property
+    def napari_affine(self) -> np.ndarray:
+        """Exact ``(ndim+1)²`` index (z, y, x) → world (z, y, x) affine, rotation included."""
+        return napari_affine(spacing=self.spacing, origin=self.origin, direction=self.direction)
+
+    @property
+    def is_axis_aligned(self) -> bool:
+        return is_identity(self.direction)
+
+    @property
     def voxel_volume_ml(self) -> float:
+        """One voxel's volume in ml (mm³ / 1000). 3D only."""
+        if self.ndim != 3:
+            raise InputError("a 2D image has no voxel volume (no slice thickness)")
         return float(np.prod(self.spacing)) / 1000.0
 
     @property
     def is_constant(self) -> bool:
-        finite = self.array[np.isfinite(self.array)] if self.array.dtype.kind == "f" else self.array
-        return finite.size == 0 or bool(finite.min() == finite.max())
+        """True when every finite value is the same (or there is none): nothing to segment."""
+        arr = self.array
+        if arr.dtype.kind in "fc":
+            arr = arr[np.isfinite(arr)]
+        return arr.size == 0 or bool(arr.min() == arr.max())
 
     def to_sitk(self, array: np.ndarray | None = None) -> sitk.Image:
-        image = sitk.GetImageFromArray(self.array if array is None else array)
+        """A SimpleITK image of ``array`` (default: this volume's) with this geometry."""
+        arr = np.asarray(self.array if array is None else array)
+        if arr.shape != self.array.shape:
+            raise InputError(f"array has shape {arr.shape}, but the image is {self.array.shape}")
+        if arr.dtype == np.bool_:
+            arr = arr.astype(np.uint8)
+        elif arr.dtype == np.float16:  # no float16 pixel type in ITK
+            arr = arr.astype(np.float32)
+        image = sitk.GetImageFromArray(arr, isVector=False)
         image.SetSpacing(self.spacing_xyz)
         image.SetOrigin(self.origin)
         image.SetDirection(self.direction)
         return image
 
 
-def _from_sitk(image: sitk.Image, source: str, *, allow_2d: bool, metadata: dict | None = None) -> Volume:
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{source} has {image.GetNumberOfComponentsPerPixel()} channels per voxel (RGB/vector);"
-                         " a single-channel volume is needed")
-    dim = image.GetDimension()
-    if dim == 4:
-        raise InputError(f"{source} is 4D {image.GetSize()}; pick one 3D volume (e.g. one time point) first")
-    if dim == 2 and not allow_2d:
-        raise InputError(f"{source} is a 2D image; a 3D volume is needed here")
-    array = sitk.GetArrayFromImage(image)
-    if dim == 3 and array.shape[0] == 1 and allow_2d:
-        pass  # a single-slice volume stays 3D: slice 0 along axis 0
-    meta = dict(metadata or {})
-    for key in image.GetMetaDataKeys():
-        if key in ("0008|0060", "modality"):
-            meta["modality"] = image.GetMetaData(key).strip()
-    return Volume(array=array, spacing=tuple(float(s) for s in reversed(image.GetSpacing())),
-                  origin=tuple(float(o) for o in image.GetOrigin()),
-                  direction=tuple(float(d) for d in image.GetDirection()), source=source, metadata=meta)
-
+# ----------------------------------------------------------------------------------------- reading
 
 def read_volume(path: str | os.PathLike, *, allow_2d: bool = True) -> Volume:
-    """Read a file (NIfTI/NRRD/MHA/...) or a DICOM series folder, keeping geometry."""
+    """Read an image file (NIfTI/NRRD/MHA/MHD/...) or a DICOM series folder, keeping geometry.
+
+    2D files give a ``(y, x)`` Volume when ``allow_2d`` (else InputError). A 4D file with one time
+    point is reduced to 3D; other 4D files and multi-channel (RGB/vector) images are InputErrors.
+    Constant or all-NaN images are *not* errors here: see :attr:`Volume.is_constant`.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p} does not exist")
     if p.is_dir():
         return _read_dicom_series(p, allow_2d=allow_2d)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
     try:
-        image = sitk.ReadImage(str(p))
+        reader.ReadImageInformation()  # header only: reject RGB/4D before loading pixels
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown format"
-        raise InputError(f"{p} is not a readable image: {reason[:160]}") from None
-    return _from_sitk(image, str(p), allow_2d=allow_2d)
+        if _is_nifti(p):
+            return _read_nifti_nibabel(p, allow_2d=allow_2d, sitk_error=_reason(exc))
+        raise InputError(f"{p} is not a readable image: {_reason(exc)}") from None
+    _check_header(str(p), reader.GetNumberOfComponents(), reader.GetDimension(), reader.GetSize(), allow_2d)
+    filter_key = "ITK_InputFilterName"  # which ITK ImageIO read it
+    meta = {"format": reader.GetMetaData(filter_key) if reader.HasMetaDataKey(filter_key) else _suffix(p)}
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"{p} is not a readable image: {_reason(exc)}") from None
+    for key in reader.GetMetaDataKeys():  # NRRD/MHA headers may carry a free-form modality field
+        if key.lower() == "modality":
+            meta["modality"] = reader.GetMetaData(key).strip()
+    return _from_sitk(image, str(p), metadata=meta)
+
+
+def _reason(exc: BaseException) -> str:
+    """ITK's last meaningful line, short enough for a one-line message."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else "unknown format")[:160]
+
+
+def _is_nifti(p: Path) -> bool:
+    return p.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def _check_header(source: str, components: int, dim: int, size: tuple[int, ...], allow_2d: bool) -> None:
+    if components != 1:
+        what = _CHANNEL_NAMES.get(components, f"{components} channels (vector)")
+        raise InputError(f"{source} has {what} per voxel; a single-channel (grayscale) image is needed")
+    if dim > 4 or (dim == 4 and size[3] != 1):
+        raise InputError(f"{source} is {dim}D {tuple(size)}; pick one 3D volume (e.g. one time point) first")
+    if dim == 2 and not allow_2d:
+        raise InputError(f"{source} is a 2D image; a 3D volume is needed here")
+
+
+def _from_sitk(image: sitk.Image, source: str, *, metadata: dict) -> Volume:
+    if image.GetDimension() == 4:  # one time point (checked in _check_header): drop the t axis
+        size = list(image.GetSize())
+        image = sitk.Extract(image, size[:3] + [0], [0, 0, 0, 0])
+    meta = dict(metadata)
+    meta.setdefault("pixel_type", image.GetPixelIDTypeAsString())
+    return Volume(sitk.GetArrayFromImage(image), tuple(reversed(image.GetSpacing())), image.GetOrigin(),
+                  image.GetDirection(), source, meta)
 
 
 def _read_dicom_series(folder: Path, *, allow_2d: bool) -> Volume:
+    """The folder's largest DICOM series, slices ordered by position (GDCM sorts by IPP)."""
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder)) or ()
     if not series:
         raise InputError(f"{folder} holds no DICOM series")
     files_by_series = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
-    sid = max(files_by_series, key=lambda s: len(files_by_series[s]))  # the largest series
-    reader.SetFileNames(files_by_series[sid])  # GDCM sorts by image position
+    sid = max(files_by_series, key=lambda s: len(files_by_series[s]))
+    reader.SetFileNames(files_by_series[sid])
     reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(f"{folder}: DICOM series {sid} is not readable: {str(exc).strip()[:160]}") from None
-    meta = {"dicom_series": sid, "files": len(files_by_series[sid])}
-    if reader.HasMetaDataKey(0, "0008|0060"):
-        meta["modality"] = reader.GetMetaData(0, "0008|0060").strip()
-    return _from_sitk(image, str(folder), allow_2d=allow_2d, metadata=meta)
+        raise InputError(f"{folder}: DICOM series {sid} is not readable: {_reason(exc)}") from None
+    _check_header(str(folder), image.GetNumberOfComponentsPerPixel(), image.GetDimension(), image.GetSize(), allow_2d)
+    meta = {"format": "DICOM", "dicom_series": sid, "files": len(files_by_series[sid]), "series_in_folder": len(series)}
+    for tag, key in (("0008|0060", "modality"), ("0008|103e", "series_description")):
+        if reader.HasMetaDataKey(0, tag):
+            meta[key] = reader.GetMetaData(0, tag).strip()
+    return _from_sitk(image, str(folder), metadata=meta)
 
+
+def _read_nifti_nibabel(p: Path, *, allow_2d: bool, sitk_error: str) -> Volume:
+    """Fallback for NIfTI files ITK refuses (typically a sheared, non-orthonormal sform).
+
+    nibabel's affine maps (i, j, k) to RAS; ITK/LPS negates x and y. The direction is made
+    orthonormal (nearest rotation) because ITK cannot represent shear; ``metadata`` says so.
+    """
+    import nibabel as nib  # only on this rare path
+
+    try:
+        img = nib.load(str(p))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for junk files
+        raise InputError(f"{p} is not a readable image: {sitk_error}") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    _check_header(str(p), 1, data.ndim, data.shape, allow_2d)  # nibabel's shape is already (x, y, z)
+    n = data.ndim
+    lps = np.diag([-1.0, -1.0, 1.0])
+    linear = (lps @ img.affine[:3, :3])[:n, :n]
+    spacing_xyz = np.linalg.norm(linear, axis=0)
+    raw_direction = linear / spacing_xyz
+    direction = orthonormalize(raw_direction)
+    meta = {"format": "nibabel", "pixel_type": str(data.dtype), "itk_error": sitk_error,
+            "direction_orthonormalized": bool(not np.allclose(direction, raw_direction, atol=1e-6))}
+    origin = (lps @ img.affine[:3, 3])[:n]
+    return Volume(np.ascontiguousarray(data.T), tuple(spacing_xyz[::-1]), tuple(origin),
+                  tuple(direction.ravel()), str(p), meta)
+
+
+# ----------------------------------------------------------------------------------------- writing
 
 def _suffix(path: Path) -> str:
     name = path.name.lower()
@@ -131,44 +266,54 @@ def _suffix(path: Path) -> str:
 
 
 def check_writable(path: str | os.PathLike) -> Path:
-    """Fail early (before any model work) if ``path`` cannot take a label volume."""
+    """Fail early (before any model work) if ``path`` cannot take a volume: suffix, folder, rights."""
     path = Path(path)
-    if _suffix(path) not in LABEL_SUFFIXES:
-        raise InputError(f"cannot write {path.name}: use one of {', '.join(LABEL_SUFFIXES)}")
+    if _suffix(path) not in WRITE_SUFFIXES:
+        raise InputError(f"cannot write {path.name}: use one of {', '.join(WRITE_SUFFIXES)}")
     if not path.parent.is_dir():
         raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):
         raise InputError(f"cannot write {path}: folder {path.parent} is not writable")
+    if path.is_dir():
+        raise InputError(f"cannot write {path}: it is a folder")
     return path
 
 
 def _write_atomic(image: sitk.Image, path: Path) -> Path:
-    suffix = _suffix(path)
-    check_writable(path)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+    """Write to a hidden temp file beside ``path`` and rename it over, so readers never see half a file."""
+    path = check_writable(path)
+    # a fresh name (not mkstemp) so ITK creates the file with the usual umask permissions
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{_suffix(path)}"
     try:
-        sitk.WriteImage(image, tmp, True)
+        sitk.WriteImage(image, str(tmp), True)
         os.replace(tmp, path)
+    except RuntimeError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {path}: {_reason(exc)}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
 
 def write_labels(labels: np.ndarray, *, like: Volume, path: str | os.PathLike) -> Path:
-    """Write a label array with ``like``'s exact geometry; uint8 (or uint16 past 255 labels)."""
+    """Write an integer label array ``(z, y, x)``/``(y, x)`` with ``like``'s exact geometry.
+
+    Stored as uint8, or uint16 when a label id exceeds 255. Suffix picks the format
+    (.nii, .nii.gz, .nrrd, .mha). Returns the written path.
+    """
     labels = np.asarray(labels)
     if labels.shape != like.array.shape:
         raise InputError(f"labels have shape {labels.shape}, but the image is {like.array.shape}")
     if labels.dtype.kind not in "biu":
         raise InputError(f"labels must be integers, got {labels.dtype}")
+    check_writable(path)
     if labels.size and (labels.min() < 0 or labels.max() > 65535):
-        raise InputError("label ids must lie in 0..65535")
+        raise InputError(f"label ids must lie in 0..65535, got {labels.min()}..{labels.max()}")
     dtype = np.uint8 if (labels.size == 0 or labels.max() <= 255) else np.uint16
-    return _write_atomic(like.to_sitk(labels.astype(dtype)), Path(path))
+    return _write_atomic(like.to_sitk(labels.astype(dtype, copy=False)), Path(path))
 
 
 def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
-    """Write an image volume with its geometry (atomically)."""
+    """Write an image volume with its dtype and geometry (atomically). Returns the written path."""
     return _write_atomic(volume.to_sitk(), Path(path))
