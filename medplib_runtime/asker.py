@@ -69,6 +69,15 @@ class Asker:
                    "total": (time.perf_counter() - t0) * 1e3}
         return AskResult(text=answer, masks=masks, routing=routing, untrained_parts=self.untrained, timings_ms=timings)
 
+    def text_callback(self, on_text):
+        """Token-id callback → text callback; stop tokens are not shown."""
+
+        def on_token(token_id: int) -> None:
+            if token_id not in self.stop_ids:
+                on_text(self.tokenizer.decode([token_id], skip_special_tokens=False))
+
+        return on_token
+
     def masks_for(self, token_ids: tuple[int, ...], hidden: torch.Tensor, embedding: Embedding,
                   threshold: float) -> tuple[np.ndarray, ...]:
         """One full-resolution mask per ``<SEG>`` in ``token_ids``, in order."""

@@ -1,4 +1,4 @@
-"""The ``medplib`` command: info, segment, ask, bench.
+"""The ``medplib`` command: info, segment, ask, serve, bench.
 
 Contract (other tools rely on it): rows/cols are voxel indices in the slice as numpy sees
 the SimpleITK array, ``(z, y, x)`` order; ``--slice K --axis A`` picks ``array.take(K, A)``.
@@ -73,7 +73,9 @@ def _prompt(args, volume, ref: SliceRef) -> Prompt | None:
 
 def _runtime(args):
     if getattr(args, "remote", None):
-        raise InputError("--remote: the remote runtime is not available in this version yet")
+        from .remote import RemoteRuntime
+
+        return RemoteRuntime(args.remote, token=args.token)  # the server's preset is the one used
     from .local import LocalRuntime
 
     return LocalRuntime(preset=args.preset)
@@ -164,6 +166,17 @@ def cmd_ask(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from .server.config import ServerConfig, token_from_env
+    from .server.run import serve
+
+    config = ServerConfig(host=args.host, port=args.port, token=args.token or token_from_env(), preset=args.preset,
+                          device=args.device, preload=args.preload, max_body_mb=args.max_body_mb,
+                          request_timeout_s=args.request_timeout_s, max_queue=args.max_queue,
+                          client_cache_mb=args.client_cache_mb, total_cache_mb=args.total_cache_mb)
+    return serve(config)
+
+
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
@@ -180,7 +193,12 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", default="auto", choices=("auto", "CT", "MR", "other"))
     p.add_argument("--threshold", type=float, default=None, help="mask probability threshold (preset default)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    p.add_argument("--remote", metavar="URL", help="use a `medplib serve` runtime (not in this version)")
+    _add_remote_args(p)
+
+
+def _add_remote_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--remote", metavar="URL", help="use a `medplib serve` runtime at URL instead of loading the model here")
+    p.add_argument("--token", default=None, help="the server's token (default: $MEDPLIB_TOKEN)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,8 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="JSON: preset, parts (trained or not), device, versions")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    p.add_argument("--remote", metavar="URL")
+    _add_remote_args(p)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("serve", help="serve the runtime over HTTP for remote clients (FastAPI + uvicorn)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; others need a token)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", default=None, help="require this bearer token (default: $MEDPLIB_TOKEN)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--preload", default="all", choices=("all", "segment", "none"),
+                   help="model parts loaded at start-up (default all)")
+    p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body")
+    p.add_argument("--request-timeout-s", type=float, default=120.0, help="per-request limit, queueing included")
+    p.add_argument("--max-queue", type=int, default=16, help="model requests in flight or waiting; more get 503")
+    p.add_argument("--client-cache-mb", type=float, default=256.0, help="uploaded slices kept per client")
+    p.add_argument("--total-cache-mb", type=float, default=1024.0, help="uploaded slices kept in all")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("segment", help="box/points/region mask on one slice → label volume")
     _add_image_args(p)

@@ -17,3 +17,17 @@ class ModelError(MedplibError, RuntimeError):
 
 class RuntimeNotReady(MedplibError, RuntimeError):
     """The runtime is still loading, was closed, or its server cannot be reached."""
+
+
+class RemoteError(MedplibError, RuntimeError):
+    """A remote runtime failed: unreachable, wrong token, too large, timed out, busy, or a server
+    error. ``code`` says which (``unreachable``, ``auth``, ``too_large``, ``timeout``, ``busy``,
+    ``lost``, ``server``, ``protocol``) so callers can decide whether to retry."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UnknownImage(InputError):
+    """An image key the runtime does not hold (never set, or evicted): set the image again."""

@@ -8,18 +8,20 @@ Thread-safe: the plugin calls it from worker threads; one lock guards each model
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from .embedding_cache import CacheStats, EmbeddingCache
-from .errors import InputError, RuntimeNotReady
+from .errors import RuntimeNotReady, UnknownImage
 from .presets import get_preset
 from .schemas import (AskRequest, AskResult, PartInfo, RuntimeInfo, SegmentRequest, SegmentResult, SliceRef,
                       validate_prompt)
+from .validation import check_image, check_question, normalise_slice, slice_shape
+from .wire import image_key, slice_key
 
 DEFAULT_CACHE_MB = 256  # 4 MB per LiteMedSAM slice embedding → 64 slices; keeps peak RSS ≲ 1.5 GB
 
@@ -30,14 +32,6 @@ class _Image:
     was_2d: bool
     window: object  # imaging.windowing.IntensityWindow
     spacing: tuple[float, ...] | None
-
-
-def image_key(array: np.ndarray) -> str:
-    """Content hash of an image (shape, dtype, bytes): the same data gets the same key anywhere."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(str((array.shape, array.dtype.str)).encode())
-    h.update(np.ascontiguousarray(array).data)
-    return h.hexdigest()
 
 
 class LocalRuntime:
@@ -72,21 +66,22 @@ class LocalRuntime:
         return RuntimeInfo(preset=self.config.preset, device=self.device, parts=tuple(parts),
                            versions=_versions(), transport="local")
 
-    def set_image(self, image: np.ndarray, *, modality: str = "auto", spacing: tuple[float, ...] | None = None) -> str:
+    def set_image(self, image: np.ndarray, *, modality: str = "auto", spacing: tuple[float, ...] | None = None,
+                  window=None) -> str:
+        """``window`` (an IntensityWindow) overrides the one computed from ``image``: the server gets
+        single slices of a volume whose window the client computed over the whole volume."""
         from .imaging.windowing import window_for
 
         array = np.asarray(image)
-        if array.ndim not in (2, 3):
-            raise InputError(f"image must be 2D (y, x) or 3D (z, y, x); got shape {array.shape}")
-        if array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] > 4:
-            raise InputError(f"image of shape {array.shape} looks like RGB(A); give a single-channel volume")
-        if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
-            raise InputError(f"image dtype {array.dtype} is not a real-valued number type")
-        key = image_key(array)
+        check_image(array)
+        key = image_key(array) if window is None else slice_key(array, lo=window.lo, hi=window.hi,
+                                                                  modality=window.modality)
         with self._lock:
             if key in self._images:
+                self._images[key] = self._images.pop(key)  # most recently used last
                 return key
-            window = window_for(array, modality)  # raises InputError for NaN-only / constant images
+            if window is None:
+                window = window_for(array, modality)  # raises InputError for NaN-only / constant images
             was_2d = array.ndim == 2
             self._images[key] = _Image(array[None] if was_2d else array, was_2d, window, spacing)
             while len(self._images) > self._max_images:  # forget the oldest image and its embeddings
@@ -106,7 +101,7 @@ class LocalRuntime:
         t0 = time.perf_counter()
         img = self._image(request.image_key)
         ref = self._normalise(img, request.slice)
-        shape = _slice_shape(img.array.shape, ref.axis)
+        shape = slice_shape(img.array.shape, ref.axis)
         validate_prompt(request.prompt, shape)
         was_cached = self._cache.contains((request.image_key, ref.axis, ref.index))
         embedding = self._cache.get((request.image_key, ref.axis, ref.index))
@@ -120,12 +115,12 @@ class LocalRuntime:
                        cached=1.0 if was_cached else 0.0)
         return SegmentResult(mask=result.mask, score=result.score, prompt_kind=result.prompt_kind, timings_ms=timings)
 
-    def ask(self, request: AskRequest) -> AskResult:
-        if not request.question or not request.question.strip():
-            raise InputError("empty question: type what you want to know")
+    def ask(self, request: AskRequest, *, on_token: Callable[[str], None] | None = None) -> AskResult:
+        """``on_token`` gets each answer token's text as it is generated (it may raise to stop)."""
+        check_question(request.question)
         img = self._image(request.image_key)
         ref = self._normalise(img, request.slice)
-        shape = _slice_shape(img.array.shape, ref.axis)
+        shape = slice_shape(img.array.shape, ref.axis)
         if request.region is not None:
             validate_prompt(request.region, shape)
         embedding = self._cache.get((request.image_key, ref.axis, ref.index))
@@ -133,16 +128,27 @@ class LocalRuntime:
         asker = self._get_asker()
         with self._llm_lock:
             return asker.ask(embedding, request.question, region=request.region, history=request.history,
-                             max_new_tokens=request.max_new_tokens, threshold=threshold)
+                             max_new_tokens=request.max_new_tokens, threshold=threshold,
+                             on_token=None if on_token is None else asker.text_callback(on_token))
 
     def close(self) -> None:
         self._closed = True
         self._cache.close()
 
+    def forget(self, key: str) -> None:
+        """Drop an image and its embeddings (the server's per-client store evicts through this)."""
+        with self._lock:
+            self._images.pop(key, None)
+        self._cache.drop(lambda k: k[0] == key)
+
     # -- extras used by bench / plugin ------------------------------------------------------------
     def warm_up(self) -> None:
         """Import torch and load the segmentation model now (call from a background thread)."""
         self._get_segmenter()
+
+    def load_asker(self) -> None:
+        """Load the full model (LLM + glue) now rather than on the first ``ask``."""
+        self._get_asker()
 
     def cache_stats(self) -> CacheStats:
         return self._cache.stats()
@@ -159,21 +165,12 @@ class LocalRuntime:
         with self._lock:
             img = self._images.get(key)
         if img is None:
-            raise InputError(f"unknown image key {key[:12]}…: call set_image first (or it was evicted)")
+            raise UnknownImage(f"unknown image key {key[:12]}…: call set_image first (or it was evicted)")
         return img
 
     @staticmethod
     def _normalise(img: _Image, ref: SliceRef) -> SliceRef:
-        if img.was_2d:
-            if ref.index != 0:
-                raise InputError(f"slice {ref.index} is out of range: a 2D image has one slice (0)")
-            return SliceRef(axis=0, index=0)
-        if ref.axis not in (0, 1, 2):
-            raise InputError(f"axis must be 0, 1 or 2; got {ref.axis}")
-        n = img.array.shape[ref.axis]
-        if not 0 <= ref.index < n:
-            raise InputError(f"slice {ref.index} is out of range: axis {ref.axis} has {n} slices (0–{n - 1})")
-        return ref
+        return normalise_slice(img.array.shape, img.was_2d, ref)
 
     def _embed_slice(self, key: tuple[str, int, int]):
         from .imaging.windowing import apply_window
@@ -200,11 +197,6 @@ class LocalRuntime:
 
                 self._asker = build_asker(self.config, segmenter=self._get_segmenter())
             return self._asker
-
-
-def _slice_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
-    rest = [s for i, s in enumerate(shape) if i != axis]
-    return rest[0], rest[1]
 
 
 def _embedding_bytes(embedding) -> int:

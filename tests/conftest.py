@@ -41,3 +41,22 @@ def local_runtime():
     runtime = LocalRuntime(preset="medplib-lite")
     yield runtime
     runtime.close()
+
+
+@pytest.fixture(scope="session")
+def remote_server():
+    """One real `medplib serve` (model fully loaded) on a loopback port for the whole session."""
+    from _server import ServerProcess
+
+    server = ServerProcess(["--preload", "all"]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def remote_runtime(remote_server):
+    from medplib_runtime.remote import RemoteRuntime
+
+    runtime = RemoteRuntime(remote_server.url)
+    yield runtime
+    runtime.close()

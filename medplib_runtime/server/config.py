@@ -1,0 +1,66 @@
+"""What `medplib serve` is configured with, and the start-up safety rule for its address."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+
+from ..errors import InputError
+
+TOKEN_ENV = "MEDPLIB_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: str | None = None  # None: no auth (allowed on loopback only)
+    preset: str = "medplib-lite"
+    device: str = "cpu"
+    preload: str = "all"  # all | segment | none: which model parts load at start-up
+    max_body_mb: float = 64.0  # one request body; a 2048² float32 slice is 16 MB
+    request_timeout_s: float = 120.0  # per request, queue wait included
+    max_queue: int = 16  # model requests running or waiting; more → 503 busy
+    client_cache_mb: float = 256.0  # uploaded slices kept per client (LRU)
+    total_cache_mb: float = 1024.0  # uploaded slices kept in all (LRU)
+    embedding_cache_mb: int = 1024  # slice embeddings (4 MB each for LiteMedSAM)
+    max_new_tokens: int = 512  # cap on one answer
+
+    def __post_init__(self) -> None:
+        if self.token is not None and len(self.token) < 8:
+            raise InputError("--token must be at least 8 characters")
+        if self.preload not in ("all", "segment", "none"):
+            raise InputError(f"--preload must be all, segment or none; got {self.preload!r}")
+        for name in ("max_body_mb", "request_timeout_s", "client_cache_mb", "total_cache_mb"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"--{name.replace('_', '-')} must be positive")
+        if self.max_queue < 1:
+            raise InputError("--max-queue must be at least 1")
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` resolves to is a loopback address (127/8, ::1)."""
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
+
+
+def check_exposure(config: ServerConfig) -> None:
+    """Refuse to listen beyond this machine without a token (InputError, one line)."""
+    if config.token is None and not is_loopback(config.host):
+        raise InputError(f"refusing to listen on {config.host} without a token: pass --token or set {TOKEN_ENV}"
+                         " (or bind to 127.0.0.1)")
+
+
+def token_from_env() -> str | None:
+    return os.environ.get(TOKEN_ENV) or None
