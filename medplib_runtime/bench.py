@@ -70,6 +70,10 @@ def run_bench(args) -> int:
 
     repeats = 3 if args.quick else args.repeats
     volume = read_volume(_image_path(args))
+    if getattr(args, "remote", None):
+        from .remote_bench import run_remote_bench
+
+        return run_remote_bench(args, volume, _image_path(args).name)
     z = volume.array.shape[0]
     mid = z // 2
     rows: list[Row] = []

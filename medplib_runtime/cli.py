@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--quick", action="store_true", help="fewer repeats, skip the scrolling simulation")
     p.add_argument("--image", default=None, help="volume to use (default: sample_data brain1)")
+    p.add_argument("--remote", nargs="?", const="spawn", default=None, metavar="URL",
+                   help="local vs remote latency (no URL: start a `medplib serve` on a free loopback port)")
     p.set_defaults(func=cmd_bench)
     return parser
 

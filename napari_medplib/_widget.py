@@ -21,7 +21,7 @@ from medplib_runtime.schemas import SegmentRequest
 
 from .label_writes import undo_write, write_mask
 from .prompt_capture import capture, current_slice
-from ._workers import run_call
+from ._workers import run_call, user_message
 from .runtime_factory import get_runtime, run_background
 
 
@@ -210,7 +210,7 @@ class MedPLIBWidget(QWidget):
         current: list = [None]  # the worker, known once started (results arrive via the event loop)
         self._set_busy(True)
         worker = run_call(fn, lambda r: self._deliver(current[0], r, on_done), synchronous=self.synchronous,
-                          on_finished=lambda: self._set_busy(False))
+                          on_finished=lambda: self._set_busy(False), on_error=self.on_failed)
         current[0] = worker
         self._worker = worker
 
@@ -219,6 +219,10 @@ class MedPLIBWidget(QWidget):
             return  # cancelled meanwhile: the result is discarded, nothing is written
         self._worker = None
         on_done(result)
+
+    def on_failed(self, exc: BaseException) -> None:
+        self._worker = None
+        self.status.setText(f"failed, nothing written: {user_message(exc)}")
 
     def _background(self, fn) -> None:
         """Fire-and-forget runtime work (warm-up, prefetch); failures only cost speed."""

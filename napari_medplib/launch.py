@@ -1,17 +1,44 @@
-"""``medplib-napari``: napari with the MedPLIB dock and the brain1 sample, ready for a box."""
+"""``medplib-napari [FILE] [--remote URL [--token T]]``: napari with the MedPLIB docks, ready for a box.
+
+Without FILE it opens the brain1 sample on a slice through the lesion. With ``--remote`` the
+docks use a `medplib serve` runtime (checked before napari opens) instead of loading the model here.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="medplib-napari", description=__doc__.splitlines()[0])
+    parser.add_argument("file", nargs="?", help="NIfTI/NRRD/MHA file or DICOM folder (default: brain1 sample)")
+    parser.add_argument("--remote", metavar="URL", help="use a `medplib serve` runtime at URL")
+    parser.add_argument("--token", default=None, help="the server's token (default: $MEDPLIB_TOKEN)")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    if args.remote:
+        from medplib_runtime.errors import MedplibError
+        from medplib_runtime.remote import RemoteRuntime
+
+        from .runtime_factory import set_runtime
+
+        runtime = RemoteRuntime(args.remote, token=args.token)
+        try:
+            runtime.info()
+        except MedplibError as exc:
+            print(f"medplib-napari: error: {exc}", file=sys.stderr)
+            return 2
+        set_runtime(runtime)
+
     import napari
 
-    args = sys.argv[1:] if argv is None else argv
     viewer = napari.Viewer(title="napari-medplib")
-    if args:
-        viewer.open(args[0], plugin="napari-medplib")
+    if args.file:
+        viewer.open(args.file, plugin="napari-medplib")
     else:
         viewer.open_sample("napari-medplib", "brain1")
         viewer.dims.set_point(0, viewer.layers[0].data_to_world((16, 0, 0))[0])  # a slice through the lesion
@@ -20,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     viewer.layers["prompt"].mode = "add_rectangle"
     viewer.window.add_plugin_dock_widget("napari-medplib", "MedPLIB segment")
     viewer.window.add_plugin_dock_widget("napari-medplib", "MedPLIB chat")
+    viewer.window.add_plugin_dock_widget("napari-medplib", "MedPLIB runtime", tabify=True)
     napari.run()
     return 0
 

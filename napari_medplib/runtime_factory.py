@@ -24,6 +24,12 @@ def get_runtime():
         return _state["runtime"]
 
 
+def current_runtime():
+    """The runtime in use, or None if none was created yet (never creates one)."""
+    with _lock:
+        return _state.get("runtime")
+
+
 def run_background(fn) -> None:
     """Run ``fn`` on a plain thread (no Qt objects, so it can outlive a closed viewer safely)."""
 
