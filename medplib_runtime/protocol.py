@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -26,8 +27,10 @@ class Runtime(Protocol):
     def segment(self, request: SegmentRequest) -> SegmentResult:
         """Direct prompt → mask through the SAM-style decoder (no LLM)."""
 
-    def ask(self, request: AskRequest) -> AskResult:
-        """Question (+ optional region, history) → answer text, one mask per ``<SEG>``, routing."""
+    def ask(self, request: AskRequest, *, on_token: Callable[[str], None] | None = None) -> AskResult:
+        """Question (+ optional region, history) → answer text, one mask per ``<SEG>``, routing.
+
+        ``on_token`` gets each answer token's text as it is generated (from the calling thread)."""
 
     def close(self) -> None:
         """Stop background work and free memory."""

@@ -14,6 +14,7 @@ import os
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (QApplication, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
                             QTextBrowser, QVBoxLayout, QWidget)
 
@@ -27,6 +28,12 @@ from .prompt_capture import capture, current_slice
 from .runtime_factory import get_runtime
 
 NO_REGION = "(no region)"
+
+
+class _TokenRelay(QObject):
+    """Carries answer tokens from the worker thread to the dock (a queued Qt signal: thread-safe)."""
+
+    token = Signal(str)
 
 
 class ChatDock(QWidget):
@@ -102,16 +109,25 @@ class ChatDock(QWidget):
         data, turns = np.asarray(image.data), self.history.turns(name)
         modality = image.metadata.get("modality", "auto")
 
+        relay = _TokenRelay()
+        relay.token.connect(self.on_token)
+        self._relay, self._partial = relay, ""  # kept alive while the worker runs
+
         def job():
             runtime = get_runtime()
             key = runtime.set_image(data, modality=modality)
             return runtime.ask(AskRequest(image_key=key, slice=ref, question=question, region=region,
-                                          history=turns, max_new_tokens=48))
+                                          history=turns, max_new_tokens=48), on_token=relay.token.emit)
 
         self.ask_button.setEnabled(False)
         self.status.setText("thinking… (the first question loads the language model)")
         run_call(job, lambda result: self.on_answered(name, question, result, ref, region_kind),
                  synchronous=self.synchronous, on_finished=lambda: self.ask_button.setEnabled(True))
+
+    def on_token(self, text: str) -> None:
+        """The answer so far, shown while it is generated (the transcript gets the whole answer)."""
+        self._partial += text
+        self.status.setText(f"answering: {self._partial.strip()[-200:]}…")
 
     def on_answered(self, image_name, question, result, ref, region_kind) -> None:
         self.history.add(image_name, question, result, ref, region_kind)

@@ -26,8 +26,11 @@ class FakeAskRuntime:
     def set_image(self, image, **kw):
         return "k"
 
-    def ask(self, request):
+    def ask(self, request, *, on_token=None):
         self.requests.append(request)
+        for word in ("about: ", request.question):
+            if on_token is not None:
+                on_token(word)
         m1 = np.zeros((32, 40), np.uint8)
         m1[2:6, 2:6] = 1
         m2 = np.zeros((32, 40), np.uint8)
@@ -57,6 +60,7 @@ def test_chat_transcript_history_routing_and_masks(make_napari_viewer, qtbot):
     assert [r.slice.index for r in fake.requests] == [4, 4]
     assert fake.requests[1].history[0].question == "What is this?"
     assert fake.requests[1].history[0].answer == "about: What is this?"
+    assert dock._partial == "about: And its size?", "tokens were shown as they came"
     text = dock.transcript.toPlainText()
     assert "about: And its size?" in text and "2 mask(s)" in text and "grounding 75% · vision-language 25%" in text
     assert "untrained parts (seg_projector)" in text

@@ -84,6 +84,7 @@ def test_segment_and_chat_through_the_server(make_napari_viewer, qtbot, remote_s
     qtbot.waitUntil(lambda: bool(dock.history.entries("brain1")), timeout=180_000)
     entry = dock.history.entries("brain1")[0]
     assert entry.slice.index == K and "not grounded in the image yet" in dock.transcript.toPlainText()
+    assert len(dock._partial) >= 1, "answer tokens streamed from the server into the dock"
 
 
 def test_server_killed_mid_segment_writes_nothing(make_napari_viewer, qtbot, monkeypatch):
