@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--token", default=None, help="require this bearer token (default: $MEDPLIB_TOKEN)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu (cuda is not built yet)")
     p.add_argument("--preload", default="all", choices=("all", "segment", "none"),
                    help="model parts loaded at start-up (default all)")
     p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .embedding_cache import CacheStats, EmbeddingCache
-from .errors import RuntimeNotReady, UnknownImage
+from .errors import InputError, RuntimeNotReady, UnknownImage
 from .presets import get_preset
 from .schemas import (AskRequest, AskResult, PartInfo, RuntimeInfo, SegmentRequest, SegmentResult, SliceRef,
                       validate_prompt)
@@ -40,6 +40,8 @@ class LocalRuntime:
     def __init__(self, preset: str = "medplib-lite", *, device: str = "cpu", cache_mb: int = DEFAULT_CACHE_MB,
                  max_images: int = 8) -> None:
         self.config = get_preset(preset)
+        if device != "cpu":  # the models are not moved to other devices yet: say so rather than run on CPU
+            raise InputError(f"device {device!r} is not supported yet: only 'cpu' (the CUDA path is not built)")
         self.device = device
         self._images: dict[str, _Image] = {}
         self._max_images = max_images
