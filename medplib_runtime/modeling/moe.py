@@ -111,10 +111,12 @@ class MoEFeedForward(nn.Module):
         flat = x.reshape(-1, shape[-1])
         n = flat.shape[0]
         probs = torch.softmax(self.router(flat), dim=-1, dtype=torch.float32)  # N×E
-        if self.forced_expert is not None:
+        if self.forced_expert is not None:  # a dense single-expert FFN (stages I–III): no capacity limit
             idx = torch.full((n, 1), self.forced_expert, dtype=torch.long, device=x.device)
-            weights = None  # weight 1
-        elif self.top_k == 1:
+            if self.trace is not None:
+                self.trace.append(RoutingTrace(idx, probs.detach(), torch.ones_like(idx, dtype=torch.bool), 0))
+            return self.expert(flat, self.forced_expert).view(shape)
+        if self.top_k == 1:
             w, idx = probs.max(dim=-1, keepdim=True)
             weights = w.to(flat.dtype)
         else:

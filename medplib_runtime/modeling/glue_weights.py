@@ -1,0 +1,108 @@
+"""The glue's weights as one small safetensors file: only what our training changes, never the
+base weights (LiteMedSAM's encoder, SmolLM2's layers) the pip packages already ship.
+
+Keys: ``vision_projector.*``, ``region_encoder.*``, ``seg_projector.*``, ``moe.{layer}.router.weight``,
+``moe.{layer}.experts.{e}.{proj}.lora_A|lora_B``, ``new_token_rows`` (``n_new×D``: the rows of the
+added tokens in the tied embedding / LM head), and optionally ``mask_decoder.*``. The metadata
+names the preset, the added tokens, which parts were trained, and the recipe.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+
+FORMAT = "medplib-glue/1"
+
+
+def glue_state(model) -> dict[str, torch.Tensor]:
+    """Every glue tensor of ``model`` (a MedPLIB), detached and contiguous, by file key."""
+    out: dict[str, torch.Tensor] = {}
+    for name, module in (("vision_projector", model.vision_projector), ("region_encoder", model.region_encoder),
+                         ("seg_projector", model.seg_projector)):
+        for key, value in module.state_dict().items():
+            out[f"{name}.{key}"] = value
+    for i, moe in enumerate(model.moe):
+        out[f"moe.{i}.router.weight"] = moe.router.weight
+        for e, expert in enumerate(moe.experts):
+            for key, value in expert.state_dict().items():
+                out[f"moe.{i}.experts.{e}.{key}"] = value
+    out["new_token_rows"] = model.llm.get_input_embeddings().weight[first_new_row(model):]
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+def first_new_row(model) -> int:
+    """Index of the first added token's row (the added tokens are the last rows)."""
+    return min(model.token_ids.values())
+
+
+def save_glue(model, path: str | Path, *, trained_parts: tuple[str, ...], recipe: dict,
+              include_mask_decoder: bool = False) -> Path:
+    """Write the glue atomically (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    state = glue_state(model)
+    if include_mask_decoder:
+        state.update({f"mask_decoder.{k}": v.detach().contiguous().clone()
+                      for k, v in model.sam.mask_decoder.state_dict().items()})
+    tokens = sorted(model.token_ids, key=model.token_ids.get)
+    meta = {"format": FORMAT, "preset": model.cfg.preset, "tokens": json.dumps(tokens),
+            "trained_parts": json.dumps(list(trained_parts)), "recipe": json.dumps(recipe, sort_keys=True)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def read_glue_metadata(path: str | Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 — any unreadable file is one message
+        raise ModelError(f"glue file {path} is not readable safetensors: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"glue file {path} is not a {FORMAT} file")
+    return {"preset": meta["preset"], "tokens": json.loads(meta["tokens"]),
+            "trained_parts": tuple(json.loads(meta["trained_parts"])), "recipe": json.loads(meta["recipe"])}
+
+
+@torch.no_grad()
+def load_glue(model, path: str | Path) -> dict:
+    """Copy the glue in ``path`` into ``model`` (shapes and token list checked); returns its metadata."""
+    from safetensors.torch import load_file
+
+    meta = read_glue_metadata(path)
+    tokens = sorted(model.token_ids, key=model.token_ids.get)
+    if meta["tokens"] != tokens:
+        raise ModelError(f"glue file {path} was trained with other added tokens ({meta['tokens']})")
+    state = load_file(str(path))
+    current = glue_state(model)
+    missing = sorted(set(current) - set(state))
+    if missing:
+        raise ModelError(f"glue file {path} lacks {missing[:3]}… (another preset or an older format)")
+    for key, value in state.items():
+        if key.startswith("mask_decoder."):
+            continue
+        if key not in current or current[key].shape != value.shape:
+            raise ModelError(f"glue file {path}: {key} does not fit this model")
+    for name, module in (("vision_projector", model.vision_projector), ("region_encoder", model.region_encoder),
+                         ("seg_projector", model.seg_projector)):
+        module.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
+    for i, moe in enumerate(model.moe):
+        moe.router.weight.copy_(state[f"moe.{i}.router.weight"])
+        for e, expert in enumerate(moe.experts):
+            prefix = f"moe.{i}.experts.{e}."
+            expert.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    model.llm.get_input_embeddings().weight[first_new_row(model):] = state["new_token_rows"]
+    decoder = {k[len("mask_decoder."):]: v for k, v in state.items() if k.startswith("mask_decoder.")}
+    if decoder:
+        model.sam.mask_decoder.load_state_dict(decoder)
+    return meta

@@ -1,0 +1,115 @@
+"""What a training run is: one typed config per run, read from a JSON file, and the four stages.
+
+Stage facts from MedPLIB's ``scripts/train_stage{2,3,4}.sh``: II lr 1e-4, text loss; III lr 3e-4,
+LoRA r8 α16 on gate/up/down, text + BCE (1.0) + Dice (5.0); IV lr 3e-4, router (``wg``) trained,
+top-1, capacity factor 1.5, no auxiliary loss, text + BCE (2.0) + Dice (0.5). Stage I is LLaVA's
+alignment (projector only, text loss).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    number: int
+    name: str
+    trains: tuple[str, ...]  # glue parts whose parameters get gradients
+    forced_expert: int | None  # every token to this expert (weight 1), or None = the router decides
+    lr: float
+    bce_weight: float
+    dice_weight: float
+
+
+STAGES: dict[int, StageSpec] = {
+    1: StageSpec(1, "alignment", ("vision_projector",), 1, 1e-3, 0.0, 0.0),
+    2: StageSpec(2, "vision-language expert", ("vision_projector", "region_encoder", "expert_vl", "new_token_rows"),
+                 1, 1e-4, 0.0, 0.0),
+    3: StageSpec(3, "grounding expert", ("expert_ground", "seg_projector", "new_token_rows"), 0, 3e-4, 1.0, 5.0),
+    4: StageSpec(4, "MoE adaptation", ("router", "seg_projector", "region_encoder", "new_token_rows"), None, 3e-4,
+                 2.0, 0.5),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    stage: int
+    data: tuple[str, ...]  # MeCoVQA-format JSON files
+    out_dir: str
+    preset: str = "medplib-lite"
+    init_glue: str | None = None  # the previous stage's adapter file (None: random init, seed 0)
+    steps: int = 100  # optimizer steps
+    grad_accumulation: int = 8  # examples per optimizer step (per process)
+    lr: float | None = None  # None: the stage's
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    ce_weight: float = 1.0
+    bce_weight: float | None = None  # None: the stage's
+    dice_weight: float | None = None
+    train_mask_decoder: bool = False  # MedPLIB did; off by default so box prompts stay pure LiteMedSAM
+    train_experts_in_stage4: bool = False
+    max_tokens: int = 512  # longer examples are refused, not truncated (a cut answer teaches nothing)
+    save_every: int = 25
+    seed: int = 0
+    extra_trains: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise InputError(f"stage must be 1, 2, 3 or 4; got {self.stage}")
+        if self.steps < 1 or self.grad_accumulation < 1:
+            raise InputError("steps and grad_accumulation must be at least 1")
+        if not self.data:
+            raise InputError("no training data: give at least one MeCoVQA JSON file")
+
+    @property
+    def spec(self) -> StageSpec:
+        return STAGES[self.stage]
+
+    @property
+    def trains(self) -> tuple[str, ...]:
+        parts = list(self.spec.trains) + list(self.extra_trains)
+        if self.train_mask_decoder and self.stage in (3, 4):
+            parts.append("mask_decoder")
+        if self.train_experts_in_stage4 and self.stage == 4:
+            parts += ["expert_ground", "expert_vl"]
+        return tuple(dict.fromkeys(parts))
+
+    def resolved(self) -> dict:
+        """The effective values (stage defaults filled in), for logs and the adapter's recipe."""
+        out = asdict(self)
+        out.update(lr=self.lr or self.spec.lr, bce_weight=self.spec.bce_weight if self.bce_weight is None
+                   else self.bce_weight, dice_weight=self.spec.dice_weight if self.dice_weight is None
+                   else self.dice_weight, trains=list(self.trains), stage_name=self.spec.name)
+        return out
+
+
+def load_config(path: str | Path, **overrides) -> TrainConfig:
+    """A TrainConfig from a JSON file (unknown keys refused, naming them), then ``overrides``."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read training config {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InputError(f"training config {path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"training config {path} must be a JSON object")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise InputError(f"training config {path}: unknown keys {unknown}")
+    raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    for key in ("data", "extra_trains"):
+        if key in raw:
+            raw[key] = (raw[key],) if isinstance(raw[key], str) else tuple(raw[key])
+    try:
+        return TrainConfig(**raw)
+    except TypeError as exc:
+        raise InputError(f"training config {path}: {exc}") from None
+
+
+__all__ = ["STAGES", "StageSpec", "TrainConfig", "load_config", "replace"]

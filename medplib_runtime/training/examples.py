@@ -1,0 +1,70 @@
+"""Training examples: one supervised answer each, in exactly the prompt the model sees at inference.
+
+A conversation of N turns gives N examples; example i's prompt is ``build_prompt(q_i,
+history=turns[:i])`` (the same function ``ask`` uses), its target the answer's tokens and the
+end-of-sequence token. Tokens of the prompt are not supervised (label -100).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..conversation import build_prompt
+from ..errors import InputError
+from ..schemas import Turn
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TrainSample:
+    """One image with a conversation. ``image`` ``(h, w)`` float32 in [0, 1] (windowed slice);
+    ``region`` ``(h, w)`` bool for questions that say ``<region>``; ``masks`` one ``(h, w)`` mask per
+    ``<SEG>`` in the answers, in order; ``key`` names the record in error messages."""
+
+    key: str
+    image: np.ndarray
+    turns: tuple[Turn, ...]
+    region: np.ndarray | None = None
+    masks: tuple[np.ndarray, ...] = ()
+    modality: str = "other"
+
+
+@dataclass(frozen=True)
+class Example:
+    sample: TrainSample
+    input_ids: torch.Tensor  # 1×T
+    labels: torch.Tensor  # 1×T, IGNORE outside the answer
+    region: bool
+    masks: tuple[np.ndarray, ...]  # one per <SEG> in this answer
+
+
+def encode(sample: TrainSample, tokenizer, *, system: str, n_image_tokens: int, seg_id: int,
+           max_tokens: int) -> list[Example]:
+    """Every turn of ``sample`` as one Example; InputError (naming the record) when it cannot be."""
+    out: list[Example] = []
+    masks = list(sample.masks)
+    eos = tokenizer.eos_token_id
+    for i, turn in enumerate(sample.turns):
+        region = "<region>" in turn.question
+        if region and sample.region is None:
+            raise InputError(f"record {sample.key}: question {i} asks about <region> but the record has no region")
+        prompt = build_prompt(turn.question, system=system, n_image_tokens=n_image_tokens,
+                              history=sample.turns[:i], region=region)
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a_ids = tokenizer(" " + turn.answer.strip(), add_special_tokens=False)["input_ids"] + [eos]
+        if len(p_ids) + len(a_ids) > max_tokens:
+            raise InputError(f"record {sample.key}: turn {i} is {len(p_ids) + len(a_ids)} tokens, over {max_tokens}")
+        n_seg = a_ids.count(seg_id)
+        if n_seg > len(masks):
+            raise InputError(f"record {sample.key}: answer {i} has {n_seg} <SEG> but only {len(masks)} masks are left")
+        turn_masks, masks = tuple(masks[:n_seg]), masks[n_seg:]
+        ids = torch.tensor([p_ids + a_ids])
+        labels = torch.tensor([[IGNORE] * len(p_ids) + a_ids])
+        out.append(Example(sample, ids, labels, region, turn_masks))
+    if masks:
+        raise InputError(f"record {sample.key}: {len(masks)} masks but no <SEG> left to use them")
+    return out

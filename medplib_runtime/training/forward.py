@@ -1,0 +1,66 @@
+"""One example through MedPLIB with gradients: the same path as ``Asker.ask`` (image tokens,
+region token, placeholders filled with ``masked_scatter``, the LLM, ``<SEG>`` hidden states →
+seg projector → mask decoder), teacher-forced, returning the weighted loss and its parts.
+
+Wrapped in an ``nn.Module`` so DDP can wrap it (its parameters are the model's).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..imaging.transforms import mask_to_model
+from .examples import Example
+from .losses import mask_losses, text_loss
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    ce: float = 1.0
+    bce: float = 0.0
+    dice: float = 0.0
+
+
+class TrainModule(nn.Module):
+    def __init__(self, model, weights: LossWeights, *, region_mask_fn) -> None:
+        super().__init__()
+        self.model = model
+        self.weights = weights
+        self.region_mask_fn = region_mask_fn  # (region (h, w), embedding) → model-space mask (Asker's)
+        self.seg_id = model.token_ids["<SEG>"]
+
+    def forward(self, example: Example, embedding) -> tuple[torch.Tensor, dict[str, float]]:
+        m = self.model
+        pixel = embedding.image_embedding
+        image_tokens = m.image_tokens(pixel_embedding=pixel)
+        region_tokens = None
+        if example.region:
+            region_tokens = m.region_token(pixel, self.region_mask_fn(example.sample.region, embedding))
+        embeds = m.embed_inputs(example.input_ids, image_tokens=image_tokens, region_tokens=region_tokens)
+        hidden = m.llm.model(inputs_embeds=embeds).last_hidden_state  # 1×T×D
+        ce = text_loss(m.llm.lm_head(hidden), example.labels)
+        loss = self.weights.ce * ce
+        parts = {"ce": float(ce.detach())}
+        seg_at = ((example.input_ids[0] == self.seg_id) & (example.labels[0] != -100)).nonzero()[:, 0]
+        if len(seg_at) and (self.weights.bce or self.weights.dice):
+            tokens = m.seg_tokens(hidden[0, seg_at])  # N×1×C, the hidden state where <SEG> is the input
+            logits = self._decode(pixel, tokens)  # N×1×L×L
+            targets = torch.cat([mask_to_model(mask, embedding.info, logits.shape[-1]) for mask in example.masks])
+            bce, dice = mask_losses(logits, (targets > 0.5).to(logits.dtype))
+            loss = loss + self.weights.bce * bce + self.weights.dice * dice
+            parts.update(bce=float(bce.detach()), dice=float(dice.detach()))
+        parts["loss"] = float(loss.detach())
+        return loss, parts
+
+    def _decode(self, pixel: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Differentiable ``<SEG>`` → logits (SamSegmenter.decode_tokens without inference_mode)."""
+        pe = self.model.sam.prompt_encoder
+        g = pe.image_embedding_size
+        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(tokens.shape[0], -1, *g)
+        logits, _ = self.model.sam.mask_decoder(image_embeddings=pixel, image_pe=pe.get_dense_pe(),
+                                                sparse_prompt_embeddings=tokens, dense_prompt_embeddings=dense,
+                                                multimask_output=False)
+        return logits

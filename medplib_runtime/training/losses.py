@@ -1,0 +1,24 @@
+"""The losses of MedPLIB's training: next-token cross-entropy on the answer, and for ``<SEG>``
+masks sigmoid BCE + Dice (LISA's ``dice_loss``: 1 − (2·|p∩t| + 1)/(|p| + |t| + 1) per mask)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .examples import IGNORE
+
+
+def text_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``1×T×V`` logits, ``1×T`` labels → mean CE over supervised next tokens."""
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1),
+                           ignore_index=IGNORE)
+
+
+def mask_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``N×1×L×L`` logits and 0/1 targets → (BCE mean, Dice loss mean over the N masks)."""
+    bce = F.binary_cross_entropy_with_logits(logits, targets)
+    p = torch.sigmoid(logits).flatten(1)
+    t = targets.flatten(1)
+    dice = 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
+    return bce, dice.mean()

@@ -1,0 +1,77 @@
+"""Which parameters a stage trains: everything else is frozen (requires_grad False).
+
+Part names (TrainConfig.trains): ``vision_projector``, ``region_encoder``, ``seg_projector``,
+``expert_ground`` (expert 0's LoRA in every layer), ``expert_vl`` (expert 1's), ``router``,
+``new_token_rows`` (only the added tokens' rows of the tied embedding / LM head: a gradient
+hook zeroes the other rows, and the embedding gets no weight decay, so Adam leaves them
+exactly as they were), ``mask_decoder``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..modeling.glue_weights import first_new_row
+from ..modeling.moe import force_expert
+
+PARTS = ("vision_projector", "region_encoder", "seg_projector", "expert_ground", "expert_vl", "router",
+         "new_token_rows", "mask_decoder")
+
+
+def part_parameters(model, part: str) -> list[tuple[str, nn.Parameter]]:
+    """(qualified name, parameter) of one glue part of a MedPLIB ``model``."""
+    if part in ("vision_projector", "region_encoder", "seg_projector"):
+        return [(f"{part}.{n}", p) for n, p in getattr(model, part).named_parameters()]
+    if part in ("expert_ground", "expert_vl"):
+        e = 0 if part == "expert_ground" else 1
+        return [(f"moe.{i}.experts.{e}.{n}", p) for i, m in enumerate(model.moe)
+                for n, p in m.experts[e].named_parameters()]
+    if part == "router":
+        return [(f"moe.{i}.router.weight", m.router.weight) for i, m in enumerate(model.moe)]
+    if part == "new_token_rows":
+        return [("llm.embed_tokens.weight", model.llm.get_input_embeddings().weight)]
+    if part == "mask_decoder":
+        return [(f"mask_decoder.{n}", p) for n, p in model.sam.mask_decoder.named_parameters()]
+    raise InputError(f"unknown trainable part {part!r}; parts are {', '.join(PARTS)}")
+
+
+def prepare_stage(model, trains: tuple[str, ...], forced_expert: int | None) -> list[tuple[str, nn.Parameter]]:
+    """Freeze everything, unfreeze ``trains``, route the MoE for the stage; → the trainable parameters."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.sam.parameters():  # SamParts is reachable from model: make sure it is frozen too
+        p.requires_grad_(False)
+    chosen: list[tuple[str, nn.Parameter]] = []
+    for part in trains:
+        for name, p in part_parameters(model, part):
+            p.requires_grad_(True)
+            chosen.append((name, p))
+    if "new_token_rows" in trains:
+        _only_new_rows(model)
+    force_expert(model.llm, forced_expert)
+    return chosen
+
+
+def _only_new_rows(model) -> None:
+    weight = model.llm.get_input_embeddings().weight
+    start = first_new_row(model)
+    if getattr(weight, "_medplib_row_hook", None) is not None:
+        return
+
+    def keep_new_rows(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:start] = 0
+        return grad
+
+    weight._medplib_row_hook = weight.register_hook(keep_new_rows)
+
+
+def param_groups(chosen: list[tuple[str, nn.Parameter]], *, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay on the embedding (its frozen rows must stay bit-identical) or biases."""
+    decay, no_decay = [], []
+    for name, p in chosen:
+        (no_decay if name.startswith("llm.embed_tokens") or p.ndim < 2 else decay).append(p)
+    return [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0}]

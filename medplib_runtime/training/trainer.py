@@ -1,0 +1,245 @@
+"""The training loop for one stage: AdamW on the stage's parameters, gradient accumulation,
+warmup then linear decay, a JSONL loss log, resumable checkpoints, and DDP when launched by
+``torchrun`` (gloo on CPU, nccl on GPU; rank 0 writes).
+
+Deterministic given the seed: the example order is a function of (seed, epoch), the learning
+rate a function of the step, and the RNG state is saved with each checkpoint, so a resumed run
+continues exactly where the interrupted one was (tested bit for bit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..imaging.transforms import mask_to_model
+from ..modeling.glue_weights import load_glue, save_glue
+from ..modeling.moe import RoutingRecorder
+from .config import TrainConfig
+from .examples import Example, TrainSample, encode
+from .forward import LossWeights, TrainModule
+from .params import param_groups, prepare_stage
+
+ADAPTER = "adapter.safetensors"
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    stage: int
+    steps: int
+    examples: int  # distinct training examples (all processes)
+    losses: tuple[float, ...]  # mean loss per optimizer step (this process)
+    adapter: str
+    seconds: float
+    trainable_parameters: int
+    resumed_from: int  # step the run continued from (0 = fresh)
+    routing: tuple[float, ...]  # share of tokens per expert in the last step (stage IV: the router's choice)
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _lr(step: int, cfg: TrainConfig, base: float) -> float:
+    if step < cfg.warmup_steps:
+        return base * (step + 1) / cfg.warmup_steps
+    return base * max(0.0, 1 - (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+
+
+def _order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+class _Embedder:
+    """Frozen pixel encoder: each image embedded once per process (it is the slow part)."""
+
+    def __init__(self, model) -> None:
+        from ..segmenter import SamSegmenter
+
+        self.segmenter = SamSegmenter(model.sam)
+        self.cache: dict[int, object] = {}
+
+    def __call__(self, sample: TrainSample):
+        key = id(sample.image)
+        if key not in self.cache:
+            self.cache[key] = self.segmenter.embed(sample.image)
+        return self.cache[key]
+
+
+def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=None,
+          progress: bool = True) -> TrainReport:
+    """Train ``cfg.stage`` on ``samples``; writes ``out_dir/adapter.safetensors`` and returns a report."""
+    t0 = time.perf_counter()
+    rank, world = _dist()
+    torch.manual_seed(cfg.seed)
+    if model is None:
+        from ..modeling.medplib import build_medplib
+        from ..presets import get_preset
+
+        model = build_medplib(get_preset(cfg.preset), pretrained=True)
+    out = Path(cfg.out_dir)
+    ckpt = out / CHECKPOINT_DIR
+    resumed = 0
+    if (ckpt / "state.pt").is_file():
+        load_glue(model, ckpt / ADAPTER)
+    elif cfg.init_glue:
+        load_glue(model, cfg.init_glue)
+    chosen = prepare_stage(model, cfg.trains, cfg.spec.forced_expert)
+    model.train()
+    model.sam.eval()  # the frozen SAM parts keep eval behaviour; only the trained glue is in train mode
+    resolved = cfg.resolved()
+    weights = LossWeights(cfg.ce_weight, resolved["bce_weight"], resolved["dice_weight"])
+    grid = model.sam.prompt_encoder.image_embedding_size[0]
+    module = TrainModule(model, weights, region_mask_fn=lambda region, emb: mask_to_model(region, emb.info,
+                                                                                           grid * 4)[0, 0])
+    runner = module
+    if world > 1:
+        # parts fed by only some examples (a region, a <SEG>) may get no gradient in a step
+        unused = any(p in cfg.trains for p in ("region_encoder", "seg_projector", "mask_decoder"))
+        runner = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=unused)
+    optimizer = torch.optim.AdamW(param_groups(chosen, lr=resolved["lr"], weight_decay=cfg.weight_decay))
+    start = 0
+    if (ckpt / "state.pt").is_file():
+        state = torch.load(ckpt / "state.pt", weights_only=False)
+        if state["config"] != _fingerprint(cfg):
+            raise InputError(f"{ckpt} holds a run with another config: use a new --out-dir or delete it")
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        start = resumed = int(state["step"])
+
+    examples = _examples(model, samples, cfg)
+    embed = embedder or _Embedder(model)
+    mine = [i for i in range(len(examples)) if i % world == rank]
+    if not mine:
+        raise InputError(f"no training examples for process {rank} of {world}")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+    log = open(out / "train_log.jsonl", "a") if rank == 0 else None
+    losses: list[float] = []
+    recorder = RoutingRecorder(model.llm)
+    routing: tuple[float, ...] = ()
+    bar = _bar(cfg.steps, start, rank == 0 and progress)
+    for step in range(start, cfg.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, cfg, resolved["lr"])
+        parts_sum: dict[str, float] = {}
+        with recorder.record():
+            for micro in range(cfg.grad_accumulation):
+                i = step * cfg.grad_accumulation + micro
+                epoch, pos = divmod(i, len(mine))
+                ex = examples[mine[int(_order(len(mine), cfg.seed, epoch)[pos])]]
+                sync = micro == cfg.grad_accumulation - 1 or world == 1
+                ctx = runner.no_sync() if (world > 1 and not sync) else _null()
+                with ctx:
+                    loss, parts = runner(ex, embed(ex.sample))
+                    (loss / cfg.grad_accumulation).backward()
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.grad_accumulation
+        routing = _routing_share(recorder)
+        torch.nn.utils.clip_grad_norm_([p for _, p in chosen], 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(parts_sum["loss"])
+        if log is not None:
+            log.write(json.dumps({"step": step + 1, "lr": optimizer.param_groups[0]["lr"], **parts_sum,
+                                  "routing": list(routing)}) + "\n")
+            log.flush()
+        bar(step + 1, parts_sum["loss"])
+        if rank == 0 and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
+            _save_checkpoint(model, optimizer, cfg, step + 1, ckpt)
+    adapter = out / ADAPTER
+    if rank == 0:
+        save_glue(model, adapter, trained_parts=cfg.trains, recipe=resolved,
+                  include_mask_decoder="mask_decoder" in cfg.trains)
+        if log is not None:
+            log.close()
+    if world > 1:
+        torch.distributed.barrier()
+    model.eval()
+    return TrainReport(cfg.stage, cfg.steps, len(examples), tuple(losses), str(adapter), time.perf_counter() - t0,
+                       sum(p.numel() for _, p in chosen), resumed, routing)
+
+
+def _examples(model, samples: list[TrainSample], cfg: TrainConfig) -> list[Example]:
+    out: list[Example] = []
+    for sample in samples:
+        out += encode(sample, model.tokenizer, system=model.cfg.system_prompt, n_image_tokens=model.n_image_tokens,
+                      seg_id=model.token_ids["<SEG>"], max_tokens=cfg.max_tokens)
+    if not out:
+        raise InputError("the training data holds no conversation turns")
+    if cfg.stage in (3, 4) and not any(ex.masks for ex in out) and cfg.spec.dice_weight:
+        print("medplib train: warning: no <SEG> answers in the data; the grounding losses stay at 0", file=sys.stderr)
+    return out
+
+
+def _fingerprint(cfg: TrainConfig) -> str:
+    keep = {k: v for k, v in cfg.resolved().items() if k not in ("steps", "save_every")}  # may grow on resume
+    return json.dumps(keep, sort_keys=True, default=str)
+
+
+def _save_checkpoint(model, optimizer, cfg: TrainConfig, step: int, ckpt: Path) -> None:
+    """Adapter + optimizer + RNG, written to a temp folder and swapped in (never half a checkpoint)."""
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_glue(model, tmp / ADAPTER, trained_parts=cfg.trains, recipe=cfg.resolved(),
+              include_mask_decoder="mask_decoder" in cfg.trains)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                "config": _fingerprint(cfg)}, tmp / "state.pt")
+    if ckpt.exists():
+        old = ckpt.with_name(ckpt.name + ".old")
+        ckpt.replace(old)
+        tmp.replace(ckpt)
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    else:
+        tmp.replace(ckpt)
+
+
+def _routing_share(recorder: RoutingRecorder) -> tuple[float, ...]:
+    choices = recorder.choices()
+    if choices.numel() == 0:
+        return ()
+    n = recorder.layers[0].cfg.num_experts
+    return tuple(float((choices == e).float().mean()) for e in range(n))
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _bar(total: int, start: int, enabled: bool):
+    if not enabled:
+        return lambda step, loss: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def update(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if step == total:
+            bar.close()
+
+    return update
+
+
+__all__ = ["TrainReport", "train"]

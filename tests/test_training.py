@@ -1,0 +1,132 @@
+"""The four stages train exactly their parameters, losses fall, runs resume bit for bit, and the
+adapter file holds only the glue."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from _tiny_training import FakeEmbedder, samples, tiny_model
+from medplib_runtime.errors import InputError
+from medplib_runtime.modeling.glue_weights import first_new_row, glue_state, load_glue, read_glue_metadata
+from medplib_runtime.training.config import TrainConfig, load_config
+from medplib_runtime.training.trainer import train
+
+EXPECTED = {  # parameter-name prefixes each stage may change
+    1: ("vision_projector.",),
+    2: ("vision_projector.", "region_encoder.", "llm.model.layers.0.mlp.experts.1.", "llm.model.layers.1.mlp.experts.1.",
+        "llm.model.embed_tokens.weight"),
+    3: ("seg_projector.", "llm.model.layers.0.mlp.experts.0.", "llm.model.layers.1.mlp.experts.0.",
+        "llm.model.embed_tokens.weight"),
+    4: ("seg_projector.", "region_encoder.", "llm.model.layers.0.mlp.router.", "llm.model.layers.1.mlp.router.",
+        "llm.model.embed_tokens.weight"),
+}
+
+
+def _snapshot(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4])
+def test_each_stage_changes_exactly_its_parameters(stage, tmp_path):
+    model = tiny_model()
+    before = _snapshot(model)
+    cfg = TrainConfig(stage=stage, data=("synthetic",), out_dir=str(tmp_path), steps=3, grad_accumulation=2,
+                      warmup_steps=1, lr=1e-2)
+    report = train(cfg, samples(), model=model, embedder=FakeEmbedder(), progress=False)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    allowed = EXPECTED[stage]
+    assert changed and all(k.startswith(allowed) for k in changed), sorted(changed)[:5]
+    for prefix in allowed:  # every part the stage names did move
+        assert any(k.startswith(prefix) for k in changed), prefix
+    emb = "llm.model.embed_tokens.weight"
+    start = first_new_row(model)
+    assert torch.equal(before[emb][:start], after[emb][:start]), "old token rows stay bit-identical"
+    if emb in changed:
+        assert not torch.equal(before[emb][start:], after[emb][start:])
+    assert len(report.losses) == 3 and all(l == l for l in report.losses)
+    meta = read_glue_metadata(report.adapter)
+    assert meta["recipe"]["stage"] == stage and set(meta["trained_parts"]) == set(cfg.trains)
+    if stage == 4:
+        assert len(report.routing) == 2 and abs(sum(report.routing) - 1) < 1e-6
+    else:
+        forced = cfg.spec.forced_expert
+        assert report.routing[forced] == 1.0
+
+
+def test_loss_falls_and_adapter_reloads(tmp_path):
+    model = tiny_model()
+    cfg = TrainConfig(stage=3, data=("synthetic",), out_dir=str(tmp_path), steps=12, grad_accumulation=2,
+                      warmup_steps=1, lr=2e-2)
+    from dataclasses import replace
+
+    one = [replace(samples(1)[0], turns=samples(1)[0].turns[1:])]  # the same <SEG> turn every step
+    report = train(cfg, one, model=model, embedder=FakeEmbedder(), progress=False)
+    assert report.losses[-1] < report.losses[0] * 0.9 and report.losses[-1] == min(report.losses), report.losses
+    fresh = tiny_model()
+    load_glue(fresh, report.adapter)
+    for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+    log = [json.loads(line) for line in open(tmp_path / "train_log.jsonl")]
+    assert [r["step"] for r in log] == list(range(1, 13)) and {"ce", "bce", "dice"} <= set(log[0])
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "adapter.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+    assert keys == set(glue_state(model)), "the adapter holds the glue and nothing of the base weights"
+    assert f"moe.0.experts.0.down_proj.lora_B" in keys and not any("base" in k for k in keys)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_bit_for_bit(tmp_path):
+    cfg = dict(stage=2, data=("synthetic",), steps=4, grad_accumulation=2, warmup_steps=1, lr=1e-2, save_every=2)
+    straight = train(TrainConfig(out_dir=str(tmp_path / "a"), **cfg), samples(), model=tiny_model(),
+                     embedder=FakeEmbedder(), progress=False)
+
+    class Dying(FakeEmbedder):
+        calls = 0
+
+        def __call__(self, sample):
+            Dying.calls += 1
+            if Dying.calls == 5:  # the first example of step 3: after the step-2 checkpoint
+                raise _Interrupt()
+            return super().__call__(sample)
+
+    with pytest.raises(_Interrupt):
+        train(TrainConfig(out_dir=str(tmp_path / "b"), **cfg), samples(), model=tiny_model(), embedder=Dying(),
+              progress=False)
+    resumed = train(TrainConfig(out_dir=str(tmp_path / "b"), **cfg), samples(), model=tiny_model(),
+                    embedder=FakeEmbedder(), progress=False)
+    assert resumed.resumed_from == 2
+    a, b = tiny_model(), tiny_model()
+    load_glue(a, straight.adapter)
+    load_glue(b, resumed.adapter)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+    assert straight.losses[2:] == resumed.losses
+
+
+def test_bad_configs_and_records(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"stage": 5, "data": ["x.json"], "out_dir": "o"}')
+    with pytest.raises(InputError, match="stage must be"):
+        load_config(path)
+    path.write_text('{"stage": 1, "data": "x.json", "out_dir": "o", "lr_typo": 1}')
+    with pytest.raises(InputError, match=r"unknown keys \['lr_typo'\]"):
+        load_config(path)
+    path.write_text("{nope")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_config(path)
+    from medplib_runtime.schemas import Turn
+    from medplib_runtime.training.examples import TrainSample
+
+    bad = TrainSample("rec-7", samples(1)[0].image, (Turn("segment the lesion", "here <SEG>"),))
+    cfg = TrainConfig(stage=3, data=("synthetic",), out_dir=str(tmp_path / "o"), steps=1)
+    with pytest.raises(InputError, match="record rec-7: answer 0 has 1 <SEG> but only 0 masks"):
+        train(cfg, [bad], model=tiny_model(), embedder=FakeEmbedder(), progress=False)
