@@ -1,12 +1,15 @@
 """The glue: the parts neither weight package has, trained by our own recipe.
 
 Projector, region encoder, ``<SEG>`` projector, MoE expert LoRAs + router and the new token
-rows. Until ``assets/<preset>-glue.safetensors`` exists they are randomly initialised (fixed
-seed) and every consumer must say so.
+rows. ``assets/<preset>-glue.safetensors`` (written by ``medplib train``) holds them with the
+list of parts its stages trained; a part not in that list is randomly initialised (fixed seed)
+and every consumer must say so. Reading the list needs no torch: the safetensors header is JSON.
 """
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 from .presets import MedPLIBConfig
@@ -20,15 +23,34 @@ GLUE_PARTS: dict[str, str] = {
     "moe_router": "Linear → softmax, top-1",
     "new_token_embeddings": "<SEG> <region> </region> <im_start> <im_end> ...",
 }
+# which trained parts (training/params.py names) make each glue part count as trained
+_NEEDS = {"vision_projector": ("vision_projector",), "region_encoder": ("region_encoder",),
+          "seg_projector": ("seg_projector",), "moe_experts": ("expert_ground", "expert_vl"),
+          "moe_router": ("router",), "new_token_embeddings": ("new_token_rows",)}
 
 
 def glue_path(config: MedPLIBConfig) -> Path:
     return ASSETS / f"{config.preset}-glue.safetensors"
 
 
+def trained_parts(path: Path) -> tuple[str, ...]:
+    """The parts a glue file's stages trained, from its safetensors header (no torch needed)."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        return tuple(json.loads(header.get("__metadata__", {}).get("trained_parts", "[]")))
+    except (OSError, ValueError, struct.error):
+        return ()
+
+
 def glue_status(config: MedPLIBConfig) -> dict[str, tuple[str, bool]]:
     """name → (source, trained) for every glue part of ``config``."""
     path = glue_path(config)
-    trained = path.is_file()
-    source = f"glue file {path.name}" if trained else "random init (seed 0): not trained yet"
-    return {name: (f"{desc}; {source}", trained) for name, desc in GLUE_PARTS.items()}
+    done = set(trained_parts(path)) if path.is_file() else set()
+    out = {}
+    for name, desc in GLUE_PARTS.items():
+        ok = all(p in done for p in _NEEDS[name])
+        source = f"trained, {path.name}" if ok else "random init (seed 0): not trained yet"
+        out[name] = (f"{desc}; {source}", ok)
+    return out

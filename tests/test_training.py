@@ -49,7 +49,7 @@ def test_each_stage_changes_exactly_its_parameters(stage, tmp_path):
         assert not torch.equal(before[emb][start:], after[emb][start:])
     assert len(report.losses) == 3 and all(l == l for l in report.losses)
     meta = read_glue_metadata(report.adapter)
-    assert meta["recipe"]["stage"] == stage and set(meta["trained_parts"]) == set(cfg.trains)
+    assert meta["recipe"]["stages"][-1]["stage"] == stage and set(meta["trained_parts"]) == set(cfg.trains)
     if stage == 4:
         assert len(report.routing) == 2 and abs(sum(report.routing) - 1) < 1e-6
     else:

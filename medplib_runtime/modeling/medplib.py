@@ -11,6 +11,8 @@ Placeholders are filled with ``masked_scatter`` after checking that counts match
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -113,8 +115,11 @@ class _SamVisionEncoder(nn.Module):
         return self.model(pixel_values=x).last_hidden_state
 
 
-def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None = None) -> MedPLIB:
-    """Build MedPLIB for ``cfg``. ``pretrained`` loads the real weights the preset names.
+def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None = None,
+                  glue: "Path | None | bool" = None) -> MedPLIB:
+    """Build MedPLIB for ``cfg``. ``pretrained`` loads the real weights the preset names, and the
+    shipped glue (``assets/<preset>-glue.safetensors``) if there is one; ``glue`` names another
+    file, or ``False`` keeps the random-init glue (training starts from there).
 
     medplib-lite: LiteMedSAM + SmolLM2 (glue randomly initialised until trained).
     medplib-7b: structure only for now (random weights); loading the released checkpoint from a
@@ -138,6 +143,13 @@ def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None 
     model = MedPLIB(cfg, sam=sam, llm=llm, tokenizer=tokenizer, vision_tower=tower)
     model.token_ids = add_special_tokens(llm, tokenizer, SPECIAL_TOKENS + (IMAGE_PLACEHOLDER, REGION_PLACEHOLDER))
     column_major_linears(llm)  # resizing made a new (row-major) LM head: restore the fast decode layout
+    if pretrained and glue is not False:
+        from ..glue import glue_path
+        from .glue_weights import load_glue
+
+        path = glue if glue is not None else glue_path(cfg)
+        if path.is_file():
+            load_glue(model, path)
     return model.eval()
 
 

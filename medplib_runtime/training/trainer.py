@@ -21,7 +21,7 @@ import torch
 
 from ..errors import InputError
 from ..imaging.transforms import mask_to_model
-from ..modeling.glue_weights import load_glue, save_glue
+from ..modeling.glue_weights import load_glue, read_glue_metadata, save_glue
 from ..modeling.moe import RoutingRecorder
 from .config import TrainConfig
 from .examples import Example, TrainSample, encode
@@ -89,7 +89,7 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
         from ..modeling.medplib import build_medplib
         from ..presets import get_preset
 
-        model = build_medplib(get_preset(cfg.preset), pretrained=True)
+        model = build_medplib(get_preset(cfg.preset), pretrained=True, glue=False)  # init_glue or random
     out = Path(cfg.out_dir)
     ckpt = out / CHECKPOINT_DIR
     resumed = 0
@@ -97,10 +97,13 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
         load_glue(model, ckpt / ADAPTER)
     elif cfg.init_glue:
         load_glue(model, cfg.init_glue)
+    history = read_glue_metadata(cfg.init_glue) if cfg.init_glue else {"trained_parts": (), "recipe": {}}
+    trained_parts = tuple(dict.fromkeys(tuple(history["trained_parts"]) + cfg.trains))  # all stages so far
     chosen = prepare_stage(model, cfg.trains, cfg.spec.forced_expert)
     model.train()
     model.sam.eval()  # the frozen SAM parts keep eval behaviour; only the trained glue is in train mode
     resolved = cfg.resolved()
+    recipe = {"stages": list(history["recipe"].get("stages", [])) + [resolved]}
     weights = LossWeights(cfg.ce_weight, resolved["bce_weight"], resolved["dice_weight"])
     grid = model.sam.prompt_encoder.image_embedding_size[0]
     module = TrainModule(model, weights, region_mask_fn=lambda region, emb: mask_to_model(region, emb.info,
@@ -160,11 +163,11 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
             log.flush()
         bar(step + 1, parts_sum["loss"])
         if rank == 0 and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
-            _save_checkpoint(model, optimizer, cfg, step + 1, ckpt)
+            _save_checkpoint(model, optimizer, cfg, step + 1, ckpt, trained_parts, recipe)
     adapter = out / ADAPTER
     if rank == 0:
-        save_glue(model, adapter, trained_parts=cfg.trains, recipe=resolved,
-                  include_mask_decoder="mask_decoder" in cfg.trains)
+        save_glue(model, adapter, trained_parts=trained_parts, recipe=recipe,
+                  include_mask_decoder="mask_decoder" in trained_parts)
         if log is not None:
             log.close()
     if world > 1:
@@ -191,12 +194,13 @@ def _fingerprint(cfg: TrainConfig) -> str:
     return json.dumps(keep, sort_keys=True, default=str)
 
 
-def _save_checkpoint(model, optimizer, cfg: TrainConfig, step: int, ckpt: Path) -> None:
+def _save_checkpoint(model, optimizer, cfg: TrainConfig, step: int, ckpt: Path, trained_parts: tuple[str, ...],
+                     recipe: dict) -> None:
     """Adapter + optimizer + RNG, written to a temp folder and swapped in (never half a checkpoint)."""
     tmp = ckpt.with_name(ckpt.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    save_glue(model, tmp / ADAPTER, trained_parts=cfg.trains, recipe=cfg.resolved(),
-              include_mask_decoder="mask_decoder" in cfg.trains)
+    save_glue(model, tmp / ADAPTER, trained_parts=trained_parts, recipe=recipe,
+              include_mask_decoder="mask_decoder" in trained_parts)
     torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                 "config": _fingerprint(cfg)}, tmp / "state.pt")
     if ckpt.exists():
