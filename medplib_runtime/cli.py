@@ -237,6 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.set_defaults(func=cmd_ask)
 
+    from .cli_train import add_train_parser
+
+    add_train_parser(sub)
+
     p = sub.add_parser("bench", help="speed/memory table (median, p90) on a real volume")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
     p.add_argument("--repeats", type=int, default=7)
