@@ -130,7 +130,12 @@ def cmd_segment(args) -> int:
     runtime = _runtime(args)
     key = runtime.set_image(volume.array, modality=args.modality, spacing=volume.spacing)
     result = runtime.segment(SegmentRequest(image_key=key, slice=ref, prompt=prompt, threshold=args.threshold))
-    summary = _write_masks([result.mask], volume, ref, args.out)
+    if args.propagate:
+        from .cli_volume import propagate_and_write
+
+        summary = propagate_and_write(runtime, volume, ref, result.mask, args.out, args.modality)
+    else:
+        summary = _write_masks([result.mask], volume, ref, args.out)
     summary.update({"slice": ref.index, "axis": ref.axis, "prompt": result.prompt_kind,
                     "score": round(result.score, 4), "time_s": round(time.perf_counter() - t0, 3),
                     "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()}})
@@ -155,7 +160,15 @@ def cmd_ask(args) -> int:
     if result.untrained_parts:
         print("medplib: warning: untrained parts (" + ", ".join(result.untrained_parts)
               + "): this answer is not grounded in the image yet", file=sys.stderr)
-    print(result.text if result.text.strip() else "(the model produced no answer text)")
+    measured = None
+    if args.labels:
+        from .cli_volume import measured_answer_for
+
+        measured = measured_answer_for(args.question, result.text, args)
+    if measured is not None:
+        print(measured)
+    else:
+        print(result.text if result.text.strip() else "(the model produced no answer text)")
     if result.masks:
         if args.out:
             summary = _write_masks(list(result.masks), volume, ref, args.out)
@@ -228,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("segment", help="box/points/region mask on one slice → label volume")
     _add_image_args(p)
     p.add_argument("--out", required=True, help="output label volume (.nii.gz/.nrrd/.mha), IMAGE's geometry")
+    p.add_argument("--propagate", action="store_true", help="follow the structure through the volume (3D)")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("ask", help="question about a slice (optionally a region on it) → answer (+ masks)")
@@ -235,11 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question")
     p.add_argument("--out", help="write the masks of every <SEG> here (label i for the i-th)")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--labels", help="label volume: quantitative questions are answered by measuring it")
+    p.add_argument("--label", type=int, action="append", help="with --labels: only these label ids")
     p.set_defaults(func=cmd_ask)
 
     from .cli_train import add_train_parser
+    from .cli_volume import add_volume_parsers
 
     add_train_parser(sub)
+    add_volume_parsers(sub)
 
     p = sub.add_parser("bench", help="speed/memory table (median, p90) on a real volume")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
