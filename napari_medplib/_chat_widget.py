@@ -26,8 +26,10 @@ from .chat_state import ChatHistory
 from .label_writes import write_mask
 from .prompt_capture import capture, current_slice
 from .runtime_factory import get_runtime
+from .volume_actions import measure_layer
 
 NO_REGION = "(no region)"
+NO_LABELS = "(no labels)"
 
 
 class _TokenRelay(QObject):
@@ -42,7 +44,9 @@ class ChatDock(QWidget):
         self.viewer = napari_viewer
         self.synchronous = os.environ.get("MEDPLIB_SYNC_WORKERS") == "1"
         self.history = ChatHistory()
-        self.image_combo, self.region_combo = QComboBox(), QComboBox()
+        self.image_combo, self.region_combo, self.measure_combo = QComboBox(), QComboBox(), QComboBox()
+        self.measure_combo.setToolTip("questions about size, volume, diameter, position, side or intensity are "
+                                      "answered by measuring this labels layer")
         self.transcript = QTextBrowser()
         self.question = QLineEdit()
         self.question.setPlaceholderText("Ask about this slice, e.g. What is in the region?")
@@ -53,6 +57,7 @@ class ChatDock(QWidget):
         form = QFormLayout()
         form.addRow("image", self.image_combo)
         form.addRow("region", self.region_combo)
+        form.addRow("measure", self.measure_combo)
         row = QHBoxLayout()
         row.addWidget(self.question)
         row.addWidget(self.ask_button)
@@ -78,7 +83,8 @@ class ChatDock(QWidget):
 
     def on_layers_changed(self, event=None) -> None:
         for combo, kinds, first in ((self.image_combo, (Image,), ()),
-                                    (self.region_combo, (Shapes, Points, Labels), (NO_REGION,))):
+                                    (self.region_combo, (Shapes, Points, Labels), (NO_REGION,)),
+                                    (self.measure_combo, (Labels,), (NO_LABELS,))):
             current = combo.currentText()
             combo.blockSignals(True)
             combo.clear()
@@ -130,12 +136,28 @@ class ChatDock(QWidget):
         self.status.setText(f"answering: {self._partial.strip()[-200:]}…")
 
     def on_answered(self, image_name, question, result, ref, region_kind) -> None:
-        self.history.add(image_name, question, result, ref, region_kind)
+        measured = self.measured_answer(image_name, question, result.text)
+        self.history.add(image_name, question, result, ref, region_kind, measured)
         self.question.clear()
         self.status.setText(f"answered in {result.timings_ms.get('total', 0) / 1e3:.1f} s")
         if image_name != self.image_combo.currentText():
             self.image_combo.setCurrentText(image_name)
         self.render()
+
+    def measured_answer(self, image_name: str, question: str, model_text: str) -> str:
+        """The measured answer from the 'measure' labels layer, if the question asks a quantity."""
+        from medplib_runtime.volume.measured_answers import measured_answer, quantity_asked
+
+        name = self.measure_combo.currentText()
+        if quantity_asked(question) is None or name in ("", NO_LABELS) or name not in self.viewer.layers:
+            return ""
+        try:
+            image = self.viewer.layers[image_name] if image_name in self.viewer.layers else None
+            found = measure_layer(self.viewer.layers[name], image)
+        except MedplibError as exc:
+            return f"could not measure {name!r}: {exc}"
+        answer = measured_answer(question, found, source=f"labels layer {name!r}")
+        return "" if answer is None else answer.text
 
     def render(self) -> None:
         parts = []
@@ -143,6 +165,8 @@ class ChatDock(QWidget):
             parts.append(f"<p><b>You</b> <i>(slice {e.slice.index}, region: {e.region_kind})</i><br>"
                          f"{html.escape(e.question)}</p>")
             answer = html.escape(e.answer) if e.answer.strip() else "<i>(no answer text)</i>"
+            if e.measured:
+                parts.append(f"<p><b>Measured</b><br><span style='color:#60c060'>{html.escape(e.measured)}</span></p>")
             parts.append(f"<p><b>MedPLIB</b><br>{answer}<br><small>{len(e.masks)} mask(s) · {e.routing}</small>")
             if e.untrained:
                 parts.append("<br><span style='color:#e0a030'>untrained parts (" + ", ".join(e.untrained)

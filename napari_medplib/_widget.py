@@ -1,4 +1,5 @@
-"""The MedPLIB dock: pick image, prompt and target layers, press Segment; Undo the last write.
+"""The MedPLIB dock: pick image, prompt and target layers, press Segment; Propagate it through the
+volume, Measure it; Undo the last write.
 
 Widgets only wire signals to ``on_*`` methods. The runtime call runs in a napari worker
 thread (never on the Qt main thread; the worker touches no layer); the mask is written in
@@ -9,20 +10,24 @@ runs the call inline, for tests and debugging.
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
                             QSpinBox, QVBoxLayout, QWidget)
 
 from medplib_runtime.errors import MedplibError
+from medplib_runtime.volume.propagation import Cancelled
 from medplib_runtime.schemas import SegmentRequest
 
-from .label_writes import undo_write, write_mask
+from .label_writes import undo_write, write_mask, write_volume
 from .prompt_capture import capture, current_slice
 from ._workers import run_call, user_message
 from .runtime_factory import get_runtime, run_background
+from .volume_actions import describe, measure_layer, seed_from_layer
 
 
 NEW_LAYER = "(new labels layer)"
@@ -46,6 +51,10 @@ class MedPLIBWidget(QWidget):
         self._pending = None  # (result, context) shown as a preview, not yet written
         self.segment_button, self.undo_button = QPushButton("Segment"), QPushButton("Undo")
         self.cancel_button = QPushButton("Cancel")
+        self.propagate_button, self.measure_button = QPushButton("Propagate"), QPushButton("Measure")
+        self._cancel_event: threading.Event | None = None
+        self._relay = _ProgressRelay()
+        self._relay.progress.connect(self.on_progress)
         self.status = QLabel("ready")
 
         form = QFormLayout()
@@ -62,6 +71,10 @@ class MedPLIBWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
+        volume_buttons = QHBoxLayout()
+        volume_buttons.addWidget(self.propagate_button)
+        volume_buttons.addWidget(self.measure_button)
+        layout.addLayout(volume_buttons)
         previews = QHBoxLayout()
         previews.addWidget(self.accept_button)
         previews.addWidget(self.discard_button)
@@ -73,6 +86,8 @@ class MedPLIBWidget(QWidget):
         self.segment_button.clicked.connect(self.on_segment)
         self.undo_button.clicked.connect(self.on_undo)
         self.cancel_button.clicked.connect(self.on_cancel)
+        self.propagate_button.clicked.connect(self.on_propagate)
+        self.measure_button.clicked.connect(self.on_measure)
         self.accept_button.clicked.connect(self.on_accept_preview)
         self.discard_button.clicked.connect(self.on_discard_preview)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
@@ -190,15 +205,75 @@ class MedPLIBWidget(QWidget):
         self.status.setText(f"{write.changed} voxels → label {label} on slice {ref.index} "
                             f"(score {result.score:.2f}, {result.timings_ms.get('total', 0):.0f} ms)")
 
+    # -- volumes -----------------------------------------------------------------------------------
+    def on_propagate(self) -> None:
+        """The target label's mask on this slice → the structure through the volume, one undoable write."""
+        try:
+            image = self._layer(self.image_combo, "image")
+            target = self._target_layer(image)
+            if target is None:
+                raise MedplibError("pick the target labels layer that holds the seed (Segment writes one)")
+            ref = current_slice(self.viewer, image)
+            label = int(self.label_id.value())
+            seed = seed_from_layer(target, ref, label)
+        except MedplibError as exc:
+            show_error(str(exc))
+            self.status.setText(f"not propagated: {exc}")
+            return
+        data, modality = np.asarray(image.data), image.metadata.get("modality", "auto")
+        cancel = self._cancel_event = threading.Event()
+        relay = self._relay
+
+        def job():
+            from medplib_runtime.volume.propagation import propagate
+
+            return propagate(get_runtime(), data, axis=ref.axis, seed_index=ref.index, seed_mask=seed,
+                             modality=modality, progress=relay.progress.emit, cancel=cancel)
+
+        context = (target, label, self.label_name.text().strip(), self.overwrite.isChecked())
+        self._start(job, lambda result: self.on_propagated(result, context))
+
+    def on_progress(self, done: int, total: int) -> None:
+        self.status.setText(f"propagating… slice {done} of ~{total} (Cancel stops; nothing is written until the end)")
+
+    def on_propagated(self, result, context) -> None:
+        target, label, name, overwrite = context
+        try:
+            write = write_volume(target, result.mask, label=label, name=name or None, overwrite=overwrite)
+        except MedplibError as exc:
+            show_error(str(exc))
+            return
+        self.writes.append((target, write))
+        stops = ", ".join(f"{k}: {v}" for k, v in result.stopped.items())
+        self.status.setText(f"propagated label {label} over slices {result.slices[0]}–{result.slices[-1]}: "
+                            f"{write.changed} voxels added in {result.seconds:.1f} s (stopped {stops})")
+
+    def on_measure(self) -> None:
+        try:
+            image = self._layer(self.image_combo, "image")
+            target = self._target_layer(image)
+            if target is None:
+                raise MedplibError("pick the target labels layer to measure")
+            found = measure_layer(target, image, (int(self.label_id.value()),))
+        except MedplibError as exc:
+            show_error(str(exc))
+            self.status.setText(f"not measured: {exc}")
+            return
+        self.status.setText(describe(found[0]))
+        show_info(describe(found[0]))
+
     def on_undo(self) -> None:
         if not self.writes:
             show_info("nothing to undo")
             return
         layer, write = self.writes.pop()
         undo_write(layer, write)
-        self.status.setText(f"undid the write on slice {write.slice.index}")
+        where = f"slice {write.slice.index}" if hasattr(write, "slice") else f"{write.changed} voxels in 3D"
+        self.status.setText(f"undid the write on {where}")
 
     def on_cancel(self) -> None:
+        if self._cancel_event is not None:
+            self._cancel_event.set()  # a propagation stops at its next slice
         if self._worker is not None:
             self._worker.quit()
             self.status.setText("cancelled: the result will be discarded")
@@ -222,6 +297,9 @@ class MedPLIBWidget(QWidget):
 
     def on_failed(self, exc: BaseException) -> None:
         self._worker = None
+        if isinstance(exc, Cancelled):
+            self.status.setText("cancelled: nothing was written")
+            return
         self.status.setText(f"failed, nothing written: {user_message(exc)}")
 
     def _background(self, fn) -> None:
@@ -230,6 +308,8 @@ class MedPLIBWidget(QWidget):
             run_background(fn)
 
     def _set_busy(self, busy: bool) -> None:
+        self.propagate_button.setEnabled(not busy)
+        self.measure_button.setEnabled(not busy)
         self.segment_button.setEnabled(not busy)
         self.undo_button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
@@ -241,6 +321,12 @@ def _warm_up() -> None:
     warm = getattr(get_runtime(), "warm_up", None)
     if warm is not None:
         warm()
+
+
+class _ProgressRelay(QObject):
+    """Carries (done, total) from the worker thread to the dock (a queued Qt signal: thread-safe)."""
+
+    progress = Signal(int, int)
 
 
 class _Prefetch:

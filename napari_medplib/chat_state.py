@@ -18,6 +18,7 @@ class ChatEntry:
     masks: tuple[np.ndarray, ...] = field(compare=False)
     routing: str  # e.g. "grounding 40% · vision-language 60%"
     untrained: tuple[str, ...] = ()
+    measured: str = ""  # a measured answer (numbers from a labels layer), if the question asked a quantity
 
 
 def routing_summary(stats: RoutingStats | None) -> str:
@@ -33,9 +34,10 @@ class ChatHistory:
     def __init__(self) -> None:
         self._by_image: dict[str, list[ChatEntry]] = {}
 
-    def add(self, image: str, question: str, result: AskResult, ref: SliceRef, region_kind: str) -> ChatEntry:
+    def add(self, image: str, question: str, result: AskResult, ref: SliceRef, region_kind: str,
+            measured: str = "") -> ChatEntry:
         entry = ChatEntry(question, result.text, ref, region_kind, tuple(result.masks),
-                          routing_summary(result.routing), tuple(result.untrained_parts))
+                          routing_summary(result.routing), tuple(result.untrained_parts), measured)
         self._by_image.setdefault(image, []).append(entry)
         return entry
 
@@ -43,7 +45,9 @@ class ChatHistory:
         return list(self._by_image.get(image, ()))
 
     def turns(self, image: str) -> tuple[Turn, ...]:
-        return tuple(Turn(e.question, e.answer) for e in self._by_image.get(image, ()))
+        # the measured statement goes back as the answer: the model should build on the right number
+        return tuple(Turn(e.question, e.measured.split(" [measured from")[0] if e.measured else e.answer)
+                     for e in self._by_image.get(image, ()))
 
     def clear(self, image: str) -> None:
         self._by_image.pop(image, None)
@@ -52,5 +56,7 @@ class ChatHistory:
         lines = []
         for e in self.entries(image):
             lines.append(f"Q (slice {e.slice.index}, region {e.region_kind}): {e.question}")
+            if e.measured:
+                lines.append(f"Measured: {e.measured}")
             lines.append(f"A: {e.answer or '(no text)'}  [{len(e.masks)} mask(s); {e.routing}]")
         return "\n".join(lines)

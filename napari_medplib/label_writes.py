@@ -49,6 +49,41 @@ def write_mask(layer, mask: np.ndarray, ref: SliceRef, *, label: int, name: str 
     return Write(layer.name, ref, before, int(np.count_nonzero(plane != before)))
 
 
-def undo_write(layer, write: Write) -> None:
-    _plane(layer.data, write.slice)[...] = write.before
+@dataclass(frozen=True)
+class VolumeWrite:
+    """A 3D write (propagation): the changed voxels and what they held, so undo is exact."""
+
+    layer_name: str
+    where: tuple[np.ndarray, ...]  # np.nonzero-style indices of the changed voxels
+    before: np.ndarray
+    changed: int
+
+
+def write_volume(layer, mask: np.ndarray, *, label: int, name: str | None = None,
+                 overwrite: bool = False) -> VolumeWrite:
+    """Paint a whole-volume ``mask`` with ``label`` in one undoable write (other labels kept unless ``overwrite``)."""
+    if label <= 0:
+        raise InputError("label id must be ≥ 1 (0 is background)")
+    data = layer.data
+    if data.shape != mask.shape:
+        raise InputError(f"target layer {layer.name!r} is {data.shape}, the mask {mask.shape}")
+    if label > np.iinfo(data.dtype).max:
+        raise InputError(f"label {label} does not fit the layer's {data.dtype}")
+    target = np.asarray(mask).astype(bool) & (data != label)
+    if not overwrite:
+        target &= data == 0
+    where = np.nonzero(target)
+    before = data[where].copy()
+    data[where] = label
+    if name:
+        layer.metadata.setdefault(NAMES_KEY, {})[int(label)] = name
+    layer.refresh()
+    return VolumeWrite(layer.name, where, before, int(before.size))
+
+
+def undo_write(layer, write: "Write | VolumeWrite") -> None:
+    if isinstance(write, VolumeWrite):
+        layer.data[write.where] = write.before
+    else:
+        _plane(layer.data, write.slice)[...] = write.before
     layer.refresh()
