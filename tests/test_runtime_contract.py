@@ -109,3 +109,14 @@ def test_bad_input_is_refused_alike(runtime, brain1, make, message):
 def test_bad_images_are_refused_alike(runtime, image, message):
     with pytest.raises(InputError, match=message):
         runtime.set_image(image)
+
+
+def test_propagation_is_the_same_through_the_server(local_runtime, remote_runtime, brain1):
+    from medplib_runtime.volume.propagation import PropagationSettings, propagate
+
+    seed = local_runtime.segment(SegmentRequest(local_runtime.set_image(brain1), SliceRef(0, 16),
+                                                Prompt(box=BRAIN1_BOX))).mask
+    results = [propagate(rt, brain1, axis=0, seed_index=16, seed_mask=seed,
+                         settings=PropagationSettings(max_slices=2)) for rt in (local_runtime, remote_runtime)]
+    assert np.array_equal(results[0].mask, results[1].mask) and results[0].slices == results[1].slices
+    assert results[0].steps == results[1].steps
