@@ -8,11 +8,11 @@ alignment (projector only, text loss).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..errors import InputError
+from .json_files import read_json
 
 
 @dataclass(frozen=True)
@@ -90,14 +90,7 @@ class TrainConfig:
 
 def load_config(path: str | Path, **overrides) -> TrainConfig:
     """A TrainConfig from a JSON file (unknown keys refused, naming them), then ``overrides``."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise InputError(f"cannot read training config {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise InputError(f"training config {path} is not valid JSON: {exc}") from None
-    if not isinstance(raw, dict):
-        raise InputError(f"training config {path} must be a JSON object")
+    raw = read_json(path, "training config", expect=dict)
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:

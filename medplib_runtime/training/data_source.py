@@ -9,7 +9,6 @@ Paths are relative to ``image_folder`` (default: the JSON file's folder). Errors
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from ..errors import InputError
 from ..schemas import Turn
 from .examples import TrainSample
+from .json_files import read_json
 
 _REGION = re.compile(r"<region>(.*?)</region>")
 _MASK = re.compile(r"\s*<mask>(.*?)</mask>")
@@ -35,14 +35,7 @@ def _png(path: Path, what: str, key: str) -> np.ndarray:
 
 def samples_from_json(path: str | Path, *, image_folder: str | Path | None = None) -> list[TrainSample]:
     path = Path(path)
-    try:
-        records = json.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(f"cannot read dataset {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise InputError(f"dataset {path} is not valid JSON: {exc}") from None
-    if not isinstance(records, list):
-        raise InputError(f"dataset {path} must be a JSON list of records")
+    records = read_json(path, "dataset", expect=list)
     root = Path(image_folder) if image_folder else path.parent
     return [_sample(rec, root, f"{path.name}#{i}") for i, rec in enumerate(records)]
 
