@@ -259,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_volume_parsers(sub)
 
+    from .cli_data import add_data_parsers
+
+    add_data_parsers(sub)
+
     p = sub.add_parser("bench", help="speed/memory table (median, p90) on a real volume")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
     p.add_argument("--repeats", type=int, default=7)

@@ -1,0 +1,163 @@
+"""``medplib eval``: run any Runtime over a MeCoVQA-format file and score it with MedPLIB's metrics.
+
+Only the ``Runtime`` protocol is used (local or remote alike). Each record's PNG is a 2D ``(y, x)``
+image, sent as float32 in [0, 1] (as training reads it) with ``modality="other"``; the question is
+asked on slice ``SliceRef(0, 0)`` with the record's region (a mask prompt) if it has one. Earlier
+turns of a multi-turn record go in as history with their *reference* answers (teacher forcing).
+
+Scoring per turn: a turn whose reference has ``<mask>`` paths is a grounding sample per mask
+(predicted mask i against reference mask i; a missing prediction scores IoU 0 — MedPLIB scored
+only the first mask); otherwise closed turns score exact match, open turns word-bag P/R/F1.
+Predictions are written as JSONL with MedPLIB's field names (``question_id``, ``image_path``,
+``prompt``, ``gt``, ``text``, ``answer_id``, ``model_id``, ``answer_type``, ``metadata``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..data.mecovqa import Dataset, load_masks, read_dataset, read_png
+from ..errors import InputError, MedplibError
+from ..protocol import Runtime
+from ..schemas import AskRequest, Prompt, SliceRef
+from ..schemas import Turn as HistoryTurn
+from .metrics import closed_correct, dice_from_iou, mask_iou, open_score, summarize_seg
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the report: a group of turns and MedPLIB's metrics over it."""
+
+    group: str  # "all", "modality" or "question_type"
+    key: str
+    n_seg: int = 0
+    miou: float = 0.0
+    mdice: float = 0.0
+    n_open: int = 0
+    precision: float = 0.0
+    recall: float = 0.0
+    f1: float = 0.0
+    n_closed: int = 0
+    accuracy: float = 0.0
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    rows: tuple[Row, ...]
+    records: int
+    turns: int
+    predictions: Path | None
+    seconds: float
+    untrained_parts: tuple[str, ...] = ()
+
+    def row(self, group: str, key: str) -> Row:
+        return next(r for r in self.rows if r.group == group and r.key == key)
+
+    def table(self) -> str:
+        head = f"{'group':<24} {'n seg':>5} {'mIoU':>6} {'mDice':>6} {'n open':>6} {'P':>6} {'R':>6} {'F1':>6}" \
+               f" {'n closed':>8} {'acc':>6}"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            name = "all" if r.group == "all" else f"{'type' if r.group == 'question_type' else r.group}={r.key}"
+            lines.append(f"{name:<24} {r.n_seg:>5} {r.miou:>6.3f} {r.mdice:>6.3f} {r.n_open:>6} {r.precision:>6.3f}"
+                         f" {r.recall:>6.3f} {r.f1:>6.3f} {r.n_closed:>8} {r.accuracy:>6.3f}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {"records": self.records, "turns": self.turns, "seconds": round(self.seconds, 2),
+                "predictions": str(self.predictions) if self.predictions else None,
+                "untrained_parts": list(self.untrained_parts), "rows": [r.__dict__ for r in self.rows]}
+
+
+@dataclass
+class _Scores:
+    ious: list[float] = field(default_factory=list)
+    open: list = field(default_factory=list)
+    closed: list[bool] = field(default_factory=list)
+
+    def row(self, group: str, key: str) -> Row:
+        seg = summarize_seg(self.ious)
+        mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
+        return Row(group, key, seg.n, seg.miou, seg.mdice, len(self.open), mean([s.precision for s in self.open]),
+                   mean([s.recall for s in self.open]), mean([s.f1 for s in self.open]), len(self.closed),
+                   mean([float(c) for c in self.closed]))
+
+
+def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: str | Path | None = None,
+             predictions: str | Path | None = None, limit: int | None = None, max_new_tokens: int = 64,
+             threshold: float | None = None, model_id: str = "medplib",
+             progress: Callable[[int, int], None] | None = None) -> EvalReport:
+    """Ask ``runtime`` every question of ``dataset`` and score the answers (module doc)."""
+    t0 = time.perf_counter()
+    ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset, image_folder=image_folder)
+    records = ds.records[:limit] if limit is not None else ds.records
+    groups: dict[tuple[str, str], _Scores] = {}
+    out = Path(predictions) if predictions else None
+    sink = out.open("w", encoding="utf-8") if out else None
+    untrained: tuple[str, ...] = ()
+    qid = 0
+    try:
+        for i, rec in enumerate(records):
+            if progress:
+                progress(i, len(records))
+            image = read_png(ds.root / rec.image, record=rec.id)
+            region, gt_masks = load_masks(rec, ds.root, image.shape)
+            try:
+                key = runtime.set_image(image.astype(np.float32) / 255.0, modality="other")
+            except MedplibError as exc:
+                raise InputError(f"record {rec.id}: {exc}") from None
+            history: list[HistoryTurn] = []
+            mask_cursor = 0
+            for t, turn in enumerate(rec.turns):
+                question = turn.plain_question
+                request = AskRequest(key, SliceRef(0, 0), question,
+                                     region=Prompt(mask=region) if turn.region_paths else None,
+                                     history=tuple(history), max_new_tokens=max_new_tokens, threshold=threshold)
+                try:
+                    result = runtime.ask(request)
+                except MedplibError as exc:
+                    raise InputError(f"record {rec.id}: {exc}") from None
+                untrained = untrained or tuple(result.untrained_parts)
+                meta = {"id": rec.id, "turn": t, "modality": rec.modality, "question_type": rec.question_type,
+                        "topic": rec.extra.get("topic"), "pred_masks": len(result.masks)}
+                targets: list[_Scores] = [groups.setdefault(g, _Scores()) for g in (
+                    ("all", "all"), ("modality", rec.modality), ("question_type", rec.question_type))]
+                n_ref = len(turn.mask_paths)
+                if n_ref:
+                    refs = gt_masks[mask_cursor:mask_cursor + n_ref]
+                    mask_cursor += n_ref
+                    ious = [mask_iou(result.masks[j] if j < len(result.masks) else None, ref)
+                            for j, ref in enumerate(refs)]
+                    meta.update(iou=ious, dice=[dice_from_iou(v) for v in ious])
+                    for s in targets:
+                        s.ious.extend(ious)
+                elif rec.answer_type == "closed":
+                    ok = closed_correct(result.text, turn.plain_answer)
+                    meta["correct"] = ok
+                    for s in targets:
+                        s.closed.append(ok)
+                else:
+                    score = open_score(result.text, turn.plain_answer)
+                    meta.update(precision=score.precision, recall=score.recall, f1=score.f1)
+                    for s in targets:
+                        s.open.append(score)
+                if sink:
+                    sink.write(json.dumps({
+                        "question_id": qid, "image_path": rec.image, "prompt": question, "gt": turn.plain_answer,
+                        "text": result.text, "answer_id": f"{rec.id}#{t}", "model_id": model_id,
+                        "answer_type": "closed" if rec.answer_type == "closed" else "open", "metadata": meta}) + "\n")
+                    sink.flush()
+                qid += 1
+                history.append(HistoryTurn(question, turn.plain_answer))
+    finally:
+        if sink:
+            sink.close()
+    order = sorted(groups, key=lambda g: (("all", "modality", "question_type").index(g[0]), g[1]))
+    rows = tuple(groups[g].row(*g) for g in order)
+    return EvalReport(rows, len(records), qid, out, time.perf_counter() - t0, untrained)

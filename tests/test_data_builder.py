@@ -1,0 +1,222 @@
+"""`medplib build-data`: output validates against the MeCoVQA format and every fact matches the labels."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medplib_runtime.cli import main
+from medplib_runtime.data.builder import BuildConfig, assign_splits, build_dataset
+from medplib_runtime.data.cases import CaseSpec, load_cases
+from medplib_runtime.data.mecovqa import load_masks, read_dataset, read_png
+from medplib_runtime.data.regions import freeform_subregion, point_square
+from medplib_runtime.data.sources import write_phantom_case
+from medplib_runtime.errors import InputError
+from medplib_runtime.imaging.io import Volume, read_volume, write_labels, write_volume
+
+CFG = BuildConfig(seed=3, max_slices_per_volume=4, empty_slices_per_volume=1)
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> list[CaseSpec]:
+    src = tmp_path_factory.mktemp("src")
+    return [write_phantom_case(src, i, modality=m, shape=(12, 64, 64)) for i in range(2) for m in ("CT", "MR")]
+
+
+@pytest.fixture(scope="module")
+def built(phantoms, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ds")
+    return build_dataset(phantoms, out, CFG), out
+
+
+def _records(out: Path):
+    return {s: read_dataset(out / f"{s}.json") for s in ("train", "val", "test")}
+
+
+def test_output_validates_and_splits_by_volume(built, phantoms):
+    report, out = built
+    sets = _records(out)  # read_dataset checks the shape of every record and that every file exists
+    assert sum(len(d) for d in sets.values()) == sum(c["records"] for c in report.counts.values()) > 0
+    case_split = {}
+    for split, ds in sets.items():
+        for rec in ds.records:
+            assert rec.extra["split"] == split
+            assert case_split.setdefault(rec.extra["case"], split) == split  # a volume never spans splits
+            assert rec.to_json()["conversations"][0]["value"].startswith("<image>\n")
+            image = read_png(out / rec.image)
+            region, masks = load_masks(rec, out, image.shape)  # shapes checked against the image
+            assert (region is not None) == bool(rec.turns[0].region_paths)
+            assert len(masks) == rec.turns[0].answer.count("<SEG>")
+    assert set(case_split) == {c.id for c in phantoms}
+    assert {s for s in case_split.values()} >= {"train", "test"}  # each modality (2 volumes) gives one to test
+    for qt in ("G", "R", "C"):
+        assert sum(c[qt] for c in report.counts.values()) > 0
+    names = {p.name for p in (out / "images").iterdir()}
+    assert all(re.fullmatch(r"(ct|mr)_00--phantom--phantom(ct|mr)\d\d--z_\d{4}\.png", n) for n in names)
+
+
+def test_facts_match_the_labels(built, phantoms):
+    _, out = built
+    by_id = {c.id: c for c in phantoms}
+    checked = set()
+    for ds in _records(out).values():
+        for rec in ds.records:
+            case = by_id[rec.extra["case"]]
+            img, lab = read_volume(case.image), read_volume(case.label)
+            labels, k, f = np.asarray(lab.array), rec.extra["slice"], rec.extra["facts"]
+            ids = {v: key for key, v in case.labels.items()}
+            topic, answer = rec.extra["topic"], rec.turns[0].plain_answer
+            if topic == "volume":  # stated volume = voxel count × spacing product / 1000
+                voxels = int((labels == ids[f["name"]]).sum())
+                assert f["voxels"] == voxels
+                assert f["volume_ml"] == pytest.approx(voxels * np.prod(img.spacing) / 1000.0, rel=1e-12)
+                assert answer == f"{f['volume_ml']:.2f} mL"
+            elif topic == "area":
+                pixels = int((labels[k] == ids[f["name"]]).sum())
+                assert f["pixels"] == pixels and answer == f"{pixels * img.spacing[1] * img.spacing[2]:.1f} mm²"
+            elif topic == "presence":
+                present = bool((labels[k] == ids[f["name"]]).any())
+                assert answer == ("yes" if present else "no")
+            elif topic == "laterality":  # identity direction: larger x index = patient's left (LPS +x)
+                cx = np.argwhere(labels[k] == ids[f["name"]])[:, 1].mean()
+                offset = (cx - (labels.shape[2] - 1) / 2) * img.spacing[2]
+                assert answer == ("midline" if abs(offset) <= 5 else ("left" if offset > 0 else "right"))
+            elif topic == "modality" and rec.answer_type == "open":
+                assert answer == {"CT": "CT", "MR": "MRI"}[case.modality]
+            elif topic in ("segment", "segment_multi"):
+                _, masks = load_masks(rec, out, labels.shape[1:])
+                for name, mask in zip(rec.extra["targets"], masks):
+                    assert np.array_equal(mask, labels[k] == ids[name])
+            elif topic == "what":
+                _, region = rec.turns[0], load_masks(rec, out, labels.shape[1:])[0]
+                name = f["name"]
+                assert name in answer and (region & (labels[k] == ids[name])).any()
+            checked.add(topic)
+    assert {"volume", "area", "presence", "segment", "what"} <= checked
+
+
+def test_deterministic_for_a_seed(phantoms, tmp_path):
+    a = build_dataset(phantoms[:2], tmp_path / "a", CFG)
+    b = build_dataset(phantoms[:2], tmp_path / "b", CFG)
+    for s in ("train", "val", "test"):
+        assert (tmp_path / "a" / f"{s}.json").read_text() == (tmp_path / "b" / f"{s}.json").read_text()
+    assert a.counts == b.counts
+    c = build_dataset(phantoms[:2], tmp_path / "c", BuildConfig(seed=4, max_slices_per_volume=4))
+    assert (tmp_path / "c" / "train.json").read_text() != (tmp_path / "a" / "train.json").read_text()
+
+
+def test_assign_splits_stratified_and_pinned():
+    def case(i, mod, split=None):
+        return CaseSpec(f"c{i}", Path("x"), Path("y"), mod, "r", {1: "a"}, split=split)
+
+    cases = [case(i, "CT") for i in range(5)] + [case(10, "MR"), case(11, "MR", "train"), case(12, "MR", "test")]
+    splits = assign_splits(cases, (0.7, 0.15, 0.15), seed=0)
+    ct = [splits[f"c{i}"] for i in range(5)]
+    assert ct.count("test") == 1 and ct.count("val") == 1 and ct.count("train") == 3
+    assert splits["c11"] == "train" and splits["c12"] == "test" and splits["c10"] == "train"
+    assert splits == assign_splits(cases, (0.7, 0.15, 0.15), seed=0)
+
+
+def test_region_modes():
+    comp = np.zeros((64, 64), bool)
+    comp[10:30, 20:40] = True
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        sub = freeform_subregion(comp, rng)
+        assert not (sub & ~comp).any() and 0.2 * comp.sum() <= sub.sum() <= comp.sum()
+    assert point_square((64, 64), 32, 32).sum() == 41 * 41
+    assert point_square((64, 64), 0, 0).sum() == 21 * 21  # clipped at the edge
+
+
+def _case_files(tmp_path: Path, labels: np.ndarray, *, spacing=(2.0, 1.0, 1.0), label_spacing=None,
+                names=None) -> Path:
+    image = Volume.from_array(np.random.default_rng(0).normal(100, 20, labels.shape).astype(np.float32),
+                              spacing=spacing)
+    write_volume(image, tmp_path / "img.nrrd")
+    lab_like = Volume.from_array(labels, spacing=label_spacing or spacing)
+    write_labels(labels, like=lab_like, path=tmp_path / "lab.nrrd")
+    cases = [{"id": "bad", "image": "img.nrrd", "label": "lab.nrrd", "modality": "MR", "body_region": "brain",
+              "labels": names or {"1": "lesion"}}]
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    return tmp_path / "cases.json"
+
+
+def _labels():
+    labels = np.zeros((6, 32, 32), np.uint8)
+    labels[2:4, 10:20, 10:20] = 1
+    return labels
+
+
+@pytest.mark.parametrize("kind, pattern", [
+    ("geometry", r"case bad: label spacing .* differs from the image's"),
+    ("empty", r"case bad: the label volume is empty"),
+    ("unknown", r"case bad: metadata names labels not in the label volume: \{2: 'cyst'\}"),
+    ("unnamed", r"case bad: label ids \[1\] have no name"),
+])
+def test_bad_cases_name_the_case(tmp_path, kind, pattern):
+    labels = np.zeros((6, 32, 32), np.uint8) if kind == "empty" else _labels()
+    names = {"1": "lesion", "2": "cyst"} if kind == "unknown" else ({"3": "x"} if kind == "unnamed" else None)
+    path = _case_files(tmp_path, labels, label_spacing=(2.5, 1.0, 1.0) if kind == "geometry" else None, names=names)
+    with pytest.raises(InputError, match=pattern) as err:
+        build_dataset(load_cases(path), tmp_path / "out", CFG)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_cases_files(tmp_path):
+    path = _case_files(tmp_path, _labels())
+    (tmp_path / "broken.json").write_text("[{\"id\": ")
+    with pytest.raises(InputError, match=r"cases file .*broken.json is not valid JSON"):
+        load_cases(tmp_path / "broken.json")
+    data = json.loads(path.read_text())
+    data[0]["image"] = "missing.nrrd"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"case cases.json#0 \(bad\): image file .*missing.nrrd not found"):
+        load_cases(path)
+
+
+@pytest.mark.parametrize("mutate, pattern", [
+    (lambda recs: "[{", r"dataset .* is not valid JSON"),
+    (lambda recs: [{**recs[0], "image": "images/nope.png"}], r"record d.json#0 \(.*\): file images/nope.png not found"),
+    (lambda recs: [{**recs[0], "conversations": [{"from": "gpt", "value": "x"}, {"from": "human", "value": "y"}]}],
+     r"record d.json#0 .*: turn 0 must be a human then a gpt message"),
+    (lambda recs: [{"conversations": []}], r"record d.json#0 .*: needs an 'image' path"),
+    (lambda recs: [{**recs[0], "answer_type": "maybe"}], r"record d.json#0 .*: answer_type 'maybe' is not one of"),
+    (lambda recs: [{**recs[0], "conversations": [{"from": "human", "value": "<image>\nSegment it."},
+                                                 {"from": "gpt", "value": "<SEG> <SEG><mask>masks/a.png</mask>"}]}],
+     r"record d.json#0 .*: turn 0 has 2 <SEG> but 1 <mask> paths"),
+])
+def test_bad_datasets_name_the_record(built, mutate, pattern):
+    _, out = built
+    recs = json.loads((out / "train.json").read_text())
+    data = mutate(recs)
+    path = out / "d.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    try:
+        with pytest.raises(InputError, match=pattern):
+            read_dataset(path)
+    finally:
+        path.unlink()
+
+
+def test_reads_plain_llava_records(tmp_path):
+    from medplib_runtime.data.mecovqa import write_png
+
+    write_png(np.zeros((8, 8), np.uint8), tmp_path / "ct_00--x--y--z_0001.png")
+    (tmp_path / "m.json").write_text(json.dumps([{"id": "q1", "image": "ct_00--x--y--z_0001.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat modality?"}, {"from": "gpt", "value": "CT"}]}]))
+    rec = read_dataset(tmp_path / "m.json").records[0]
+    assert (rec.modality, rec.question_type, rec.answer_type) == ("ct", "C", "open")  # MedPLIB's file-name modality
+
+
+def test_cli_build_data(tmp_path, phantoms):
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"modality": "CT", "body_region": "phantom", "labels": {"1": "nodule", "2": "cyst"}}))
+    c = phantoms[0]
+    assert main(["build-data", "--case", str(c.image), str(c.label), str(meta), "--out", str(tmp_path / "o"),
+                 "--max-slices", "2", "--empty-slices", "0"]) == 0
+    assert read_dataset(tmp_path / "o" / "train.json").records
+    assert main(["build-data", "--out", str(tmp_path / "o2")]) == 2  # no cases: one-line error

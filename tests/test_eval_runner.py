@@ -1,0 +1,151 @@
+"""`medplib eval`: the runner with a fake Runtime that returns known answers/masks, and once with the real one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medplib_runtime.data.mecovqa import write_png
+from medplib_runtime.evaluation.runner import evaluate
+from medplib_runtime.protocol import Runtime
+from medplib_runtime.schemas import AskRequest, AskResult, RuntimeInfo
+
+MEDPLIB_FIELDS = {"question_id", "image_path", "prompt", "gt", "text", "answer_id", "model_id", "answer_type",
+                  "metadata"}
+
+
+def _square(r0, c0, r1, c1, shape=(24, 24)) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    m[r0:r1, c0:c1] = True
+    return m
+
+
+class FakeRuntime:
+    """Answers from a table keyed by the question; masks as given. Records what it was asked."""
+
+    def __init__(self, answers: dict[str, tuple[str, tuple[np.ndarray, ...]]]) -> None:
+        self.answers, self.requests, self.images = answers, [], []
+
+    def info(self) -> RuntimeInfo:
+        return RuntimeInfo("fake", "cpu", (), {})
+
+    def set_image(self, image, *, modality="auto", spacing=None) -> str:
+        self.images.append(np.asarray(image))
+        return f"img{len(self.images)}"
+
+    def prefetch(self, image_key, slice, *, radius=2) -> None:
+        pass
+
+    def segment(self, request):
+        raise NotImplementedError
+
+    def ask(self, request: AskRequest, *, on_token=None) -> AskResult:
+        self.requests.append(request)
+        text, masks = self.answers[request.question]
+        return AskResult(text, masks, None)
+
+    def close(self) -> None:
+        pass
+
+
+def _record(rid, image, question, answer, **extra):
+    return {"id": rid, "image": image, "conversations": [{"from": "human", "value": "<image>\n" + question},
+                                                         {"from": "gpt", "value": answer}], **extra}
+
+
+@pytest.fixture()
+def dataset(tmp_path) -> Path:
+    (tmp_path / "masks").mkdir()
+    img = (np.arange(24 * 24).reshape(24, 24) % 200).astype(np.uint8)
+    write_png(img, tmp_path / "mr_00--t--a--z_0001.png")
+    write_png(img, tmp_path / "ct_00--t--b--z_0002.png")
+    write_png(_square(5, 5, 15, 15).astype(np.uint8) * 255, tmp_path / "masks" / "gt.png")
+    write_png(_square(2, 2, 6, 6).astype(np.uint8) * 255, tmp_path / "masks" / "region.png")
+    records = [
+        _record("g-mr", "mr_00--t--a--z_0001.png", "Segment the lesion.", "Sure, it is <SEG><mask>masks/gt.png</mask>.",
+                modality="MR", question_type="G", answer_type="open"),
+        _record("g-ct", "ct_00--t--b--z_0002.png", "Segment the cyst.",
+                "<SEG><mask>masks/gt.png</mask> and <SEG><mask>masks/gt.png</mask>", modality="CT",
+                question_type="G", answer_type="open"),
+        _record("r-closed", "mr_00--t--a--z_0001.png", "Is <region>masks/region.png</region> the lesion?", "yes",
+                modality="MR", question_type="R", answer_type="closed"),
+        _record("c-closed", "ct_00--t--b--z_0002.png", "In which plane is this slice?", "axial", modality="CT",
+                question_type="C", answer_type="closed"),
+        _record("c-open", "mr_00--t--a--z_0001.png", "What is the area of the lesion?",
+                "The lesion measures 12.0 mm².", modality="MR", question_type="C", answer_type="open"),
+    ]
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    return tmp_path / "data.json"
+
+
+def test_runner_scores_known_answers(dataset, tmp_path):
+    fake = FakeRuntime({
+        "Segment the lesion.": ("Sure, it is <SEG>.", (_square(5, 10, 15, 20),)),  # IoU 50/150 = 1/3
+        "Segment the cyst.": ("<SEG>", ()),  # no mask for either reference: IoU 0, 0
+        "Is <region> the lesion?": ("Yes.", ()),  # correct after normalisation
+        "In which plane is this slice?": ("coronal", ()),  # wrong
+        "What is the area of the lesion?": ("lesion 12.0 mm²", ()),  # P 1, R 3/4, F1 6/7
+    })
+    assert isinstance(fake, Runtime)
+    report = evaluate(fake, dataset, predictions=tmp_path / "pred.jsonl", model_id="fake")
+
+    overall = report.row("all", "all")
+    assert (overall.n_seg, overall.n_closed, overall.n_open) == (3, 2, 1)
+    assert overall.miou == pytest.approx((1 / 3 + 0 + 0) / 3)
+    assert overall.mdice == pytest.approx((0.5 + 0 + 0) / 3)  # Dice per sample = 2·IoU/(1+IoU)
+    assert overall.accuracy == 0.5
+    assert (overall.precision, overall.recall, overall.f1) == pytest.approx((1.0, 0.75, 6 / 7))
+    mr, ct = report.row("modality", "MR"), report.row("modality", "CT")
+    assert (mr.n_seg, mr.miou, mr.mdice, mr.accuracy) == pytest.approx((1, 1 / 3, 0.5, 1.0))
+    assert (ct.n_seg, ct.miou, ct.accuracy) == (2, 0.0, 0.0)
+    assert report.row("question_type", "G").n_seg == 3 and report.row("question_type", "R").accuracy == 1.0
+    assert "modality=MR" in report.table()
+
+    # what the runtime saw: [0, 1] float images, the region as a mask prompt, "<region>" in the question
+    region_req = next(r for r in fake.requests if r.region is not None)
+    assert region_req.question == "Is <region> the lesion?"
+    assert np.array_equal(region_req.region.mask, _square(2, 2, 6, 6))
+    assert all(r.region is None for r in fake.requests if r is not region_req)
+    assert fake.images[0].dtype == np.float32 and 0.0 <= fake.images[0].min() and fake.images[0].max() <= 1.0
+
+    lines = [json.loads(x) for x in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and all(set(x) == MEDPLIB_FIELDS for x in lines)
+    g = lines[0]
+    assert (g["gt"], g["text"], g["model_id"], g["question_id"]) == ("Sure, it is <SEG>.", "Sure, it is <SEG>.",
+                                                                       "fake", 0)
+    assert g["metadata"]["iou"] == pytest.approx([1 / 3]) and lines[2]["answer_type"] == "closed"
+
+
+def test_runner_limit_and_errors(dataset, tmp_path):
+    from medplib_runtime.errors import InputError
+
+    fake = FakeRuntime({"Segment the lesion.": ("<SEG>", (_square(5, 5, 15, 15),))})
+    report = evaluate(fake, dataset, limit=1)
+    assert report.records == 1 and report.row("all", "all").miou == 1.0
+    (tmp_path / "mr_00--t--a--z_0001.png").unlink()
+    with pytest.raises(InputError, match=r"record data.json#0 \(g-mr\): file mr_00--t--a--z_0001.png not found"):
+        evaluate(fake, dataset)
+
+
+@pytest.mark.slow
+def test_runner_with_the_real_runtime(local_runtime, tmp_path):
+    """End to end on the real LocalRuntime: 3 records (G, closed, open) of a phantom dataset."""
+    from medplib_runtime.data.builder import BuildConfig, build_dataset
+    from medplib_runtime.data.mecovqa import Dataset, read_dataset
+    from medplib_runtime.data.sources import write_phantom_case
+
+    case = write_phantom_case(tmp_path / "src", 0, modality="CT")
+    build_dataset([case], tmp_path / "ds", BuildConfig(max_slices_per_volume=2, empty_slices_per_volume=0))
+    ds = read_dataset(tmp_path / "ds" / "train.json")
+    pick = [next(r for r in ds.records if r.question_type == "G"),
+            next(r for r in ds.records if r.answer_type == "closed"),
+            next(r for r in ds.records if r.answer_type == "open" and r.question_type != "G")]
+    report = evaluate(local_runtime, Dataset(ds.path, ds.root, tuple(pick)), predictions=tmp_path / "p.jsonl",
+                      max_new_tokens=8)
+    overall = report.row("all", "all")
+    assert (overall.n_seg, overall.n_closed, overall.n_open) == (1, 1, 1)
+    assert 0.0 <= overall.mdice <= 1.0 and 0.0 <= overall.f1 <= 1.0
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 3
