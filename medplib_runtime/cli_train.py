@@ -32,7 +32,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, stage=args.stage, data=tuple(args.data) if args.data else None,
                       out_dir=args.out_dir, steps=args.steps, init_glue=args.init_glue)
-    samples = [s for path in cfg.data for s in samples_from_json(path, image_folder=args.image_folder)]
+    samples = [s for path in cfg.data
+               for s in samples_from_json(path, image_folder=args.image_folder, question_types=cfg.question_types)]
     report = train(cfg, samples, progress=not args.no_progress)
     print(json.dumps({"stage": report.stage, "steps": report.steps, "examples": report.examples,
                       "first_loss": round(report.losses[0], 4) if report.losses else None,

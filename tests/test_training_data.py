@@ -38,7 +38,7 @@ def _dataset(root, *, records=None):
 
 def test_records_become_samples(tmp_path):
     (sample,) = samples_from_json(_dataset(tmp_path))
-    assert sample.image.shape == (40, 56) and sample.image.max() == pytest.approx(200 / 255)
+    assert sample.image.shape == (40, 56) and sample.image.max() == 1.0  # windowed as LocalRuntime does
     assert [t.question for t in sample.turns] == ["What is in <region>?", "Segment the lesion."]
     assert [t.answer for t in sample.turns] == ["A lesion.", "It is <SEG>."]
     assert sample.region.sum() == 80 and len(sample.masks) == 1 and sample.masks[0].sum() == 15 * 25
@@ -47,13 +47,16 @@ def test_records_become_samples(tmp_path):
 
 @pytest.mark.parametrize("records, message", [
     ([{"image": "images/nope.png", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}],
-     r"record data.json#0 .*cannot read image"),
+     r"record data.json#0 .*file images/nope.png not found"),
     ([{"image": "images/a.png", "conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}]}],
-     "alternate human/gpt"),
-    ([{"conversations": []}], "needs 'image'"),
+     "must be a human then a gpt message"),
+    ([{"conversations": []}], "needs an 'image' path"),
     ([{"image": "images/a.png", "conversations": [{"from": "human", "value": "q"},
-                                                   {"from": "gpt", "value": "<mask>masks/missing.png</mask>"}]}],
-     "cannot read mask"),
+                                                   {"from": "gpt", "value": "<SEG> <mask>masks/missing.png</mask>"}]}],
+     "file masks/missing.png not found"),
+    ([{"image": "images/a.png", "conversations": [{"from": "human", "value": "q"},
+                                                   {"from": "gpt", "value": "<mask>masks/a_lesion.png</mask>"}]}],
+     "turn 0 has 0 <SEG> but 1 <mask> paths"),
 ])
 def test_bad_records_name_the_record(tmp_path, records, message):
     with pytest.raises(InputError, match=message):

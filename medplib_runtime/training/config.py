@@ -57,6 +57,7 @@ class TrainConfig:
     save_every: int = 25
     seed: int = 0
     extra_trains: tuple[str, ...] = field(default_factory=tuple)
+    question_types: tuple[str, ...] = ()  # only records of these types (G/R/C); () = all (MedPLIB's stage III: G)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -65,6 +66,9 @@ class TrainConfig:
             raise InputError("steps and grad_accumulation must be at least 1")
         if not self.data:
             raise InputError("no training data: give at least one MeCoVQA JSON file")
+        bad = sorted(set(self.question_types) - {"G", "R", "C"})
+        if bad:
+            raise InputError(f"question_types must be among G, R, C; got {bad}")
 
     @property
     def spec(self) -> StageSpec:
@@ -96,7 +100,7 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
     if unknown:
         raise InputError(f"training config {path}: unknown keys {unknown}")
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
-    for key in ("data", "extra_trains"):
+    for key in ("data", "extra_trains", "question_types"):
         if key in raw:
             raw[key] = (raw[key],) if isinstance(raw[key], str) else tuple(raw[key])
     try:
