@@ -149,3 +149,25 @@ def test_runner_with_the_real_runtime(local_runtime, tmp_path):
     assert (overall.n_seg, overall.n_closed, overall.n_open) == (1, 1, 1)
     assert 0.0 <= overall.mdice <= 1.0 and 0.0 <= overall.f1 <= 1.0
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 3
+
+
+def test_region_naming_is_scored_on_what_and_choice_questions(dataset, tmp_path):
+    root = dataset.parent
+    records = [
+        _record("what", "mr_00--t--a--z_0001.png", "What is <region>masks/region.png</region>?", "The grey matter.",
+                modality="MR", question_type="R", answer_type="open", topic="what", facts={"name": "grey matter"}),
+        _record("choice", "mr_00--t--a--z_0001.png", "Is <region>masks/region.png</region> the lesion or the cyst?",
+                "lesion", modality="MR", question_type="R", answer_type="closed", topic="choice",
+                facts={"name": "lesion"}),
+        _record("where", "mr_00--t--a--z_0001.png", "Where is <region>masks/region.png</region>?", "left",
+                modality="MR", question_type="R", answer_type="open", topic="where", facts={"name": "lesion"}),
+    ]
+    (root / "named.json").write_text(json.dumps(records))
+    fake = FakeRuntime({"What is <region>?": ("It is the white matter.", ()),
+                        "Is <region> the lesion or the cyst?": ("The lesion.", ()),
+                        "Where is <region>?": ("On the left.", ())})
+    report = evaluate(fake, root / "named.json", predictions=tmp_path / "n.jsonl")
+    row = report.row("question_type", "R")
+    assert (row.n_named, row.named) == (2, 0.5)  # "where" is not a naming question
+    lines = [json.loads(x) for x in (tmp_path / "n.jsonl").read_text().splitlines()]
+    assert [x["metadata"].get("named") for x in lines] == [False, True, None]

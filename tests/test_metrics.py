@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medplib_runtime.evaluation.metrics import (closed_correct, dice_from_iou, mask_iou, normalize_text, open_score,
+from medplib_runtime.evaluation.metrics import (closed_correct, dice_from_iou, mask_iou, names_structure, normalize_text,
+                                                open_score,
                                                 summarize_seg)
 
 
@@ -79,3 +80,16 @@ def test_summary_averages_dice_per_sample():
     assert s.n == 3 and s.miou == pytest.approx(0.5)
     assert s.mdice == pytest.approx((1.0 + 0.0 + 2 / 3) / 3)
     assert summarize_seg([]).n == 0
+
+
+@pytest.mark.parametrize("prediction, name, expected", [
+    ("It is the grey matter.", "grey matter", True),
+    ("Grey Matter", "grey matter", True),
+    ("white matter", "grey matter", False),
+    ("matter", "grey matter", False),
+    ("", "lesion", False),
+    ("lesions", "lesion", False),
+    ("The lesion.", "lesion", True),
+])
+def test_names_structure(prediction, name, expected):
+    assert names_structure(prediction, name) is expected

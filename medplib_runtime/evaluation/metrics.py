@@ -97,3 +97,11 @@ def summarize_seg(ious: list[float]) -> SegSummary:
     if not ious:
         return SegSummary(0, 0.0, 0.0)
     return SegSummary(len(ious), float(np.mean(ious)), float(np.mean([dice_from_iou(i) for i in ious])))
+
+
+def names_structure(prediction: str, name: str) -> bool:
+    """Whether the answer names the structure: its normalised words appear in order, as whole words
+    ("grey matter" in "it is the grey matter"; not "matter" alone)."""
+    words, target = normalize_text(prediction).split(), normalize_text(name).split()
+    n = len(target)
+    return n > 0 and any(words[i:i + n] == target for i in range(len(words) - n + 1))

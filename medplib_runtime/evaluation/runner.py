@@ -27,14 +27,14 @@ from ..errors import InputError, MedplibError
 from ..protocol import Runtime
 from ..schemas import AskRequest, Prompt, SliceRef
 from ..schemas import Turn as HistoryTurn
-from .metrics import closed_correct, dice_from_iou, mask_iou, open_score, summarize_seg
+from .metrics import closed_correct, dice_from_iou, mask_iou, names_structure, open_score, summarize_seg
 
 
 @dataclass(frozen=True)
 class Row:
     """One line of the report: a group of turns and MedPLIB's metrics over it."""
 
-    group: str  # "all", "modality" or "question_type"
+    group: str  # "all", "modality", "question_type" or "case" (our datasets name each record's volume)
     key: str
     n_seg: int = 0
     miou: float = 0.0
@@ -45,6 +45,8 @@ class Row:
     f1: float = 0.0
     n_closed: int = 0
     accuracy: float = 0.0
+    n_named: int = 0  # region questions asking what a region is (our datasets' R what/choice)
+    named: float = 0.0  # share whose answer names the right structure
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,13 @@ class EvalReport:
 
     def table(self) -> str:
         head = f"{'group':<24} {'n seg':>5} {'mIoU':>6} {'mDice':>6} {'n open':>6} {'P':>6} {'R':>6} {'F1':>6}" \
-               f" {'n closed':>8} {'acc':>6}"
+               f" {'n closed':>8} {'acc':>6} {'n named':>7} {'named':>6}"
         lines = [head, "-" * len(head)]
         for r in self.rows:
             name = "all" if r.group == "all" else f"{'type' if r.group == 'question_type' else r.group}={r.key}"
             lines.append(f"{name:<24} {r.n_seg:>5} {r.miou:>6.3f} {r.mdice:>6.3f} {r.n_open:>6} {r.precision:>6.3f}"
-                         f" {r.recall:>6.3f} {r.f1:>6.3f} {r.n_closed:>8} {r.accuracy:>6.3f}")
+                         f" {r.recall:>6.3f} {r.f1:>6.3f} {r.n_closed:>8} {r.accuracy:>6.3f} {r.n_named:>7}"
+                         f" {r.named:>6.3f}")
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -80,13 +83,14 @@ class _Scores:
     ious: list[float] = field(default_factory=list)
     open: list = field(default_factory=list)
     closed: list[bool] = field(default_factory=list)
+    named: list[bool] = field(default_factory=list)
 
     def row(self, group: str, key: str) -> Row:
         seg = summarize_seg(self.ious)
         mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
         return Row(group, key, seg.n, seg.miou, seg.mdice, len(self.open), mean([s.precision for s in self.open]),
                    mean([s.recall for s in self.open]), mean([s.f1 for s in self.open]), len(self.closed),
-                   mean([float(c) for c in self.closed]))
+                   mean([float(c) for c in self.closed]), len(self.named), mean([float(c) for c in self.named]))
 
 
 def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: str | Path | None = None,
@@ -126,8 +130,12 @@ def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: s
                 untrained = untrained or tuple(result.untrained_parts)
                 meta = {"id": rec.id, "turn": t, "modality": rec.modality, "question_type": rec.question_type,
                         "topic": rec.extra.get("topic"), "pred_masks": len(result.masks)}
-                targets: list[_Scores] = [groups.setdefault(g, _Scores()) for g in (
-                    ("all", "all"), ("modality", rec.modality), ("question_type", rec.question_type))]
+                if result.routing is not None:  # share of the answer's tokens per expert (MedPLIB's routing plots)
+                    meta["routing"] = dict(zip(result.routing.expert_names, map(float, result.routing.overall())))
+                keys = [("all", "all"), ("modality", rec.modality), ("question_type", rec.question_type)]
+                if isinstance(rec.extra.get("case"), str):
+                    keys.append(("case", rec.extra["case"]))
+                targets: list[_Scores] = [groups.setdefault(g, _Scores()) for g in keys]
                 n_ref = len(turn.mask_paths)
                 if n_ref:
                     refs = gt_masks[mask_cursor:mask_cursor + n_ref]
@@ -147,6 +155,11 @@ def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: s
                     meta.update(precision=score.precision, recall=score.recall, f1=score.f1)
                     for s in targets:
                         s.open.append(score)
+                name = _asked_name(rec)
+                if name:
+                    meta["named"] = names_structure(result.text, name)
+                    for s in targets:
+                        s.named.append(meta["named"])
                 if sink:
                     sink.write(json.dumps({
                         "question_id": qid, "image_path": rec.image, "prompt": question, "gt": turn.plain_answer,
@@ -158,6 +171,14 @@ def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: s
     finally:
         if sink:
             sink.close()
-    order = sorted(groups, key=lambda g: (("all", "modality", "question_type").index(g[0]), g[1]))
+    order = sorted(groups, key=lambda g: (("all", "modality", "question_type", "case").index(g[0]), g[1]))
     rows = tuple(groups[g].row(*g) for g in order)
     return EvalReport(rows, len(records), qid, out, time.perf_counter() - t0, untrained)
+
+
+def _asked_name(rec) -> str | None:
+    """The structure a region question asks to name (our builder's R ``what``/``choice`` records)."""
+    if rec.question_type != "R" or rec.extra.get("topic") not in ("what", "choice"):
+        return None
+    facts = rec.extra.get("facts")
+    return facts.get("name") if isinstance(facts, dict) and isinstance(facts.get("name"), str) else None
