@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .conversation import build_prompt
-from .glue import glue_status
+from .glue import GLUE_PARTS, glue_status
 from .imaging.transforms import mask_to_model
 from .modeling.generation import greedy_generate
 from .modeling.medplib import MedPLIB, build_medplib
@@ -31,7 +31,8 @@ class Asker:
         self.tokenizer = model.tokenizer
         self.seg_id = model.token_ids["<SEG>"]
         self.stop_ids = {i for i in (self.tokenizer.eos_token_id,) if i is not None}
-        self.untrained = tuple(n for n, (_, ok) in glue_status(model.cfg).items() if not ok)
+        status = glue_status(model.cfg, model.glue_file) if model.glue_file else dict.fromkeys(GLUE_PARTS, ("", False))
+        self.untrained = tuple(n for n, (_, ok) in status.items() if not ok)
         # input-only tokens the model must never emit
         self.suppress_ids = tuple(model.token_ids[t] for t in INPUT_ONLY_TOKENS)
         for moe in model.moe:  # exact: folds LoRA into per-expert weights for inference
@@ -106,9 +107,10 @@ class Asker:
         return mask_to_model(mask, embedding.info, grid * 4)[0, 0]
 
 
-def build_asker(cfg: MedPLIBConfig, *, segmenter: SamSegmenter) -> Asker:
-    """The full model for ``cfg``, sharing the segmenter's already loaded SAM parts."""
-    model = build_medplib(cfg, pretrained=True, sam=segmenter.model)
+def build_asker(cfg: MedPLIBConfig, *, segmenter: SamSegmenter, glue=None) -> Asker:
+    """The full model for ``cfg``, sharing the segmenter's already loaded SAM parts; ``glue``: a
+    glue file to use instead of the shipped one (e.g. a training run's adapter)."""
+    model = build_medplib(cfg, pretrained=True, sam=segmenter.model, glue=glue)
     return Asker(model, segmenter)
 
 

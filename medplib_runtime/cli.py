@@ -75,10 +75,12 @@ def _runtime(args):
     if getattr(args, "remote", None):
         from .remote import RemoteRuntime
 
+        if getattr(args, "glue", None):
+            raise InputError("--glue applies to the local runtime: a server uses the glue it was started with")
         return RemoteRuntime(args.remote, token=args.token)  # the server's preset is the one used
     from .local import LocalRuntime
 
-    return LocalRuntime(preset=args.preset)
+    return LocalRuntime(preset=args.preset, glue=getattr(args, "glue", None))
 
 
 def _load(args):
@@ -212,6 +214,8 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
 def _add_remote_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remote", metavar="URL", help="use a `medplib serve` runtime at URL instead of loading the model here")
     p.add_argument("--token", default=None, help="the server's token (default: $MEDPLIB_TOKEN)")
+    p.add_argument("--glue", default=None, metavar="FILE",
+                   help="glue file to use instead of the shipped one, e.g. a training run's adapter.safetensors")
 
 
 def build_parser() -> argparse.ArgumentParser:

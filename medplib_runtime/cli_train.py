@@ -1,9 +1,10 @@
 """``medplib train --stage N --config FILE``: one MedPLIB training stage on MeCoVQA-format data.
 
 Runs as one process, or under ``torchrun --nproc_per_node K -m medplib_runtime.cli train ...``
-(DDP; gloo on CPU). The config is a JSON TrainConfig (training/config.py); command-line values
-override it. Writes ``OUT/adapter.safetensors``, ``OUT/train_log.jsonl``, ``OUT/config.json`` and a
-resumable ``OUT/checkpoint/``: running the same command again continues an interrupted run.
+(DDP, or FSDP2 with ``--distributed fsdp``; gloo on CPU). The config is a JSON TrainConfig
+(training/config.py); command-line values override it. Writes ``OUT/adapter.safetensors``,
+``OUT/train_log.jsonl``, ``OUT/config.json`` and a resumable ``OUT/checkpoint/``: running the same
+command again continues an interrupted run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--out-dir", default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--init-glue", default=None, help="the previous stage's adapter.safetensors")
+    p.add_argument("--distributed", choices=("ddp", "fsdp"), default=None,
+                   help="under torchrun: DDP (default) or FSDP2 sharding (docs/training_distributed.md)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -31,7 +34,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.trainer import train
 
     cfg = load_config(args.config, stage=args.stage, data=tuple(args.data) if args.data else None,
-                      out_dir=args.out_dir, steps=args.steps, init_glue=args.init_glue)
+                      out_dir=args.out_dir, steps=args.steps, init_glue=args.init_glue,
+                      distributed=args.distributed)
     samples = [s for path in cfg.data
                for s in samples_from_json(path, image_folder=args.image_folder, question_types=cfg.question_types)]
     report = train(cfg, samples, progress=not args.no_progress)

@@ -44,9 +44,9 @@ def trained_parts(path: Path) -> tuple[str, ...]:
         return ()
 
 
-def glue_status(config: MedPLIBConfig) -> dict[str, tuple[str, bool]]:
-    """name → (source, trained) for every glue part of ``config``."""
-    path = glue_path(config)
+def glue_status(config: MedPLIBConfig, path: Path | None = None) -> dict[str, tuple[str, bool]]:
+    """name → (source, trained) for every glue part of ``config`` with the shipped glue, or ``path``."""
+    path = path or glue_path(config)
     done = set(trained_parts(path)) if path.is_file() else set()
     out = {}
     for name, desc in GLUE_PARTS.items():

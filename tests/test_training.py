@@ -130,3 +130,44 @@ def test_bad_configs_and_records(tmp_path):
     cfg = TrainConfig(stage=3, data=("synthetic",), out_dir=str(tmp_path / "o"), steps=1)
     with pytest.raises(InputError, match="record rec-7: answer 0 has 1 <SEG> but only 0 masks"):
         train(cfg, [bad], model=tiny_model(), embedder=FakeEmbedder(), progress=False)
+
+
+def _moe_settings(model) -> set[tuple]:
+    from medplib_runtime.modeling.moe import moe_layers
+
+    return {(m.forced_expert, m.top_k, m.capacity_factor) for m in moe_layers(model.llm)}
+
+
+@pytest.mark.parametrize("stage, extra, expected_train, expected_loaded", [
+    (2, {}, {(1, 1, None)}, {(1, 1, None)}),  # before stage IV the router is untrained: the stage's expert
+    (3, {}, {(0, 1, None)}, {(0, 1, None)}),
+    (4, {}, {(None, 1, 1.5)}, {(None, 1, None)}),  # router, top-1, capacity 1.5 in training, the preset's 2.0 after
+    (4, {"top_k": 2, "capacity_factor": 1.0}, {(None, 2, 1.0)}, {(None, 2, None)}),
+    (4, {"dense_expert": 1}, {(1, 1, None)}, {(1, 1, None)}),  # the dense-FFN ablation: no router at all
+])
+def test_routing_is_trained_and_reloaded_as_configured(tmp_path, stage, extra, expected_train, expected_loaded):
+    from medplib_runtime.modeling.moe import moe_layers
+
+    model = tiny_model()
+    cfg = TrainConfig(stage=stage, data=("synthetic",), out_dir=str(tmp_path), steps=1, grad_accumulation=1,
+                      warmup_steps=1, **extra)
+    seen = []
+    layer = moe_layers(model.llm)[0]
+    hook = layer.register_forward_pre_hook(lambda m, args: seen.append((m.forced_expert, m.top_k, m.capacity_factor)))
+    report = train(cfg, samples(1), model=model, embedder=FakeEmbedder(), progress=False)
+    hook.remove()
+    assert set(seen) == expected_train
+    fresh = tiny_model()
+    load_glue(fresh, report.adapter)
+    assert _moe_settings(fresh) == expected_loaded
+    if extra.get("dense_expert") is not None:
+        assert "router" not in read_glue_metadata(report.adapter)["trained_parts"]
+
+
+def test_bad_routing_options_are_refused():
+    with pytest.raises(InputError, match="top_k must be 1 or 2"):
+        TrainConfig(stage=4, data=("x",), out_dir="o", top_k=3)
+    with pytest.raises(InputError, match="dense_expert must be 0, 1"):
+        TrainConfig(stage=4, data=("x",), out_dir="o", dense_expert=2)
+    with pytest.raises(InputError, match="question_types"):
+        TrainConfig(stage=3, data=("x",), out_dir="o", question_types=("G", "X"))

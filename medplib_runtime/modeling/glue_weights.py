@@ -20,7 +20,8 @@ FORMAT = "medplib-glue/1"
 
 
 def glue_state(model) -> dict[str, torch.Tensor]:
-    """Every glue tensor of ``model`` (a MedPLIB), detached and contiguous, by file key."""
+    """Every glue tensor of ``model`` (a MedPLIB), detached and contiguous, by file key. Tensors
+    sharded by FSDP2 (DTensors) are gathered whole: then every process must call this."""
     out: dict[str, torch.Tensor] = {}
     for name, module in (("vision_projector", model.vision_projector), ("region_encoder", model.region_encoder),
                          ("seg_projector", model.seg_projector)):
@@ -31,8 +32,13 @@ def glue_state(model) -> dict[str, torch.Tensor]:
         for e, expert in enumerate(moe.experts):
             for key, value in expert.state_dict().items():
                 out[f"moe.{i}.experts.{e}.{key}"] = value
-    out["new_token_rows"] = model.llm.get_input_embeddings().weight[first_new_row(model):]
-    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+    out["new_token_rows"] = _whole(model.llm.get_input_embeddings().weight)[first_new_row(model):]
+    return {k: _whole(v).detach().contiguous().clone() for k, v in out.items()}
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (FSDP2 shard) gathered whole (a collective); a plain tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def first_new_row(model) -> int:
@@ -41,18 +47,21 @@ def first_new_row(model) -> int:
 
 
 def save_glue(model, path: str | Path, *, trained_parts: tuple[str, ...], recipe: dict,
-              include_mask_decoder: bool = False) -> Path:
-    """Write the glue atomically (temp file + rename)."""
+              include_mask_decoder: bool = False, write: bool = True) -> Path:
+    """Write the glue atomically (temp file + rename). A sharded model: every process calls this
+    (the gather needs them all), only the one with ``write`` writes."""
     from safetensors.torch import save_file
 
     state = glue_state(model)
     if include_mask_decoder:
-        state.update({f"mask_decoder.{k}": v.detach().contiguous().clone()
+        state.update({f"mask_decoder.{k}": _whole(v).detach().contiguous().clone()
                       for k, v in model.sam.mask_decoder.state_dict().items()})
+    path = Path(path)
+    if not write:
+        return path
     tokens = sorted(model.token_ids, key=model.token_ids.get)
     meta = {"format": FORMAT, "preset": model.cfg.preset, "tokens": json.dumps(tokens),
             "trained_parts": json.dumps(list(trained_parts)), "recipe": json.dumps(recipe, sort_keys=True)}
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
@@ -105,4 +114,25 @@ def load_glue(model, path: str | Path) -> dict:
     decoder = {k[len("mask_decoder."):]: v for k, v in state.items() if k.startswith("mask_decoder.")}
     if decoder:
         model.sam.mask_decoder.load_state_dict(decoder)
+    apply_trained_routing(model, meta["recipe"])
     return meta
+
+
+def apply_trained_routing(model, recipe: dict) -> None:
+    """Route the MoE as the glue's last stage was trained: before stage IV the router is untrained,
+    so every token goes to the expert that stage trained (I/II: vision-language, III: grounding);
+    after it, the router decides with the stage's top-k (capacity: the preset's eval factor)."""
+    from ..training.config import STAGES
+    from .moe import force_expert, set_routing
+
+    stages = recipe.get("stages") or []
+    if not stages:
+        return
+    last = stages[-1]
+    spec = STAGES.get(int(last.get("stage", 0)))
+    if spec is None:
+        return
+    forced = last.get("dense_expert") if spec.forced_expert is None else spec.forced_expert
+    force_expert(model.llm, forced)
+    if forced is None:
+        set_routing(model.llm, top_k=int(last.get("top_k") or 1))

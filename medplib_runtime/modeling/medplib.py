@@ -36,6 +36,7 @@ class MedPLIB(nn.Module):
         self.llm = llm
         self.tokenizer = tokenizer
         self.vision_tower = vision_tower
+        self.glue_file: Path | None = None  # the glue loaded into this model (None: random-init glue)
         self.token_ids: dict[str, int] = {}
         torch.manual_seed(GLUE_SEED)  # untrained glue is reproducible
         self.vision_projector = VisionProjector(cfg.vision_feature_dim, cfg.llm_hidden)
@@ -147,9 +148,10 @@ def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None 
         from ..glue import glue_path
         from .glue_weights import load_glue
 
-        path = glue if glue is not None else glue_path(cfg)
+        path = Path(glue) if glue is not None else glue_path(cfg)
         if path.is_file():
             load_glue(model, path)
+            model.glue_file = path
     return model.eval()
 
 

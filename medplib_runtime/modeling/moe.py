@@ -225,6 +225,17 @@ def force_expert(llm: nn.Module, expert: int | None) -> None:
         m.forced_expert = expert
 
 
+def set_routing(llm: nn.Module, *, top_k: int | None = None, capacity_factor: float | None = None) -> None:
+    """Stage IV's router settings on every layer: ``top_k`` (None keeps it), ``capacity_factor``
+    (None: the preset's train/eval factor by mode)."""
+    for m in moe_layers(llm):
+        if top_k is not None:
+            if not 1 <= top_k <= m.cfg.num_experts:
+                raise ValueError(f"top_k must be in 1..{m.cfg.num_experts}, got {top_k}")
+            m.top_k = top_k
+        m.capacity_factor = capacity_factor
+
+
 class RoutingRecorder:
     """Collects every MoE layer's routing over a series of forwards (prefill + decode steps).
 

@@ -57,7 +57,11 @@ class TrainConfig:
     save_every: int = 25
     seed: int = 0
     extra_trains: tuple[str, ...] = field(default_factory=tuple)
+    top_k: int = 1  # stage IV: experts per token (MedPLIB: 1)
+    capacity_factor: float = 1.5  # stage IV: training capacity factor (MedPLIB: 1.5)
+    dense_expert: int | None = None  # ablation (stage IV): this one expert for every token, no router
     question_types: tuple[str, ...] = ()  # only records of these types (G/R/C); () = all (MedPLIB's stage III: G)
+    distributed: str = "ddp"  # under torchrun (WORLD_SIZE > 1): "ddp" or "fsdp" (FSDP2, ZeRO-2-like)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -66,6 +70,12 @@ class TrainConfig:
             raise InputError("steps and grad_accumulation must be at least 1")
         if not self.data:
             raise InputError("no training data: give at least one MeCoVQA JSON file")
+        if self.dense_expert not in (None, 0, 1):
+            raise InputError(f"dense_expert must be 0, 1 or null; got {self.dense_expert}")
+        if self.top_k not in (1, 2) or not self.capacity_factor > 0:
+            raise InputError(f"top_k must be 1 or 2 and capacity_factor > 0; got {self.top_k}, {self.capacity_factor}")
+        if self.distributed not in ("ddp", "fsdp"):
+            raise InputError(f"distributed must be 'ddp' or 'fsdp'; got {self.distributed!r}")
         bad = sorted(set(self.question_types) - {"G", "R", "C"})
         if bad:
             raise InputError(f"question_types must be among G, R, C; got {bad}")
@@ -75,12 +85,19 @@ class TrainConfig:
         return STAGES[self.stage]
 
     @property
+    def forced_expert(self) -> int | None:
+        """The expert every token goes to in this run (None: the router decides)."""
+        return self.dense_expert if self.stage == 4 and self.dense_expert is not None else self.spec.forced_expert
+
+    @property
     def trains(self) -> tuple[str, ...]:
         parts = list(self.spec.trains) + list(self.extra_trains)
         if self.train_mask_decoder and self.stage in (3, 4):
             parts.append("mask_decoder")
         if self.train_experts_in_stage4 and self.stage == 4:
             parts += ["expert_ground", "expert_vl"]
+        if self.forced_expert is not None and "router" in parts:  # a dense run never uses the router
+            parts.remove("router")
         return tuple(dict.fromkeys(parts))
 
     def resolved(self) -> dict:

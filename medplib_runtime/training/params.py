@@ -49,12 +49,14 @@ def prepare_stage(model, trains: tuple[str, ...], forced_expert: int | None) -> 
             p.requires_grad_(True)
             chosen.append((name, p))
     if "new_token_rows" in trains:
-        _only_new_rows(model)
+        keep_only_new_rows(model)
     force_expert(model.llm, forced_expert)
     return chosen
 
 
-def _only_new_rows(model) -> None:
+def keep_only_new_rows(model) -> None:
+    """Zero the old rows of the embedding's gradient (a hook on the tensor the module holds now;
+    once per tensor: FSDP re-calls this on the gathered copy it puts there for each forward)."""
     weight = model.llm.get_input_embeddings().weight
     start = first_new_row(model)
     if getattr(weight, "_medplib_row_hook", None) is not None:

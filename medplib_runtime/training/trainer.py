@@ -1,6 +1,6 @@
 """The training loop for one stage: AdamW on the stage's parameters, gradient accumulation,
-warmup then linear decay, a JSONL loss log, resumable checkpoints, and DDP when launched by
-``torchrun`` (gloo on CPU, nccl on GPU; rank 0 writes).
+warmup then linear decay, a JSONL loss log, resumable checkpoints, and DDP or FSDP2 when launched
+by ``torchrun`` (gloo on CPU, nccl on GPU; rank 0 writes; distributed.py).
 
 Deterministic given the seed: the example order is a function of (seed, epoch), the learning
 rate a function of the step, and the RNG state is saved with each checkpoint, so a resumed run
@@ -22,7 +22,8 @@ import torch
 from ..errors import InputError
 from ..imaging.transforms import mask_to_model
 from ..modeling.glue_weights import load_glue, read_glue_metadata, save_glue
-from ..modeling.moe import RoutingRecorder
+from ..modeling.moe import RoutingRecorder, set_routing
+from . import distributed
 from .config import TrainConfig
 from .examples import Example, TrainSample, encode
 from .forward import LossWeights, TrainModule
@@ -99,7 +100,9 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
         load_glue(model, cfg.init_glue)
     history = read_glue_metadata(cfg.init_glue) if cfg.init_glue else {"trained_parts": (), "recipe": {}}
     trained_parts = tuple(dict.fromkeys(tuple(history["trained_parts"]) + cfg.trains))  # all stages so far
-    chosen = prepare_stage(model, cfg.trains, cfg.spec.forced_expert)
+    chosen = prepare_stage(model, cfg.trains, cfg.forced_expert)
+    if cfg.forced_expert is None:  # stage IV: the router decides, with the run's top-k and capacity
+        set_routing(model.llm, top_k=cfg.top_k, capacity_factor=cfg.capacity_factor)
     model.train()
     model.sam.eval()  # the frozen SAM parts keep eval behaviour; only the trained glue is in train mode
     resolved = cfg.resolved()
@@ -108,19 +111,15 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     grid = model.sam.prompt_encoder.image_embedding_size[0]
     module = TrainModule(model, weights, region_mask_fn=lambda region, emb: mask_to_model(region, emb.info,
                                                                                            grid * 4)[0, 0])
-    runner = module
-    if world > 1:
-        # parts fed by only some examples (a region, a <SEG>) may get no gradient in a step
-        unused = any(p in cfg.trains for p in ("region_encoder", "seg_projector", "mask_decoder"))
-        runner = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=unused)
+    runner, chosen = distributed.wrap(module, cfg.distributed, cfg.trains, chosen, world)
     optimizer = torch.optim.AdamW(param_groups(chosen, lr=resolved["lr"], weight_decay=cfg.weight_decay))
     start = 0
     if (ckpt / "state.pt").is_file():
         state = torch.load(ckpt / "state.pt", weights_only=False)
         if state["config"] != _fingerprint(cfg):
             raise InputError(f"{ckpt} holds a run with another config: use a new --out-dir or delete it")
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        distributed.load_optimizer_state(optimizer, state["optimizer"])
+        torch.set_rng_state(distributed.own_rng_state(state))
         start = resumed = int(state["step"])
 
     examples = _examples(model, samples, cfg)
@@ -145,15 +144,13 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
                 i = step * cfg.grad_accumulation + micro
                 epoch, pos = divmod(i, len(mine))
                 ex = examples[mine[int(_order(len(mine), cfg.seed, epoch)[pos])]]
-                sync = micro == cfg.grad_accumulation - 1 or world == 1
-                ctx = runner.no_sync() if (world > 1 and not sync) else _null()
-                with ctx:
+                with distributed.grad_sync(runner, micro == cfg.grad_accumulation - 1):
                     loss, parts = runner(ex, embed(ex.sample))
                     (loss / cfg.grad_accumulation).backward()
                 for k, v in parts.items():
                     parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.grad_accumulation
         routing = _routing_share(recorder)
-        torch.nn.utils.clip_grad_norm_([p for _, p in chosen], 1.0)
+        distributed.clip_grad_norm_([p for _, p in chosen], 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(parts_sum["loss"])
@@ -162,16 +159,17 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
                                   "routing": list(routing)}) + "\n")
             log.flush()
         bar(step + 1, parts_sum["loss"])
-        if rank == 0 and ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps):
-            _save_checkpoint(model, optimizer, cfg, step + 1, ckpt, trained_parts, recipe)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:  # every process: FSDP gathers
+            _save_checkpoint(model, optimizer, cfg, step + 1, ckpt, trained_parts, recipe, write=rank == 0)
     adapter = out / ADAPTER
-    if rank == 0:
-        save_glue(model, adapter, trained_parts=trained_parts, recipe=recipe,
-                  include_mask_decoder="mask_decoder" in trained_parts)
-        if log is not None:
-            log.close()
+    save_glue(model, adapter, trained_parts=trained_parts, recipe=recipe,
+              include_mask_decoder="mask_decoder" in trained_parts, write=rank == 0)
+    if log is not None:
+        log.close()
     if world > 1:
         torch.distributed.barrier()
+    if cfg.forced_expert is None:
+        set_routing(model.llm, top_k=cfg.top_k, capacity_factor=None)  # back to the preset's eval capacity
     model.eval()
     return TrainReport(cfg.stage, cfg.steps, len(examples), tuple(losses), str(adapter), time.perf_counter() - t0,
                        sum(p.numel() for _, p in chosen), resumed, routing)
@@ -190,19 +188,22 @@ def _examples(model, samples: list[TrainSample], cfg: TrainConfig) -> list[Examp
 
 
 def _fingerprint(cfg: TrainConfig) -> str:
-    keep = {k: v for k, v in cfg.resolved().items() if k not in ("steps", "save_every")}  # may grow on resume
+    # steps may grow on resume; ddp/fsdp checkpoints are the same file (full tensors)
+    keep = {k: v for k, v in cfg.resolved().items() if k not in ("steps", "save_every", "distributed")}
     return json.dumps(keep, sort_keys=True, default=str)
 
 
 def _save_checkpoint(model, optimizer, cfg: TrainConfig, step: int, ckpt: Path, trained_parts: tuple[str, ...],
-                     recipe: dict) -> None:
-    """Adapter + optimizer + RNG, written to a temp folder and swapped in (never half a checkpoint)."""
+                     recipe: dict, *, write: bool) -> None:
+    """Adapter + optimizer + RNG, written to a temp folder and swapped in (never half a checkpoint).
+    Every process calls it (sharded tensors are gathered); only ``write`` writes."""
     tmp = ckpt.with_name(ckpt.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    optim, rng = distributed.full_optimizer_state(optimizer), distributed.rng_entries()
     save_glue(model, tmp / ADAPTER, trained_parts=trained_parts, recipe=recipe,
-              include_mask_decoder="mask_decoder" in trained_parts)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                "config": _fingerprint(cfg)}, tmp / "state.pt")
+              include_mask_decoder="mask_decoder" in trained_parts, write=write)
+    if not write:
+        return
+    torch.save({"step": step, "optimizer": optim, **rng, "config": _fingerprint(cfg)}, tmp / "state.pt")
     if ckpt.exists():
         old = ckpt.with_name(ckpt.name + ".old")
         ckpt.replace(old)
@@ -220,14 +221,6 @@ def _routing_share(recorder: RoutingRecorder) -> tuple[float, ...]:
         return ()
     n = recorder.layers[0].cfg.num_experts
     return tuple(float((choices == e).float().mean()) for e in range(n))
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _bar(total: int, start: int, enabled: bool):

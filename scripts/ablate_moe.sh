@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Ablations like MedPLIB's Tables 3–4, small: stage IV variants from the same stage-III adapter
+# (dense FFN vs MoE, top-1 vs top-2, training capacity factor 1 / 1.5 / 2), each evaluated on the
+# validation volumes. Needs scripts/train_default_glue.sh's build/glue-runs/stage3. Prints a table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MEDPLIB=${MEDPLIB:-.venv/bin/medplib}
+SPLIT=${SPLIT:-val}
+for cfg in configs/training/ablation/*.json; do
+    name=$(basename "$cfg" .json)
+    echo "== $name ($(date +%T))" >&2
+    $MEDPLIB train --stage 4 --config "$cfg" --no-progress > "build/ablation-$name.train.json"
+    $MEDPLIB eval build/glue-data/$SPLIT.json --glue "build/ablation/$name/adapter.safetensors" --max-new-tokens 24 \
+        --predictions "build/ablation/$name/$SPLIT.predictions.jsonl" --json > "build/ablation/$name/$SPLIT.eval.json"
+done
+.venv/bin/python scripts/ablation_table.py build/ablation "$SPLIT"

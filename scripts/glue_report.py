@@ -1,0 +1,65 @@
+"""Markdown tables for docs/training.md from a scripts/train_default_glue.sh run.
+
+``python scripts/glue_report.py [build]``: per stage (time, losses at the start and end, routing),
+the held-out evaluation per group, and the MoE routing per question type at inference."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+
+def _mean(rows: list[dict], key: str) -> str:
+    vals = [r[key] for r in rows if key in r]
+    return f"{sum(vals) / len(vals):.3f}" if vals else "–"
+
+
+def stages(build: Path) -> None:
+    print("| stage | steps × examples | time | text loss first → last 5 steps | BCE | Dice loss | tokens to ground / VL expert (last step) |")
+    print("|---|---|---|---|---|---|---|")
+    for n in (1, 2, 3, 4):
+        summary = build / f"glue-stage{n}.json"
+        log = build / "glue-runs" / f"stage{n}" / "train_log.jsonl"
+        if not log.is_file() or not summary.is_file() or not summary.read_text().strip():
+            continue
+        s = json.loads(summary.read_text().strip().splitlines()[-1])
+        cfg = json.loads((build / "glue-runs" / f"stage{n}" / "config.json").read_text())
+        rows = [json.loads(x) for x in log.read_text().splitlines()]
+        first, last = rows[:5], rows[-5:]
+        routing = "/".join(f"{v:.2f}" for v in rows[-1].get("routing", []))
+        print(f"| {n} {cfg['stage_name']} | {s['steps']} × {cfg['grad_accumulation']} | {s['seconds'] / 60:.1f} min "
+              f"| {_mean(first, 'ce')} → {_mean(last, 'ce')} | {_mean(first, 'bce')} → {_mean(last, 'bce')} "
+              f"| {_mean(first, 'dice')} → {_mean(last, 'dice')} | {routing} |")
+
+
+def evaluation(build: Path, name: str = "glue-test") -> None:
+    report = json.loads((build / f"{name}.eval.json").read_text())
+    print(f"\n{report['records']} records, {report['seconds'] / 60:.1f} min\n")
+    print("| group | n seg | mDice | n closed | closed acc | n open | open F1 | n named | region named |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in report["rows"]:
+        name_ = "all" if r["group"] == "all" else f"{r['group']} = {r['key']}"
+        cell = lambda n, v: f"{v:.3f}" if n else "–"  # noqa: E731
+        print(f"| {name_} | {r['n_seg']} | {cell(r['n_seg'], r['mdice'])} | {r['n_closed']} "
+              f"| {cell(r['n_closed'], r['accuracy'])} | {r['n_open']} | {cell(r['n_open'], r['f1'])} "
+              f"| {r.get('n_named', 0)} | {cell(r.get('n_named', 0), r.get('named', 0.0))} |")
+    preds = build / f"{name}.predictions.jsonl"
+    if preds.is_file():
+        share: dict[str, list[float]] = defaultdict(list)
+        for line in preds.read_text().splitlines():
+            meta = json.loads(line)["metadata"]
+            if "routing" in meta:
+                share[meta["question_type"]].append(meta["routing"].get("grounding", 0.0))
+        print("\n| question type | answers | tokens to the grounding expert (mean) |")
+        print("|---|---|---|")
+        for qt in sorted(share):
+            print(f"| {qt} | {len(share[qt])} | {sum(share[qt]) / len(share[qt]):.2f} |")
+
+
+if __name__ == "__main__":
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "build")
+    stages(root)
+    if (root / "glue-test.eval.json").is_file():
+        evaluation(root)
