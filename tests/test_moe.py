@@ -201,3 +201,30 @@ def test_moe_trains_lora_and_router_only():
     grads = {n for n, p in llm.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert any("router" in n for n in grads) and any("lora_B" in n for n in grads)
     assert all(".experts." in n or ".router." in n for n in grads)
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_unit_combine_keeps_full_strength_and_trains_the_router(top_k):
+    """medplib-lite's combine: the chosen experts' weights sum to 1 (top-1: exactly the expert's
+    output, no halving by an untrained router), yet the router gets a gradient."""
+    moe = make_moe(combine="unit", top_k=top_k, capacity_factor_eval=4.0)
+    x = torch.randn(12, D)
+    probs = torch.softmax(moe.router(x), -1)
+    w, idx = probs.topk(top_k, -1)
+    w = w / w.sum(-1, keepdim=True)
+    expected = torch.stack([sum(w[t, s] * moe.expert(x[t:t + 1], int(idx[t, s]))[0] for s in range(top_k))
+                            for t in range(12)])
+    torch.testing.assert_close(moe(x), expected, atol=1e-5, rtol=1e-5)
+    if top_k == 1:
+        torch.testing.assert_close(moe(x), torch.stack([moe.expert(x[t:t + 1], int(idx[t, 0]))[0]
+                                                        for t in range(12)]), atol=1e-5, rtol=1e-5)
+    moe.train()
+    moe.capacity_factor = 4.0
+    moe(x).pow(2).sum().backward()
+    assert moe.router.weight.grad is not None and moe.router.weight.grad.abs().sum() > 0
+
+
+def test_presets_combine():
+    from medplib_runtime.presets import MEDPLIB_7B, MEDPLIB_LITE
+
+    assert MEDPLIB_7B.moe.combine == "probability" and MEDPLIB_LITE.moe.combine == "unit"
