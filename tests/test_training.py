@@ -171,3 +171,17 @@ def test_bad_routing_options_are_refused():
         TrainConfig(stage=4, data=("x",), out_dir="o", dense_expert=2)
     with pytest.raises(InputError, match="question_types"):
         TrainConfig(stage=3, data=("x",), out_dir="o", question_types=("G", "X"))
+
+
+def test_router_lr_gets_its_own_group():
+    from medplib_runtime.training.params import param_groups, prepare_stage
+
+    model = tiny_model()
+    chosen = prepare_stage(model, TrainConfig(stage=4, data=("x",), out_dir="o").trains, None)
+    groups = param_groups(chosen, lr=3e-4, weight_decay=0.0, router_lr=1e-2)
+    router = [g for g in groups if g["lr_scale"] != 1.0]
+    assert len(router) == 1 and router[0]["lr"] == 1e-2 and router[0]["lr_scale"] == pytest.approx(1e-2 / 3e-4)
+    names = {id(p): n for n, p in chosen}
+    assert {".router." in names[id(p)] for p in router[0]["params"]} == {True}
+    assert sum(len(g["params"]) for g in groups) == len(chosen)
+    assert len(param_groups(chosen, lr=3e-4, weight_decay=0.0)) == 2  # no router_lr: as before

@@ -57,6 +57,7 @@ class TrainConfig:
     save_every: int = 25
     seed: int = 0
     extra_trains: tuple[str, ...] = field(default_factory=tuple)
+    router_lr: float | None = None  # stage IV: the routers' own lr (None: the stage's); ours learn in 50 steps
     top_k: int = 1  # stage IV: experts per token (MedPLIB: 1)
     capacity_factor: float = 1.5  # stage IV: training capacity factor (MedPLIB: 1.5)
     dense_expert: int | None = None  # ablation (stage IV): this one expert for every token, no router
@@ -70,6 +71,8 @@ class TrainConfig:
             raise InputError("steps and grad_accumulation must be at least 1")
         if not self.data:
             raise InputError("no training data: give at least one MeCoVQA JSON file")
+        if self.router_lr is not None and not self.router_lr > 0:
+            raise InputError(f"router_lr must be > 0; got {self.router_lr}")
         if self.dense_expert not in (None, 0, 1):
             raise InputError(f"dense_expert must be 0, 1 or null; got {self.dense_expert}")
         if self.top_k not in (1, 2) or not self.capacity_factor > 0:

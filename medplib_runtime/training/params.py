@@ -70,10 +70,19 @@ def keep_only_new_rows(model) -> None:
     weight._medplib_row_hook = weight.register_hook(keep_new_rows)
 
 
-def param_groups(chosen: list[tuple[str, nn.Parameter]], *, lr: float, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay on the embedding (its frozen rows must stay bit-identical) or biases."""
-    decay, no_decay = [], []
+def param_groups(chosen: list[tuple[str, nn.Parameter]], *, lr: float, weight_decay: float,
+                 router_lr: float | None = None) -> list[dict]:
+    """AdamW groups: no decay on the embedding (its frozen rows must stay bit-identical) or biases;
+    the routers in their own group when ``router_lr`` is given. ``lr_scale`` is each group's lr
+    relative to the schedule's (the trainer sets ``lr`` every step)."""
+    decay, no_decay, router = [], [], []
     for name, p in chosen:
-        (no_decay if name.startswith("llm.embed_tokens") or p.ndim < 2 else decay).append(p)
-    return [{"params": decay, "lr": lr, "weight_decay": weight_decay},
-            {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+        if router_lr is not None and ".router." in name:
+            router.append(p)
+        else:
+            (no_decay if name.startswith("llm.embed_tokens") or p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": no_decay, "lr": lr, "weight_decay": 0.0, "lr_scale": 1.0}]
+    if router:
+        groups.append({"params": router, "lr": router_lr, "weight_decay": 0.0, "lr_scale": router_lr / lr})
+    return groups

@@ -112,7 +112,8 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     module = TrainModule(model, weights, region_mask_fn=lambda region, emb: mask_to_model(region, emb.info,
                                                                                            grid * 4)[0, 0])
     runner, chosen = distributed.wrap(module, cfg.distributed, cfg.trains, chosen, world)
-    optimizer = torch.optim.AdamW(param_groups(chosen, lr=resolved["lr"], weight_decay=cfg.weight_decay))
+    optimizer = torch.optim.AdamW(param_groups(chosen, lr=resolved["lr"], weight_decay=cfg.weight_decay,
+                                               router_lr=cfg.router_lr))
     start = 0
     if (ckpt / "state.pt").is_file():
         state = torch.load(ckpt / "state.pt", weights_only=False)
@@ -137,7 +138,7 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     bar = _bar(cfg.steps, start, rank == 0 and progress)
     for step in range(start, cfg.steps):
         for group in optimizer.param_groups:
-            group["lr"] = _lr(step, cfg, resolved["lr"])
+            group["lr"] = _lr(step, cfg, resolved["lr"]) * group.get("lr_scale", 1.0)
         parts_sum: dict[str, float] = {}
         with recorder.record():
             for micro in range(cfg.grad_accumulation):
