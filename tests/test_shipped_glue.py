@@ -1,0 +1,47 @@
+"""The shipped glue (assets/medplib-lite-glue.safetensors): every part trained, its recipe inside,
+and the default model answers "Segment the lesion." on brain1 (held out of training) with a mask.
+
+How good that mask is, is measured by `medplib eval` (docs/training.md): on brain1 it is not good
+yet (mDice 0.006), so this test checks the path, not the quality."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medplib_runtime.glue import ASSETS, trained_parts
+
+GLUE = ASSETS / "medplib-lite-glue.safetensors"
+
+
+def test_the_glue_ships_with_its_recipe():
+    from medplib_runtime.modeling.glue_weights import read_glue_metadata
+
+    assert GLUE.is_file(), "the default glue is part of the package"
+    assert {"vision_projector", "region_encoder", "seg_projector", "expert_ground", "expert_vl", "router",
+            "new_token_rows"} <= set(trained_parts(GLUE))
+    stages = read_glue_metadata(GLUE)["recipe"]["stages"]
+    assert [s["stage"] for s in stages] == [1, 2, 3, 4]
+    assert all(s["seed"] == 0 for s in stages) and stages[-1]["top_k"] == 1 and stages[-1]["capacity_factor"] == 2.0
+    assert stages[2]["question_types"] == ["G"]
+    cases = json.loads((ASSETS.parent.parent / "configs" / "data" / "default_glue_cases.json").read_text())
+    assert next(c for c in cases if c["id"] == "brain1")["split"] == "test", "brain1 is held out"
+
+
+@pytest.mark.slow
+def test_default_model_answers_segment_the_lesion_on_held_out_brain1_with_a_mask(local_runtime, brain1_paths):
+    from medplib_runtime.imaging.io import read_volume
+    from medplib_runtime.schemas import AskRequest, SliceRef
+
+    assert not local_runtime.info().untrained()
+    image, label = read_volume(brain1_paths[0]), read_volume(brain1_paths[1]).array == 1
+    k = int(label.sum((1, 2)).argmax())  # the lesion's largest cross-section
+    key = local_runtime.set_image(image.array)
+    result = local_runtime.ask(AskRequest(key, SliceRef(0, k), "Segment the lesion.", max_new_tokens=16))
+    assert "<SEG>" in result.text and len(result.masks) >= 1
+    mask, truth = result.masks[0].astype(bool), label[k]
+    assert mask.shape == truth.shape and 0 < mask.sum() < 0.2 * mask.size, "a mask, not nothing, not the slice"
+    assert result.routing is not None and result.routing.overall()[0] > 0  # the grounding expert took part
+    assert not result.untrained_parts
