@@ -15,7 +15,7 @@ def main(root: str, split: str) -> None:
     rows = []
     for run in sorted(Path(root).iterdir()):
         report = run / f"{split}.eval.json"
-        if not report.is_file():
+        if not report.is_file() or not report.read_text().strip():
             continue
         cfg = json.loads((run / "config.json").read_text())
         log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
