@@ -1,7 +1,7 @@
 """LLM rows of ``medplib bench``: ask latency, prefill and decode throughput, MoE vs dense.
 
 Uses the runtime's own model (no second copy). Dense = the same layers with one expert
-forced (base MLP + one LoRA, no router): the single-expert step MoE top-1 is compared to.
+forced (base MLP + one LoRA, no router): the single-expert step the routed MoE (the glue's top-k) is compared to.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from .bench import Row, row_ms
 from .modeling.generation import greedy_generate
-from .modeling.moe import force_expert
+from .modeling.moe import force_expert, moe_layers
 
 PROMPT_TOKENS = 200  # ≈ system + 64 image tokens + a question
 NEW_TOKENS = 32
@@ -31,6 +31,10 @@ def _interleaved(llm, embeds, repeats: int) -> dict[str, tuple[list[float], list
             runs[kind][1].append(out.decode_s * 1e3 / len(out.token_ids))
     force_expert(llm, None)
     return runs
+
+
+def _top_k(llm) -> int:
+    return moe_layers(llm)[0].top_k
 
 
 def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
@@ -69,6 +73,6 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
         Row("LLM decode (MoE, greedy, KV cache)", "tok/s", statistics.median(tok_s), tok_s[0], len(tok_s),
             "p90 column = slowest run"),
         row_ms("decode step, dense (1 expert forced)", dense_step),
-        row_ms("decode step, MoE top-1 routed", moe_step, f"MoE/dense = {m_step / d_step:.3f}"),
+        row_ms(f"decode step, MoE top-{_top_k(llm)} routed", moe_step, f"MoE/dense = {m_step / d_step:.3f}"),
         Row("prefill MoE/dense ratio", "x", m_pre / d_pre, float("nan"), len(moe_prefill)),
     ]

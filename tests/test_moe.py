@@ -94,7 +94,7 @@ def test_routing_shapes_and_top1_is_argmax():
 
 
 @pytest.mark.parametrize("top_k", [1, 2])
-def test_grouped_dispatch_equals_per_token_loop(top_k):
+def test_dispatch_equals_per_token_loop(top_k):
     moe = make_moe(top_k=top_k)
     x = torch.randn(23, D)
     for cf in (0.5, 1.0, 2.0):
@@ -142,7 +142,7 @@ def test_zero_lora_is_router_prob_times_base():
     torch.testing.assert_close(moe(x), expected, atol=1e-6, rtol=1e-5)
 
 
-def test_single_expert_fast_path_matches_grouped_path():
+def test_single_expert_fast_path_matches_the_reference():
     moe = make_moe()
     x = torch.randn(6, D)
     set_router(moe, torch.ones(6, dtype=torch.long), x)  # all to expert 1

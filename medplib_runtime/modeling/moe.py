@@ -23,7 +23,7 @@ Conventions (DeepSpeed-MoE's top-1 gate, which MedPLIB used):
 No loop over tokens. When every token picks the same expert, that expert runs on the whole
 batch directly (decode is always this case). Mixed top-1 routing runs the shared frozen base
 once for all tokens and adds each token's own expert LoRA delta (exact; see
-``_top1_shared_base``); top-k > 1 (ablations) gathers tokens per expert (index_select/index_add).
+``_top1_shared_base``); top-k > 1 also runs the base once (``_topk_shared_base``: ``down`` is linear).
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ from torch import nn
 from ..presets import MoEConfig
 from ..schemas import RoutingStats
 from .lora import LoRADelta
+
+GROUND_EXPERT, VL_EXPERT = 0, 1
+# the expert each training stage sends every token to (I/II: vision-language, III: grounding; IV: the router)
+STAGE_EXPERT: dict[int, int | None] = {1: VL_EXPERT, 2: VL_EXPERT, 3: GROUND_EXPERT, 4: None}
 
 
 class ExpertLoRA(nn.Module):
@@ -92,6 +96,7 @@ class MoEFeedForward(nn.Module):
         self.forced_expert: int | None = None
         self.capacity_factor: float | None = None  # None → cfg's train/eval value by mode
         self.trace: list[RoutingTrace] | None = None  # a list while a RoutingRecorder records
+        self.logits_tap: list[torch.Tensor] | None = None  # a list: each forward's N×E router logits (with grad)
 
     def expert(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """Expert ``i`` on tokens ``N×D`` → ``N×D``: base MLP with this expert's LoRA deltas."""
@@ -117,7 +122,10 @@ class MoEFeedForward(nn.Module):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         n = flat.shape[0]
-        probs = torch.softmax(self.router(flat), dim=-1, dtype=torch.float32)  # N×E
+        logits = self.router(flat)
+        if self.logits_tap is not None:
+            self.logits_tap.append(logits)
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # N×E
         if self.forced_expert is not None:  # a dense single-expert FFN (stages I–III): no capacity limit
             idx = torch.full((n, 1), self.forced_expert, dtype=torch.long, device=x.device)
             if self.trace is not None:
@@ -148,7 +156,7 @@ class MoEFeedForward(nn.Module):
                 y = self.expert(flat, first)
                 return (y if weights is None else y * weights), None
             return self._top1_shared_base(flat, idx[:, 0], weights, cap)
-        return self._grouped(flat, idx, weights, cap)
+        return self._topk_shared_base(flat, idx, weights, cap)
 
     def _top1_shared_base(self, flat, idx, weights, cap):
         """Top-1 with mixed routing: the frozen base runs ONCE on all tokens, experts differ only by LoRA.
@@ -187,21 +195,41 @@ class MoEFeedForward(nn.Module):
         b = torch.cat([m.lora_B for m in mods], dim=1)  # out×(E·r)
         return ((x @ a.t()) * (zmask * mods[0].scale)) @ b.t()
 
-    def _grouped(self, flat, idx, weights, cap):
-        """Any top-k: gather each expert's tokens (index_select), run it, scatter back (index_add)."""
-        out = torch.zeros_like(flat)
+    def _topk_shared_base(self, flat, idx, weights, cap):
+        """Any top-k with the frozen base run ONCE: ``gate``/``up`` are shared, and because ``down`` is
+        linear, Σₑ cₑ·down(hₑ) = down(Σₑ cₑ·hₑ) — so a top-2 token costs one dense FFN plus each
+        expert's LoRA and elementwise work, not two FFNs (decode is memory-bound: this is its speed).
+        ``cₑ`` is the token's combine weight for expert e (0 where not chosen or dropped by capacity)."""
+        n, e_count = flat.shape[0], self.cfg.num_experts
         kept = torch.ones_like(idx, dtype=torch.bool)
-        for e in range(self.cfg.num_experts):  # E = 2: a loop over experts, never over tokens
+        for e in range(e_count):  # capacity: a loop over experts, never over tokens
             token_pos, slot = (idx == e).nonzero(as_tuple=True)  # row-major: earlier tokens first
             if token_pos.numel() > cap:
                 kept[token_pos[cap:], slot[cap:]] = False
-                token_pos, slot = token_pos[:cap], slot[:cap]
-            if token_pos.numel() == 0:
-                continue
-            y = self.expert(flat.index_select(0, token_pos), e)
-            if weights is not None:
-                y = y * weights[token_pos, slot].unsqueeze(-1)
-            out.index_add_(0, token_pos, y)
+        w = weights if weights is not None else torch.ones(idx.shape, dtype=flat.dtype, device=flat.device)
+        slot_w = w * kept.to(flat.dtype)  # N×k
+        combine = torch.zeros(n, e_count, dtype=flat.dtype, device=flat.device).scatter_add(1, idx, slot_w)  # N×E
+        base = self.base
+        gate, up = base.gate_proj(flat), base.up_proj(flat)
+        mixed_h = None
+        delta_out = None
+        x_lora = flat
+        for e in range(e_count):
+            lora = self.experts[e]
+            g, u = gate, up
+            if lora.gate_proj is not None:
+                g = g + lora.gate_proj(x_lora)
+            if lora.up_proj is not None:
+                u = u + lora.up_proj(x_lora)
+            h = F.silu(g) * u
+            c = combine[:, e:e + 1]
+            mixed_h = h * c if mixed_h is None else mixed_h + h * c
+            if lora.down_proj is not None:
+                d = lora.down_proj(h) * c
+                delta_out = d if delta_out is None else delta_out + d
+        out = base.down_proj(mixed_h)
+        if delta_out is not None:
+            out = out + delta_out
         return out, kept
 
 
@@ -242,6 +270,21 @@ def set_routing(llm: nn.Module, *, top_k: int | None = None, capacity_factor: fl
                 raise ValueError(f"top_k must be in 1..{m.cfg.num_experts}, got {top_k}")
             m.top_k = top_k
         m.capacity_factor = capacity_factor
+
+
+@contextmanager
+def tap_router_logits(llm: nn.Module):
+    """``with tap_router_logits(llm) as taps:`` → after a forward, ``taps[i]`` holds layer i's router
+    logits (one ``N×E`` tensor per forward, with their graph) — for a loss on the routing."""
+    layers = moe_layers(llm)
+    for m in layers:
+        m.logits_tap = []
+    taps = [m.logits_tap for m in layers]
+    try:
+        yield taps
+    finally:
+        for m in layers:
+            m.logits_tap = None
 
 
 class RoutingRecorder:
