@@ -17,8 +17,9 @@ def _mean(rows: list[dict], key: str) -> str:
 
 
 def stages(build: Path) -> None:
-    print("| stage | steps × examples | time | text loss first → last 5 steps | BCE | Dice loss | tokens to ground / VL expert (last step) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| stage | steps × examples | time | text loss first → last 5 steps | BCE | Dice loss | routing loss "
+          "| tokens to ground / VL expert (last step, first choice) |")
+    print("|---|---|---|---|---|---|---|---|")
     for n in (1, 2, 3, 4):
         summary = build / f"glue-stage{n}.json"
         log = build / "glue-runs" / f"stage{n}" / "train_log.jsonl"
@@ -31,7 +32,8 @@ def stages(build: Path) -> None:
         routing = "/".join(f"{v:.2f}" for v in rows[-1].get("routing", []))
         print(f"| {n} {cfg['stage_name']} | {s['steps']} × {cfg['grad_accumulation']} | {s['seconds'] / 60:.1f} min "
               f"| {_mean(first, 'ce')} → {_mean(last, 'ce')} | {_mean(first, 'bce')} → {_mean(last, 'bce')} "
-              f"| {_mean(first, 'dice')} → {_mean(last, 'dice')} | {routing} |")
+              f"| {_mean(first, 'dice')} → {_mean(last, 'dice')} | {_mean(first, 'route')} → {_mean(last, 'route')} "
+              f"| {routing} |")
 
 
 def evaluation(build: Path, name: str = "glue-test") -> None:
@@ -52,7 +54,7 @@ def evaluation(build: Path, name: str = "glue-test") -> None:
             meta = json.loads(line)["metadata"]
             if "routing" in meta:
                 share[meta["question_type"]].append(meta["routing"].get("grounding", 0.0))
-        print("\n| question type | answers | tokens to the grounding expert (mean) |")
+        print("\n| question type | answers | tokens whose first choice is the grounding expert (mean over layers) |")
         print("|---|---|---|")
         for qt in sorted(share):
             print(f"| {qt} | {len(share[qt])} | {sum(share[qt]) / len(share[qt]):.2f} |")

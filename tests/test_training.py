@@ -185,3 +185,58 @@ def test_router_lr_gets_its_own_group():
     assert {".router." in names[id(p)] for p in router[0]["params"]} == {True}
     assert sum(len(g["params"]) for g in groups) == len(chosen)
     assert len(param_groups(chosen, lr=3e-4, weight_decay=0.0)) == 2  # no router_lr: as before
+
+
+def test_routing_loss_matches_hand_computed_values():
+    import math
+
+    from medplib_runtime.training.losses import routing_loss
+
+    even = torch.zeros(3, 2)  # p = 0.5 for both experts: CE = log 2 towards either
+    assert float(routing_loss([even, even[:1]], 0)) == pytest.approx(math.log(2))
+    sure = torch.tensor([[0.0, math.log(3)]])  # p = (0.25, 0.75)
+    assert float(routing_loss([sure], 1)) == pytest.approx(-math.log(0.75))
+    assert float(routing_loss([sure], 0)) == pytest.approx(-math.log(0.25))
+
+
+def test_route_supervision_sends_seg_answers_to_the_grounding_expert(tmp_path):
+    """Stage IV with the routing loss: after training, the router picks the grounding expert (0) for the
+    tokens of an answer with <SEG> and the VL expert (1) for the tokens of a VQA answer."""
+    from medplib_runtime.modeling.moe import tap_router_logits
+    from medplib_runtime.training.examples import encode
+
+    model = tiny_model()
+    cfg = TrainConfig(stage=4, data=("synthetic",), out_dir=str(tmp_path), steps=12, grad_accumulation=4,
+                      warmup_steps=1, route_supervision=1.0, router_lr=5e-2)
+    report = train(cfg, samples(4), model=model, embedder=FakeEmbedder(), progress=False)
+    log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["route"] < log[0]["route"] < 0.75  # starts near log 2, falls
+    assert read_glue_metadata(report.adapter)["recipe"]["stages"][-1]["route_supervision"] == 1.0
+    vqa, seg = encode(samples(1)[0], model.tokenizer, system=model.cfg.system_prompt,
+                      n_image_tokens=model.n_image_tokens, seg_id=model.token_ids["<SEG>"], max_tokens=512)
+    fresh = tiny_model()
+    load_glue(fresh, report.adapter)
+    fresh.eval()
+    emb = FakeEmbedder()(samples(1)[0])
+    for ex, expert in ((vqa, 1), (seg, 0)):
+        from medplib_runtime.imaging.transforms import mask_to_model
+
+        region = None
+        if ex.region:
+            region = fresh.region_token(emb.image_embedding, mask_to_model(ex.sample.region, emb.info, 256)[0, 0])
+        embeds = fresh.embed_inputs(ex.input_ids, image_tokens=fresh.image_tokens(pixel_embedding=emb.image_embedding),
+                                    region_tokens=region)
+        with torch.no_grad(), tap_router_logits(fresh.llm) as taps:
+            fresh.llm.model(inputs_embeds=embeds)
+        answer_at = (ex.labels[0, 1:] != -100).nonzero()[:, 0]
+        chosen = torch.cat([tap[0][answer_at] for tap in taps]).argmax(-1)
+        assert (chosen == expert).float().mean() >= 0.75, (expert, chosen)  # untrained: one expert for both
+
+
+def test_route_supervision_needs_a_router():
+    with pytest.raises(InputError, match="route_supervision"):
+        TrainConfig(stage=3, data=("x",), out_dir="o", route_supervision=1.0)
+    with pytest.raises(InputError, match="route_supervision"):
+        TrainConfig(stage=4, data=("x",), out_dir="o", route_supervision=1.0, dense_expert=1)
+    with pytest.raises(InputError, match="route_supervision"):
+        TrainConfig(stage=4, data=("x",), out_dir="o", route_supervision=-1.0)

@@ -122,17 +122,16 @@ def apply_trained_routing(model, recipe: dict) -> None:
     """Route the MoE as the glue's last stage was trained: before stage IV the router is untrained,
     so every token goes to the expert that stage trained (I/II: vision-language, III: grounding);
     after it, the router decides with the stage's top-k (capacity: the preset's eval factor)."""
-    from ..training.config import STAGES
-    from .moe import force_expert, set_routing
+    from .moe import STAGE_EXPERT, force_expert, set_routing
 
     stages = recipe.get("stages") or []
     if not stages:
         return
     last = stages[-1]
-    spec = STAGES.get(int(last.get("stage", 0)))
-    if spec is None:
+    stage = int(last.get("stage", 0))
+    if stage not in STAGE_EXPERT:
         return
-    forced = last.get("dense_expert") if spec.forced_expert is None else spec.forced_expert
+    forced = last.get("dense_expert") if STAGE_EXPERT[stage] is None else STAGE_EXPERT[stage]
     force_expert(model.llm, forced)
     if forced is None:
         set_routing(model.llm, top_k=int(last.get("top_k") or 1))

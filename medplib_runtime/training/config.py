@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..errors import InputError
+from ..modeling.moe import STAGE_EXPERT
 from .json_files import read_json
 
 
@@ -27,12 +28,13 @@ class StageSpec:
 
 
 STAGES: dict[int, StageSpec] = {
-    1: StageSpec(1, "alignment", ("vision_projector",), 1, 1e-3, 0.0, 0.0),
+    1: StageSpec(1, "alignment", ("vision_projector",), STAGE_EXPERT[1], 1e-3, 0.0, 0.0),
     2: StageSpec(2, "vision-language expert", ("vision_projector", "region_encoder", "expert_vl", "new_token_rows"),
-                 1, 1e-4, 0.0, 0.0),
-    3: StageSpec(3, "grounding expert", ("expert_ground", "seg_projector", "new_token_rows"), 0, 3e-4, 1.0, 5.0),
-    4: StageSpec(4, "MoE adaptation", ("router", "seg_projector", "region_encoder", "new_token_rows"), None, 3e-4,
-                 2.0, 0.5),
+                 STAGE_EXPERT[2], 1e-4, 0.0, 0.0),
+    3: StageSpec(3, "grounding expert", ("expert_ground", "seg_projector", "new_token_rows"), STAGE_EXPERT[3], 3e-4,
+                 1.0, 5.0),
+    4: StageSpec(4, "MoE adaptation", ("router", "seg_projector", "region_encoder", "new_token_rows"),
+                 STAGE_EXPERT[4], 3e-4, 2.0, 0.5),
 }
 
 
@@ -60,6 +62,8 @@ class TrainConfig:
     router_lr: float | None = None  # stage IV: the routers' own lr (None: the stage's); ours learn in 50 steps
     top_k: int = 1  # stage IV: experts per token (MedPLIB: 1)
     capacity_factor: float = 1.5  # stage IV: training capacity factor (MedPLIB: 1.5)
+    route_supervision: float = 0.0  # stage IV, ours: weight of a CE on the router (answers with <SEG> → the
+    # grounding expert, others → the VL expert); MedPLIB: 0 (no routing loss at all)
     dense_expert: int | None = None  # ablation (stage IV): this one expert for every token, no router
     question_types: tuple[str, ...] = ()  # only records of these types (G/R/C); () = all (MedPLIB's stage III: G)
     distributed: str = "ddp"  # under torchrun (WORLD_SIZE > 1): "ddp" or "fsdp" (FSDP2, ZeRO-2-like)
@@ -77,6 +81,9 @@ class TrainConfig:
             raise InputError(f"dense_expert must be 0, 1 or null; got {self.dense_expert}")
         if self.top_k not in (1, 2) or not self.capacity_factor > 0:
             raise InputError(f"top_k must be 1 or 2 and capacity_factor > 0; got {self.top_k}, {self.capacity_factor}")
+        if self.route_supervision < 0 or (self.route_supervision and self.forced_expert is not None):
+            raise InputError(f"route_supervision must be >= 0, and only for a stage-IV run with a router; "
+                             f"got {self.route_supervision} at stage {self.stage}")
         if self.distributed not in ("ddp", "fsdp"):
             raise InputError(f"distributed must be 'ddp' or 'fsdp'; got {self.distributed!r}")
         bad = sorted(set(self.question_types) - {"G", "R", "C"})

@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from ..imaging.transforms import mask_to_model
+from ..modeling.moe import GROUND_EXPERT, VL_EXPERT, tap_router_logits
 from .examples import Example
-from .losses import mask_losses, text_loss
+from .losses import mask_losses, routing_loss, text_loss
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class LossWeights:
     ce: float = 1.0
     bce: float = 0.0
     dice: float = 0.0
+    route: float = 0.0  # ours (stage IV): the router told which expert an answer's tokens belong to
 
 
 class TrainModule(nn.Module):
@@ -40,10 +42,18 @@ class TrainModule(nn.Module):
         if example.region:
             region_tokens = m.region_token(pixel, self.region_mask_fn(example.sample.region, embedding))
         embeds = m.embed_inputs(example.input_ids, image_tokens=image_tokens, region_tokens=region_tokens)
-        hidden = m.llm.model(inputs_embeds=embeds).last_hidden_state  # 1×T×D
+        with tap_router_logits(m.llm) as taps:
+            hidden = m.llm.model(inputs_embeds=embeds).last_hidden_state  # 1×T×D
         ce = text_loss(m.llm.lm_head(hidden), example.labels)
         loss = self.weights.ce * ce
         parts = {"ce": float(ce.detach())}
+        if self.weights.route and taps and taps[0]:
+            # the positions whose outputs are the answer: the last prompt token and the answer's own
+            answer_at = (example.labels[0, 1:] != -100).nonzero()[:, 0]
+            target = GROUND_EXPERT if example.masks else VL_EXPERT
+            route = routing_loss([tap[0][answer_at] for tap in taps], target)
+            loss = loss + self.weights.route * route
+            parts["route"] = float(route.detach())
         seg_at = ((example.input_ids[0] == self.seg_id) & (example.labels[0] != -100)).nonzero()[:, 0]
         if len(seg_at) and (self.weights.bce or self.weights.dice):
             tokens = m.seg_tokens(hidden[0, seg_at])  # N×1×C, the hidden state where <SEG> is the input

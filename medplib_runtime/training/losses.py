@@ -22,3 +22,9 @@ def mask_losses(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
     t = targets.flatten(1)
     dice = 1 - (2 * (p * t).sum(-1) + 1) / (p.sum(-1) + t.sum(-1) + 1)
     return bce, dice.mean()
+
+
+def routing_loss(layer_logits: list[torch.Tensor], target: int) -> torch.Tensor:
+    """Mean over layers and tokens of the router's CE towards expert ``target`` (each ``N×E`` logits)."""
+    logits = torch.cat(layer_logits).float()
+    return F.cross_entropy(logits, torch.full((logits.shape[0],), target, dtype=torch.long, device=logits.device))

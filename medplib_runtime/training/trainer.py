@@ -107,7 +107,7 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     model.sam.eval()  # the frozen SAM parts keep eval behaviour; only the trained glue is in train mode
     resolved = cfg.resolved()
     recipe = {"stages": list(history["recipe"].get("stages", [])) + [resolved]}
-    weights = LossWeights(cfg.ce_weight, resolved["bce_weight"], resolved["dice_weight"])
+    weights = LossWeights(cfg.ce_weight, resolved["bce_weight"], resolved["dice_weight"], cfg.route_supervision)
     grid = model.sam.prompt_encoder.image_embedding_size[0]
     module = TrainModule(model, weights, region_mask_fn=lambda region, emb: mask_to_model(region, emb.info,
                                                                                            grid * 4)[0, 0])
