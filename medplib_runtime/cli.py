@@ -188,7 +188,7 @@ def cmd_serve(args) -> int:
     config = ServerConfig(host=args.host, port=args.port, token=args.token or token_from_env(), preset=args.preset,
                           device=args.device, preload=args.preload, max_body_mb=args.max_body_mb,
                           request_timeout_s=args.request_timeout_s, max_queue=args.max_queue,
-                          client_cache_mb=args.client_cache_mb, total_cache_mb=args.total_cache_mb)
+                          client_cache_mb=args.client_cache_mb, total_cache_mb=args.total_cache_mb, glue=args.glue)
     return serve(config)
 
 
@@ -240,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=16, help="model requests in flight or waiting; more get 503")
     p.add_argument("--client-cache-mb", type=float, default=256.0, help="uploaded slices kept per client")
     p.add_argument("--total-cache-mb", type=float, default=1024.0, help="uploaded slices kept in all")
+    p.add_argument("--glue", default=None, metavar="FILE",
+                   help="serve this glue instead of the shipped one, e.g. a training run's adapter.safetensors")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("segment", help="box/points/region mask on one slice → label volume")

@@ -12,6 +12,7 @@ import json
 import struct
 from pathlib import Path
 
+from .errors import ModelError
 from .presets import MedPLIBConfig
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -20,7 +21,7 @@ GLUE_PARTS: dict[str, str] = {
     "region_encoder": "region mask → 1 token between <region></region>",
     "seg_projector": "<SEG> hidden state → sparse prompt token",
     "moe_experts": "2 LoRA experts (grounding, vision-language) on every LLM FFN",
-    "moe_router": "Linear → softmax, top-1",
+    "moe_router": "Linear → softmax, top-k (the recipe's; shipped: top-2)",
     "new_token_embeddings": "<SEG> <region> </region> <im_start> <im_end> ...",
 }
 # which trained parts (training/params.py names) make each glue part count as trained
@@ -34,14 +35,17 @@ def glue_path(config: MedPLIBConfig) -> Path:
 
 
 def trained_parts(path: Path) -> tuple[str, ...]:
-    """The parts a glue file's stages trained, from its safetensors header (no torch needed)."""
+    """The parts a glue file's stages trained, from its safetensors header (no torch needed);
+    ModelError naming the file when it is not a readable safetensors file (never "untrained")."""
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100_000_000:
+                raise ValueError(f"header length {n}")
             header = json.loads(f.read(n))
         return tuple(json.loads(header.get("__metadata__", {}).get("trained_parts", "[]")))
-    except (OSError, ValueError, struct.error):
-        return ()
+    except (OSError, ValueError, AttributeError, struct.error) as exc:
+        raise ModelError(f"glue file {path} is not readable safetensors: {exc}") from None
 
 
 def glue_status(config: MedPLIBConfig, path: Path | None = None) -> dict[str, tuple[str, bool]]:

@@ -141,3 +141,11 @@ def test_cli_info_reports_parts():
     assert names["pixel_encoder"] is True and names["llm"] is True
     assert set(info["untrained"]) == {n for n, t in names.items() if not t}
     assert info["versions"]["torch"].startswith("2.")
+
+
+def test_cli_info_with_a_corrupt_glue_file_says_so(capsys, tmp_path):
+    bad = tmp_path / "glue.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    code, out, err = run_main(capsys, ["info", "--glue", str(bad)])
+    assert code != 0 and not out
+    assert "not readable safetensors" in err and str(bad) in err and len(err.strip().splitlines()) == 1

@@ -215,3 +215,35 @@ def test_server_survived_everything(exposed, authed):
     assert exposed.proc.poll() is None
     assert authed.get("/v1/info").status_code == 200
     assert "Traceback" not in exposed.log()
+
+
+def test_serve_refuses_a_missing_or_corrupt_glue_in_one_line(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\xff" * 32)
+    for glue, message in ((tmp_path / "missing.safetensors", "does not exist"), (bad, "not readable safetensors")):
+        out = subprocess.run([sys.executable, "-m", "medplib_runtime.cli", "serve", "--port", "1", "--glue", str(glue)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode != 0
+        assert out.stderr.strip().count("\n") == 0 and message in out.stderr and str(glue) in out.stderr
+
+
+def test_serve_glue_is_the_glue_remote_clients_get(tmp_path):
+    """`medplib serve --glue FILE`: remote info reports that file's parts (here a copy of the shipped glue)."""
+    import shutil
+
+    from _server import ServerProcess
+
+    from medplib_runtime.glue import glue_path
+    from medplib_runtime.presets import MEDPLIB_LITE
+    from medplib_runtime.remote import RemoteRuntime
+
+    mine = tmp_path / "my-run-adapter.safetensors"
+    shutil.copy(glue_path(MEDPLIB_LITE), mine)
+    server = ServerProcess(["--preload", "none", "--glue", str(mine)]).start()
+    try:
+        runtime = RemoteRuntime(server.url)
+        parts = {p.name: p for p in runtime.info().parts}
+        runtime.close()
+        assert parts["moe_router"].trained and "my-run-adapter.safetensors" in parts["moe_router"].source
+    finally:
+        server.stop()

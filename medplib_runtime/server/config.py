@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from pathlib import Path
 from dataclasses import dataclass
 
 from ..errors import InputError
@@ -27,6 +28,7 @@ class ServerConfig:
     total_cache_mb: float = 1024.0  # uploaded slices kept in all (LRU)
     embedding_cache_mb: int = 1024  # slice embeddings (4 MB each for LiteMedSAM)
     max_new_tokens: int = 512  # cap on one answer
+    glue: str | None = None  # a glue file instead of the preset's shipped one (e.g. a training run's adapter)
 
     def __post_init__(self) -> None:
         if self.token is not None and len(self.token) < 8:
@@ -38,6 +40,12 @@ class ServerConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be positive")
         if self.max_queue < 1:
             raise InputError("--max-queue must be at least 1")
+        if self.glue is not None:  # refuse a missing or unreadable glue before any model work
+            from ..glue import trained_parts
+
+            if not os.path.isfile(self.glue):
+                raise InputError(f"glue file {self.glue} does not exist")
+            trained_parts(Path(self.glue))
 
 
 def is_loopback(host: str) -> bool:
