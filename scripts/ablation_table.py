@@ -26,15 +26,15 @@ def main(root: str, split: str) -> None:
         ffn = "dense (expert %d)" % cfg["dense_expert"] if cfg.get("dense_expert") is not None else "MoE"
         rows.append((run.name, ffn, cfg["top_k"] if ffn == "MoE" else "–",
                      cfg["capacity_factor"] if ffn == "MoE" else "–", cfg.get("route_supervision", 0.0) or "–",
-                     mean("ce"),
+                     (cfg.get("router_lr") or "–") if ffn == "MoE" else "–", mean("ce"),
                      "/".join(f"{s:.2f}" for s in log[-1].get("routing", [])), overall["mdice"], overall["accuracy"],
                      overall["f1"], region.get("named", 0.0)))
-    print("| run | FFN | top-k | capacity (train) | routing loss weight | text loss (last 3 steps) "
+    print("| run | FFN | top-k | capacity (train) | routing loss weight | router lr | text loss (last 3 steps) "
           "| tokens per expert (ground/VL) | mDice | closed acc | open F1 | region named |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]:.3f} | {r[6]} | {r[7]:.3f} | {r[8]:.3f} "
-              f"| {r[9]:.3f} | {r[10]:.3f} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} | {r[6]:.3f} | {r[7]} | {r[8]:.3f} "
+              f"| {r[9]:.3f} | {r[10]:.3f} | {r[11]:.3f} |")
 
 
 if __name__ == "__main__":

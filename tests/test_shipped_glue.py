@@ -2,7 +2,7 @@
 and the default model answers "Segment the lesion." on brain1 (held out of training) with a mask.
 
 How good that mask is, is measured by `medplib eval` (docs/training.md): on brain1 it is not good
-yet (mDice 0.006), so this test checks the path, not the quality."""
+yet (mDice 0.146), so this test checks the path, not the quality."""
 
 from __future__ import annotations
 
@@ -24,9 +24,12 @@ def test_the_glue_ships_with_its_recipe():
             "new_token_rows"} <= set(trained_parts(GLUE))
     stages = read_glue_metadata(GLUE)["recipe"]["stages"]
     assert [s["stage"] for s in stages] == [1, 2, 3, 4]
-    assert all(s["seed"] == 0 for s in stages) and stages[-1]["top_k"] == 1 and stages[-1]["capacity_factor"] == 2.0
-    assert stages[2]["question_types"] == ["G"]
-    cases = json.loads((ASSETS.parent.parent / "configs" / "data" / "default_glue_cases.json").read_text())
+    assert all(s["seed"] == 0 for s in stages)
+    configs = ASSETS.parent.parent / "configs"
+    for stage in stages:  # the shipped file is what the recipe in configs/ makes
+        recipe = json.loads((configs / "training" / "default_glue" / f"stage{stage['stage']}.json").read_text())
+        assert {k: stage[k] for k in recipe} == recipe
+    cases = json.loads((configs / "data" / "default_glue_cases.json").read_text())
     assert next(c for c in cases if c["id"] == "brain1")["split"] == "test", "brain1 is held out"
 
 

@@ -27,7 +27,8 @@ def greedy_generate(llm, inputs_embeds: torch.Tensor, *, max_new_tokens: int, st
                     suppress_ids: tuple[int, ...] = ()) -> GenerationOutput:
     """``inputs_embeds`` ``1×T×D`` → greedy continuation, stopping at any of ``stop_ids``.
 
-    ``suppress_ids`` are never emitted (input-only placeholders such as ``<image>``).
+    ``suppress_ids`` are never emitted (input-only placeholders such as ``<image>``); a stop token
+    is not allowed as the first token (HF's ``min_new_tokens=1``): an empty answer tells a user nothing.
     """
     import time
 
@@ -46,6 +47,8 @@ def greedy_generate(llm, inputs_embeds: torch.Tensor, *, max_new_tokens: int, st
     for step in range(max_new_tokens):
         if len(suppress_ids):
             logits[..., suppress] = float("-inf")
+        if step == 0 and stop_ids:  # an answer has at least one token (HF's min_new_tokens=1)
+            logits[..., torch.tensor(sorted(stop_ids), dtype=torch.long)] = float("-inf")
         token = int(logits.argmax(-1))
         tokens.append(token)
         if on_token is not None:

@@ -1,0 +1,29 @@
+"""Greedy generation: an answer never ends before its first token (HF's ``min_new_tokens=1``)."""
+
+from __future__ import annotations
+
+import torch
+
+from medplib_runtime.modeling.generation import greedy_generate
+
+
+def _tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@torch.inference_mode()
+def test_the_first_token_is_never_a_stop_token():
+    llm = _tiny_llama()
+    embeds = llm.get_input_embeddings()(torch.tensor([[1, 5, 9, 12]]))
+    free = greedy_generate(llm, embeds, max_new_tokens=4, stop_ids=set())
+    first = free.token_ids[0]
+    # the token greedy decoding would start with is a stop token: the answer still gets a first token
+    out = greedy_generate(llm, embeds, max_new_tokens=4, stop_ids={first})
+    assert out.token_ids[0] != first and len(out.token_ids) >= 1
+    later = [i for i, t in enumerate(out.token_ids) if t == first]
+    assert later in ([], [len(out.token_ids) - 1])  # later on, the stop token still ends the answer
