@@ -21,7 +21,7 @@ GLUE_PARTS: dict[str, str] = {
     "region_encoder": "region mask → 1 token between <region></region>",
     "seg_projector": "<SEG> hidden state → sparse prompt token",
     "moe_experts": "2 LoRA experts (grounding, vision-language) on every LLM FFN",
-    "moe_router": "Linear → softmax, top-k (the recipe's; shipped: top-2)",
+    "moe_router": "Linear → softmax, top-k routing (k from the glue's recipe; shipped: 2)",
     "new_token_embeddings": "<SEG> <region> </region> <im_start> <im_end> ...",
 }
 # which trained parts (training/params.py names) make each glue part count as trained

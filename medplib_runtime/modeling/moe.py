@@ -213,14 +213,13 @@ class MoEFeedForward(nn.Module):
         gate, up = base.gate_proj(flat), base.up_proj(flat)
         mixed_h = None
         delta_out = None
-        x_lora = flat
         for e in range(e_count):
             lora = self.experts[e]
             g, u = gate, up
             if lora.gate_proj is not None:
-                g = g + lora.gate_proj(x_lora)
+                g = g + lora.gate_proj(flat)
             if lora.up_proj is not None:
-                u = u + lora.up_proj(x_lora)
+                u = u + lora.up_proj(flat)
             h = F.silu(g) * u
             c = combine[:, e:e + 1]
             mixed_h = h * c if mixed_h is None else mixed_h + h * c

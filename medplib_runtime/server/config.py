@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import InputError
 
@@ -43,7 +43,7 @@ class ServerConfig:
         if self.glue is not None:  # refuse a missing or unreadable glue before any model work
             from ..glue import trained_parts
 
-            if not os.path.isfile(self.glue):
+            if not Path(self.glue).is_file():
                 raise InputError(f"glue file {self.glue} does not exist")
             trained_parts(Path(self.glue))
 
