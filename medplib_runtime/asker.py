@@ -14,6 +14,7 @@ from .conversation import build_prompt
 from .glue import GLUE_PARTS, glue_status
 from .imaging.transforms import mask_to_model
 from .modeling.generation import greedy_generate
+from .modeling.ground_head import box_from_heat
 from .modeling.medplib import MedPLIB, build_medplib
 from .modeling.moe import RoutingRecorder
 from .presets import EXPERT_NAMES, IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, MedPLIBConfig
@@ -31,7 +32,8 @@ class Asker:
         self.tokenizer = model.tokenizer
         self.seg_id = model.token_ids["<SEG>"]
         self.stop_ids = {i for i in (self.tokenizer.eos_token_id,) if i is not None}
-        status = glue_status(model.cfg, model.glue_file) if model.glue_file else dict.fromkeys(GLUE_PARTS, ("", False))
+        parts = [n for n in GLUE_PARTS if n != "ground_head" or model.cfg.grounding == "box"]
+        status = glue_status(model.cfg, model.glue_file) if model.glue_file else dict.fromkeys(parts, ("", False))
         self.untrained = tuple(n for n, (_, ok) in status.items() if not ok)
         # input-only tokens the model must never emit
         self.suppress_ids = tuple(model.token_ids[t] for t in INPUT_ONLY_TOKENS)
@@ -79,6 +81,7 @@ class Asker:
 
         return on_token
 
+    @torch.inference_mode()
     def masks_for(self, token_ids: tuple[int, ...], hidden: torch.Tensor, embedding: Embedding,
                   threshold: float) -> tuple[np.ndarray, ...]:
         """One full-resolution mask per ``<SEG>`` in ``token_ids``, in order."""
@@ -86,7 +89,13 @@ class Asker:
         if not where:
             return ()
         tokens = self.model.seg_tokens(hidden[where])
-        logits, _ = self.segmenter.decode_tokens(embedding, tokens)
+        if self.model.grounds_by_box:  # the heat map's blob → a box → the frozen decoder's own prompt
+            heat = self.model.ground_head(tokens, embedding.image_embedding)
+            size = self.segmenter.image_size
+            boxes = np.stack([box_from_heat(h[0], model_size=size, valid_hw=embedding.info.resized) for h in heat])
+            logits, _ = self.segmenter.decode_boxes(embedding, boxes)
+        else:
+            logits, _ = self.segmenter.decode_tokens(embedding, tokens)
         return tuple(self.segmenter.to_mask(logits[i:i + 1], embedding, threshold) for i in range(len(where)))
 
     def region_mask(self, region: Prompt, embedding: Embedding) -> torch.Tensor:

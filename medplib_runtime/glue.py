@@ -19,14 +19,15 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 GLUE_PARTS: dict[str, str] = {
     "vision_projector": "2-layer MLP+GELU, features → LLM tokens",
     "region_encoder": "region mask → 1 token between <region></region>",
-    "seg_projector": "<SEG> hidden state → sparse prompt token",
+    "seg_projector": "<SEG> hidden state → prompt token (lite: the ground head's query)",
+    "ground_head": "lite: <SEG> query × pixel embedding → heat map → box prompt for LiteMedSAM",
     "moe_experts": "2 LoRA experts (grounding, vision-language) on every LLM FFN",
     "moe_router": "Linear → softmax, top-k routing (k from the glue's recipe; shipped: 2)",
     "new_token_embeddings": "<SEG> <region> </region> <im_start> <im_end> ...",
 }
 # which trained parts (training/params.py names) make each glue part count as trained
 _NEEDS = {"vision_projector": ("vision_projector",), "region_encoder": ("region_encoder",),
-          "seg_projector": ("seg_projector",), "moe_experts": ("expert_ground", "expert_vl"),
+          "seg_projector": ("seg_projector",), "ground_head": ("ground_head",), "moe_experts": ("expert_ground", "expert_vl"),
           "moe_router": ("router",), "new_token_embeddings": ("new_token_rows",)}
 
 
@@ -54,7 +55,11 @@ def glue_status(config: MedPLIBConfig, path: Path | None = None) -> dict[str, tu
     done = set(trained_parts(path)) if path.is_file() else set()
     out = {}
     for name, desc in GLUE_PARTS.items():
+        if name == "ground_head" and config.grounding != "box":
+            continue
         ok = all(p in done for p in _NEEDS[name])
         source = f"trained, {path.name}" if ok else "random init (seed 0): not trained yet"
+        if name == "ground_head" and not ok and "seg_projector" in done:  # a glue from before the head
+            ok, source = True, f"not in {path.name}: <SEG> masks take MedPLIB's token path"
         out[name] = (f"{desc}; {source}", ok)
     return out

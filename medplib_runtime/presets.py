@@ -64,6 +64,10 @@ class MedPLIBConfig:
     # region encoder: sample ≤ this many positions inside the region mask
     region_max_samples: int = 512
     moe: MoEConfig = field(default_factory=MoEConfig)
+    # how a <SEG> becomes a mask: "token" (MedPLIB: its projection is a sparse prompt token for the
+    # decoder) or "box" (ours: its projection queries the pixel embedding for a heat map whose blob's
+    # box prompts the frozen LiteMedSAM decoder; modeling/ground_head.py)
+    grounding: str = "token"
     mask_threshold: float = 0.1  # on sigmoid(logit); MedPLIB used 0.1 too; measured best of 0.1/0.3/0.5 (README)
     system_prompt: str = SYSTEM_PROMPT
     # where the weights come from (human-readable; shown by `medplib info`)
@@ -75,6 +79,7 @@ class MedPLIBConfig:
 
 MEDPLIB_LITE = MedPLIBConfig(
     preset="medplib-lite",
+    grounding="box",
     vision_tower="litemedsam-tinyvit",
     vision_image_size=256,
     vision_feature_dim=256,

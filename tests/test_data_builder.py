@@ -91,12 +91,17 @@ def test_facts_match_the_labels(built, phantoms):
                 _, masks = load_masks(rec, out, labels.shape[1:])
                 for name, mask in zip(rec.extra["targets"], masks):
                     assert np.array_equal(mask, labels[k] == ids[name])
+            elif topic == "describe":  # exactly the structures on the slice, in label order
+                on_slice = [case.labels[v] for v in sorted(case.labels) if (labels[k] == v).any()]
+                assert f["names"] == on_slice
+                assert answer.startswith(f"An axial {'CT' if case.modality == 'CT' else 'MRI'} slice of the ")
+                assert all(f"the {n}" in answer for n in on_slice) and ("no labelled" in answer) == (not on_slice)
             elif topic == "what":
                 _, region = rec.turns[0], load_masks(rec, out, labels.shape[1:])[0]
                 name = f["name"]
                 assert name in answer and (region & (labels[k] == ids[name])).any()
             checked.add(topic)
-    assert {"volume", "area", "presence", "segment", "what"} <= checked
+    assert {"volume", "area", "presence", "segment", "what", "describe"} <= checked
 
 
 def test_deterministic_for_a_seed(phantoms, tmp_path):

@@ -18,9 +18,9 @@ EXPECTED = {  # parameter-name prefixes each stage may change
     1: ("vision_projector.",),
     2: ("vision_projector.", "region_encoder.", "llm.model.layers.0.mlp.experts.1.", "llm.model.layers.1.mlp.experts.1.",
         "llm.model.embed_tokens.weight"),
-    3: ("seg_projector.", "llm.model.layers.0.mlp.experts.0.", "llm.model.layers.1.mlp.experts.0.",
+    3: ("seg_projector.", "ground_head.", "llm.model.layers.0.mlp.experts.0.", "llm.model.layers.1.mlp.experts.0.",
         "llm.model.embed_tokens.weight"),
-    4: ("seg_projector.", "region_encoder.", "llm.model.layers.0.mlp.router.", "llm.model.layers.1.mlp.router.",
+    4: ("seg_projector.", "ground_head.", "region_encoder.", "llm.model.layers.0.mlp.router.", "llm.model.layers.1.mlp.router.",
         "llm.model.embed_tokens.weight"),
 }
 

@@ -51,9 +51,14 @@ def modality_word(modality: str) -> str:
 
 # ------------------------------------------------------------------------------------------ G
 
+# Many phrasings per request, so a chat user's own wording is in distribution (a model trained on
+# one phrasing per fact answers anything else with "<SEG>.").
 _G_Q = ("Segment the {n}.", "Please segment the {n} in this image.", "Can you segment the {n}?",
         "Where is the {n}? Please output the segmentation mask.", "Show me the {n}.",
-        "Outline the {n} on this {m} slice.", "Could you highlight the {n}?")
+        "Outline the {n} on this {m} slice.", "Could you highlight the {n}?", "Find the {n}.",
+        "Where is the {n}?", "Mark the {n} in this {m} image.", "Please delineate the {n}.",
+        "Give me a mask of the {n}.", "Locate the {n} and segment it.", "segment {n}",
+        "I need the {n} outlined on this slice.", "Can you show where the {n} is?")
 _G_A = ("Sure, it is <SEG>.", "Sure, the segmentation result is <SEG>.", "Here is the {n}: <SEG>.", "<SEG>.",
         "The {n} is <SEG>.")
 
@@ -75,10 +80,14 @@ def grounding_multi(rng, labels: tuple[SliceLabelFacts, ...]) -> QA:
 # ------------------------------------------------------------------------------------------ R
 
 _R_WHAT = ("What is the structure in {region}?", "What does the region {region} show?",
-           "Which structure is marked by {region}?", "Identify the structure in {region}.")
+           "Which structure is marked by {region}?", "Identify the structure in {region}.",
+           "What is this {region}?", "What is in {region}?", "Name the structure in {region}.",
+           "What have I marked here: {region}?", "Can you tell what {region} contains?")
 _R_WHAT_A = ("The {n}.", "It is the {n}.", "This region shows the {n}.", "{n}")
-_R_WHERE = ("Where is the structure in {region} located?", "On which side of the patient is {region}?")
-_R_SIZE = ("How large is the structure in {region}?", "What is the size of the structure in {region}?")
+_R_WHERE = ("Where is the structure in {region} located?", "On which side of the patient is {region}?",
+            "Which side is {region} on?", "Where is {region}?")
+_R_SIZE = ("How large is the structure in {region}?", "What is the size of the structure in {region}?",
+           "How big is {region}?", "Measure the structure in {region}.")
 
 
 def region_what(rng, name: str) -> QA:
@@ -87,7 +96,8 @@ def region_what(rng, name: str) -> QA:
 
 def region_is(rng, asked: str, truth: str | None) -> QA:
     """Closed: is the marked region (part of) ``asked``? ``truth`` None = background region."""
-    q = _pick(rng, ("Is the region {region} part of the {n}?", "Does {region} mark the {n}?")).replace("{n}", asked)
+    q = _pick(rng, ("Is the region {region} part of the {n}?", "Does {region} mark the {n}?",
+                    "Is {region} the {n}?", "Is the {n} inside {region}?")).replace("{n}", asked)
     return QA("R", "closed", "is", q, "yes" if truth == asked else "no", facts={"asked": asked, "truth": truth})
 
 
@@ -118,45 +128,76 @@ def complex_questions(rng, vf: VolumeFacts, present: tuple[SliceLabelFacts, ...]
     asked = _pick(rng, (mod, "MRI" if mod == "CT" else "CT"))
     out = [
         QA("C", "open", "modality", _pick(rng, ("What imaging modality is used?", "What kind of scan is this?",
-                                                 "Which modality was used to acquire this image?")), mod,
+                                                 "Which modality was used to acquire this image?",
+                                                 "What type of image is this?", "Is this a CT or an MRI?")), mod,
            facts={"modality": vf.modality}),
-        QA("C", "closed", "modality", f"Is this {_article(asked)} {asked} image?", "yes" if asked == mod else "no",
+        QA("C", "closed", "modality", _pick(rng, ("Is this {a} {x} image?", "Was this acquired with {x}?",
+                                                   "Is this slice from {a} {x} scan?")).format(a=_article(asked), x=asked),
+           "yes" if asked == mod else "no",
            facts={"asked": asked, "modality": mod}),
         QA("C", "open", "body_region", _pick(rng, ("Which part of the body is shown?",
-                                                    "Which body region does this image show?")), vf.body_region,
+                                                    "Which body region does this image show?",
+                                                    "What body part is this?", "Which organ or region is imaged?")),
+           vf.body_region,
            facts={"body_region": vf.body_region}),
         QA("C", "closed", "plane", _pick(rng, ("Is this an axial, coronal or sagittal slice?",
-                                                "In which plane is this slice?")), vf.plane, facts={"plane": vf.plane}),
+                                                "In which plane is this slice?", "What is the slice orientation?")),
+           vf.plane, facts={"plane": vf.plane}),
+        describe(rng, vf, present),
     ]
     if present:
         names = ", ".join(lab.name for lab in present)
         out.append(QA("C", "open", "structures", _pick(rng, ("Which labelled structures are visible on this slice?",
-                                                              "What structures are present in this image?")),
+                                                              "What structures are present in this image?",
+                                                              "What can you see on this slice?",
+                                                              "Which findings are on this slice?")),
                       names, facts={"names": [lab.name for lab in present]}))
     for lab in present:
         out += _label_questions(rng, vf, lab)
     for name in absent:
-        out.append(QA("C", "closed", "presence", f"Is there a {name} on this slice?", "no", facts={"name": name}))
+        out.append(QA("C", "closed", "presence", _pick(rng, _PRESENCE).format(n=name), "no", facts={"name": name}))
     return out
+
+
+_PRESENCE = ("Is there a {n} on this slice?", "Does this slice show a {n}?", "Can you see a {n} in this image?",
+             "Is a {n} visible here?")
+
+
+def describe(rng, vf: VolumeFacts, present: tuple[SliceLabelFacts, ...]) -> QA:
+    """Open: a one-sentence description from the header and the labels ("What is shown in this image?")."""
+    mod = modality_word(vf.modality)
+    names = [lab.name for lab in present]
+    shows = (" showing the " + ", the ".join(names[:-1]) + (" and the " if len(names) > 1 else "") + names[-1]
+             if names else " with no labelled structure")
+    answer = f"{_article(vf.plane).capitalize()} {vf.plane} {mod} slice of the {vf.body_region}{shows}."
+    q = _pick(rng, ("What is shown in this image?", "Describe this image.", "What do you see?",
+                    "Can you describe this slice?", "What is this?"))
+    return QA("C", "open", "describe", q, answer, facts={"modality": vf.modality, "plane": vf.plane,
+                                                         "body_region": vf.body_region, "names": names})
 
 
 def _label_questions(rng, vf: VolumeFacts, lab: SliceLabelFacts) -> list[QA]:
     n = lab.name
     side = lab.laterality
     qs = [
-        QA("C", "closed", "presence", f"Is there a {n} on this slice?", "yes", facts={"name": n}),
-        QA("C", "open", "count", f"How many separate {n} regions are visible on this slice?",
+        QA("C", "closed", "presence", _pick(rng, _PRESENCE).format(n=n), "yes", facts={"name": n}),
+        QA("C", "open", "count", _pick(rng, (f"How many separate {n} regions are visible on this slice?",
+                                             f"How many {n} regions are there on this slice?")),
            str(len(lab.components)), facts={"name": n, "components": len(lab.components)}),
         QA("C", "closed", "laterality", _pick(rng, (f"On which side of the patient is the {n} on this slice?",
-                                                     f"Is the {n} on the patient's left or right side?")),
+                                                     f"Is the {n} on the patient's left or right side?",
+                                                     f"Which side is the {n} on?")),
            side, facts={"name": n, "laterality": side}),
-        QA("C", "open", "area", f"What is the area of the {n} on this slice?", f"{lab.area_mm2:.1f} mm²",
+        QA("C", "open", "area", _pick(rng, (f"What is the area of the {n} on this slice?",
+                                            f"How large is the {n} on this slice?")), f"{lab.area_mm2:.1f} mm²",
            facts={"name": n, "pixels": lab.pixels, "area_mm2": lab.area_mm2}),
-        QA("C", "open", "diameter", f"What is the largest diameter of the {n} on this slice?",
+        QA("C", "open", "diameter", _pick(rng, (f"What is the largest diameter of the {n} on this slice?",
+                                                f"How wide is the {n} at most on this slice?")),
            f"{lab.diameter_mm:.1f} mm", facts={"name": n, "diameter_mm": lab.diameter_mm}),
     ]
     whole = vf.by_name(n)
-    qs.append(QA("C", "open", "volume", f"What is the volume of the {n} in the whole scan?",
+    qs.append(QA("C", "open", "volume", _pick(rng, (f"What is the volume of the {n} in the whole scan?",
+                                                    f"How many mL is the {n} in the whole scan?")),
                  f"{whole.volume_ml:.2f} mL", facts={"name": n, "voxels": whole.voxels, "volume_ml": whole.volume_ml,
                                                     "scope": "volume"}))
     if lab.intensity_unit == "HU":

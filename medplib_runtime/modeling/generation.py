@@ -21,6 +21,13 @@ class GenerationOutput:
     decode_s: float
 
 
+def _cache_keyword(body) -> str:
+    """Newer transformers (5.24 here) name the KV cache argument ``cache``; ``past_key_values`` warns there."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def greedy_generate(llm, inputs_embeds: torch.Tensor, *, max_new_tokens: int, stop_ids: set[int],
                     on_token: Callable[[int], None] | None = None,
@@ -35,9 +42,9 @@ def greedy_generate(llm, inputs_embeds: torch.Tensor, *, max_new_tokens: int, st
     from transformers import DynamicCache
 
     body, head = llm.model, llm.lm_head
-    cache = DynamicCache()
+    cache = {_cache_keyword(body): DynamicCache(), "use_cache": True}
     t0 = time.perf_counter()
-    out = body(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True)
+    out = body(inputs_embeds=inputs_embeds, **cache)
     logits = head(out.last_hidden_state[:, -1])
     t1 = time.perf_counter()
     tokens: list[int] = []
@@ -55,7 +62,7 @@ def greedy_generate(llm, inputs_embeds: torch.Tensor, *, max_new_tokens: int, st
             on_token(token)
         # feed it back: its output state is "the hidden state at this token" (needed for <SEG>)
         last = token in stop_ids or step == max_new_tokens - 1
-        out = body(inputs_embeds=embed(torch.tensor([[token]])), past_key_values=cache, use_cache=True)
+        out = body(inputs_embeds=embed(torch.tensor([[token]])), **cache)
         hidden.append(out.last_hidden_state[0, -1])
         if last:
             break

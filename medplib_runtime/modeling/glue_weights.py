@@ -1,7 +1,8 @@
 """The glue's weights as one small safetensors file: only what our training changes, never the
 base weights (LiteMedSAM's encoder, SmolLM2's layers) the pip packages already ship.
 
-Keys: ``vision_projector.*``, ``region_encoder.*``, ``seg_projector.*``, ``moe.{layer}.router.weight``,
+Keys: ``vision_projector.*``, ``region_encoder.*``, ``seg_projector.*``, ``ground_head.*`` (optional: files
+from before it existed load without it), ``moe.{layer}.router.weight``,
 ``moe.{layer}.experts.{e}.{proj}.lora_A|lora_B``, ``new_token_rows`` (``n_new×D``: the rows of the
 added tokens in the tied embedding / LM head), and optionally ``mask_decoder.*``. The metadata
 names the preset, the added tokens, which parts were trained, and the recipe.
@@ -17,14 +18,14 @@ import torch
 from ..errors import ModelError
 
 FORMAT = "medplib-glue/1"
+OPTIONAL = ("ground_head.",)  # parts newer than the format: a file without them loads, the part stays untrained
 
 
 def glue_state(model) -> dict[str, torch.Tensor]:
     """Every glue tensor of ``model`` (a MedPLIB), detached and contiguous, by file key. Tensors
     sharded by FSDP2 (DTensors) are gathered whole: then every process must call this."""
     out: dict[str, torch.Tensor] = {}
-    for name, module in (("vision_projector", model.vision_projector), ("region_encoder", model.region_encoder),
-                         ("seg_projector", model.seg_projector)):
+    for name, module in _modules(model):
         for key, value in module.state_dict().items():
             out[f"{name}.{key}"] = value
     for i, moe in enumerate(model.moe):
@@ -34,6 +35,11 @@ def glue_state(model) -> dict[str, torch.Tensor]:
                 out[f"moe.{i}.experts.{e}.{key}"] = value
     out["new_token_rows"] = _whole(model.llm.get_input_embeddings().weight)[first_new_row(model):]
     return {k: _whole(v).detach().contiguous().clone() for k, v in out.items()}
+
+
+def _modules(model) -> tuple[tuple[str, torch.nn.Module], ...]:
+    return (("vision_projector", model.vision_projector), ("region_encoder", model.region_encoder),
+            ("seg_projector", model.seg_projector), ("ground_head", model.ground_head))
 
 
 def _whole(t: torch.Tensor) -> torch.Tensor:
@@ -94,7 +100,7 @@ def load_glue(model, path: str | Path) -> dict:
         raise ModelError(f"glue file {path} was trained with other added tokens ({meta['tokens']})")
     state = load_file(str(path))
     current = glue_state(model)
-    missing = sorted(set(current) - set(state))
+    missing = sorted(k for k in set(current) - set(state) if not k.startswith(OPTIONAL))
     if missing:
         raise ModelError(f"glue file {path} lacks {missing[:3]}… (another preset or an older format)")
     for key, value in state.items():
@@ -102,9 +108,12 @@ def load_glue(model, path: str | Path) -> dict:
             continue
         if key not in current or current[key].shape != value.shape:
             raise ModelError(f"glue file {path}: {key} does not fit this model")
-    for name, module in (("vision_projector", model.vision_projector), ("region_encoder", model.region_encoder),
-                         ("seg_projector", model.seg_projector)):
-        module.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
+    for name, module in _modules(model):
+        part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+        if part or not (name + ".").startswith(OPTIONAL):
+            module.load_state_dict(part)
+    model.ground_head_trained = ("ground_head" in meta["trained_parts"]
+                                 and any(k.startswith("ground_head.") for k in state))
     for i, moe in enumerate(model.moe):
         moe.router.weight.copy_(state[f"moe.{i}.router.weight"])
         for e, expert in enumerate(moe.experts):

@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import ModelError
 from ..presets import IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, SPECIAL_TOKENS, MedPLIBConfig
 from .litemedsam import SamParts, build_litemedsam, build_sam_decoder
+from .ground_head import GroundHead
 from .moe import install_moe
 from .projector import VisionProjector
 from .region_encoder import RegionEncoder
@@ -43,6 +44,8 @@ class MedPLIB(nn.Module):
         self.region_encoder = RegionEncoder(cfg.prompt_embed_dim, cfg.llm_hidden, max_samples=cfg.region_max_samples)
         self.seg_projector = SegProjector(cfg.llm_hidden, cfg.prompt_embed_dim)
         self.moe = install_moe(llm, cfg.moe)
+        self.ground_head = GroundHead(cfg.prompt_embed_dim)  # built last: the other parts' init is unchanged
+        self.ground_head_trained = False  # set by load_glue; until then <SEG> masks take the token path
 
     @property
     def n_image_tokens(self) -> int:
@@ -77,6 +80,11 @@ class MedPLIB(nn.Module):
     def seg_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
         """``N×D`` hidden states at ``<SEG>`` positions → ``N×1×C`` sparse prompt tokens."""
         return self.seg_projector(hidden)
+
+    @property
+    def grounds_by_box(self) -> bool:
+        """Whether ``<SEG>`` masks come from the ground head's box (the preset's choice, once trained)."""
+        return self.cfg.grounding == "box" and self.ground_head_trained
 
 
 def _fill(embeds: torch.Tensor, where: torch.Tensor, values: torch.Tensor, name: str) -> torch.Tensor:

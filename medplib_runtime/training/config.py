@@ -31,9 +31,9 @@ STAGES: dict[int, StageSpec] = {
     1: StageSpec(1, "alignment", ("vision_projector",), STAGE_EXPERT[1], 1e-3, 0.0, 0.0),
     2: StageSpec(2, "vision-language expert", ("vision_projector", "region_encoder", "expert_vl", "new_token_rows"),
                  STAGE_EXPERT[2], 1e-4, 0.0, 0.0),
-    3: StageSpec(3, "grounding expert", ("expert_ground", "seg_projector", "new_token_rows"), STAGE_EXPERT[3], 3e-4,
-                 1.0, 5.0),
-    4: StageSpec(4, "MoE adaptation", ("router", "seg_projector", "region_encoder", "new_token_rows"),
+    3: StageSpec(3, "grounding expert", ("expert_ground", "seg_projector", "ground_head", "new_token_rows"),
+                 STAGE_EXPERT[3], 3e-4, 1.0, 5.0),
+    4: StageSpec(4, "MoE adaptation", ("router", "seg_projector", "ground_head", "region_encoder", "new_token_rows"),
                  STAGE_EXPERT[4], 3e-4, 2.0, 0.5),
 }
 
@@ -108,6 +108,8 @@ class TrainConfig:
             parts += ["expert_ground", "expert_vl"]
         if self.forced_expert is not None and "router" in parts:  # a dense run never uses the router
             parts.remove("router")
+        if "ground_head" in parts and not _grounds_by_box(self.preset):  # MedPLIB's token path has no head
+            parts.remove("ground_head")
         return tuple(dict.fromkeys(parts))
 
     def resolved(self) -> dict:
@@ -117,6 +119,12 @@ class TrainConfig:
                    else self.bce_weight, dice_weight=self.spec.dice_weight if self.dice_weight is None
                    else self.dice_weight, trains=list(self.trains), stage_name=self.spec.name)
         return out
+
+
+def _grounds_by_box(preset: str) -> bool:
+    from ..presets import PRESETS
+
+    return preset not in PRESETS or PRESETS[preset].grounding == "box"
 
 
 def load_config(path: str | Path, **overrides) -> TrainConfig:

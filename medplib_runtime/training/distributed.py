@@ -26,7 +26,7 @@ def wrap(module: nn.Module, mode: str, trains: tuple[str, ...], chosen: list, wo
         return module, chosen
     if mode == "ddp":
         # parts fed by only some examples (a region, a <SEG>) may get no gradient in a step
-        unused = any(p in trains for p in ("region_encoder", "seg_projector", "mask_decoder"))
+        unused = any(p in trains for p in ("region_encoder", "seg_projector", "ground_head", "mask_decoder"))
         return nn.parallel.DistributedDataParallel(module, find_unused_parameters=unused), chosen
     from torch.distributed.fsdp import fully_shard
 

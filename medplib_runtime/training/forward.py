@@ -1,6 +1,6 @@
 """One example through MedPLIB with gradients: the same path as ``Asker.ask`` (image tokens,
 region token, placeholders filled with ``masked_scatter``, the LLM, ``<SEG>`` hidden states →
-seg projector → mask decoder), teacher-forced, returning the weighted loss and its parts.
+seg projector → mask decoder, or the lite preset's ground head's heat map), teacher-forced, returning the weighted loss and its parts.
 
 Wrapped in an ``nn.Module`` so DDP can wrap it (its parameters are the model's).
 """
@@ -57,7 +57,10 @@ class TrainModule(nn.Module):
         seg_at = ((example.input_ids[0] == self.seg_id) & (example.labels[0] != -100)).nonzero()[:, 0]
         if len(seg_at) and (self.weights.bce or self.weights.dice):
             tokens = m.seg_tokens(hidden[0, seg_at])  # N×1×C, the hidden state where <SEG> is the input
-            logits = self._decode(pixel, tokens)  # N×1×L×L
+            if m.cfg.grounding == "box":  # the heat map is what is learnt; its box prompts the frozen decoder
+                logits = m.ground_head(tokens, pixel)  # N×1×g×g
+            else:
+                logits = self._decode(pixel, tokens)  # N×1×L×L
             targets = torch.cat([mask_to_model(mask, embedding.info, logits.shape[-1]) for mask in example.masks])
             bce, dice = mask_losses(logits, (targets > 0.5).to(logits.dtype))
             loss = loss + self.weights.bce * bce + self.weights.dice * dice

@@ -2,7 +2,7 @@
 
 Part names (TrainConfig.trains): ``vision_projector``, ``region_encoder``, ``seg_projector``,
 ``expert_ground`` (expert 0's LoRA in every layer), ``expert_vl`` (expert 1's), ``router``,
-``new_token_rows`` (only the added tokens' rows of the tied embedding / LM head: a gradient
+``ground_head`` (the <SEG> query's heat-map keys), ``new_token_rows`` (only the added tokens' rows of the tied embedding / LM head: a gradient
 hook zeroes the other rows, and the embedding gets no weight decay, so Adam leaves them
 exactly as they were), ``mask_decoder``.
 """
@@ -16,13 +16,13 @@ from ..errors import InputError
 from ..modeling.glue_weights import first_new_row
 from ..modeling.moe import force_expert
 
-PARTS = ("vision_projector", "region_encoder", "seg_projector", "expert_ground", "expert_vl", "router",
-         "new_token_rows", "mask_decoder")
+PARTS = ("vision_projector", "region_encoder", "seg_projector", "ground_head", "expert_ground", "expert_vl",
+         "router", "new_token_rows", "mask_decoder")
 
 
 def part_parameters(model, part: str) -> list[tuple[str, nn.Parameter]]:
     """(qualified name, parameter) of one glue part of a MedPLIB ``model``."""
-    if part in ("vision_projector", "region_encoder", "seg_projector"):
+    if part in ("vision_projector", "region_encoder", "seg_projector", "ground_head"):
         return [(f"{part}.{n}", p) for n, p in getattr(model, part).named_parameters()]
     if part in ("expert_ground", "expert_vl"):
         e = 0 if part == "expert_ground" else 1

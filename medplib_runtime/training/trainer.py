@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +76,9 @@ class _Embedder:
     def __call__(self, sample: TrainSample):
         key = id(sample.image)
         if key not in self.cache:
-            self.cache[key] = self.segmenter.embed(sample.image)
+            emb = self.segmenter.embed(sample.image)  # made under inference_mode: autograd may not save it,
+            # and the ground head's key convolution must (its weights learn from the embedding)
+            self.cache[key] = replace(emb, image_embedding=emb.image_embedding.clone())
         return self.cache[key]
 
 

@@ -1,0 +1,61 @@
+"""``<SEG>`` → where: a heat map over the pixel embedding, and the box LiteMedSAM is prompted with.
+
+Ours, not MedPLIB's. MedPLIB hands the ``<SEG>`` projection to SAM's decoder as a sparse prompt token
+and fine-tunes the decoder for it. The lite preset keeps LiteMedSAM's decoder frozen (box prompts stay
+pure LiteMedSAM), and a frozen decoder does not know what to do with a token it was never trained
+on: text → mask Dice stayed near 0.26 on held-out volumes. So the ``<SEG>`` projection is used as a
+*query* instead: its dot product with a learned key of every position of the 64×64 pixel embedding
+gives a heat map (trained with BCE + Dice against the target mask at that grid). The strongest
+connected blob of the heat map becomes a box, and the box prompts the frozen decoder — the prompt
+it was trained on, and where it reaches Dice ≈ 0.9. The LLM says *what*; the pixel features say
+*where*.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+HEAT_THRESHOLD = 0.5  # on sigmoid(heat): the cells that make up the object
+
+
+class GroundHead(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.key = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.GELU(), nn.Conv2d(dim, dim, 1))
+        self.bias = nn.Parameter(torch.zeros(1))
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def forward(self, queries: torch.Tensor, pixel_embedding: torch.Tensor) -> torch.Tensor:
+        """``N×1×C`` ``<SEG>`` tokens, ``1×C×g×g`` pixel embedding → ``N×1×g×g`` heat logits."""
+        keys = self.key(pixel_embedding.to(queries.dtype))[0]  # C×g×g
+        heat = torch.einsum("nc,chw->nhw", queries[:, 0], keys) * self.scale + self.bias
+        return heat.unsqueeze(1)
+
+
+def box_from_heat(heat: torch.Tensor, *, model_size: int, valid_hw: tuple[int, int]) -> np.ndarray:
+    """``g×g`` heat logits → one model-space ``x0, y0, x1, y1`` box around its strongest blob.
+
+    The blob: the connected cells over HEAT_THRESHOLD with the largest summed probability; when no
+    cell is over it, the cells within half of the peak around the peak. ``valid_hw`` is the resized
+    (unpadded) image's size in model pixels: the box never reaches into the padding.
+    """
+    prob = torch.sigmoid(heat.detach().float()).cpu().numpy()
+    on = prob > HEAT_THRESHOLD
+    if not on.any():
+        on = prob >= 0.5 * prob.max()
+    blobs, n = ndimage.label(on)
+    best = 1 + int(np.argmax(ndimage.sum(prob, blobs, index=np.arange(1, n + 1))))
+    rows, cols = np.nonzero(blobs == best)
+    cell = model_size / heat.shape[-1]
+    x0, y0 = cols.min() * cell, rows.min() * cell
+    x1, y1 = (cols.max() + 1) * cell - 1, (rows.max() + 1) * cell - 1
+    h, w = valid_hw
+    return np.array([min(x0, w - 1), min(y0, h - 1), min(x1, w - 1), min(y1, h - 1)], dtype=np.float32)
+
+
+__all__ = ["GroundHead", "HEAT_THRESHOLD", "box_from_heat"]
