@@ -27,7 +27,8 @@ GLUE_PARTS: dict[str, str] = {
 }
 # which trained parts (training/params.py names) make each glue part count as trained
 _NEEDS = {"vision_projector": ("vision_projector",), "region_encoder": ("region_encoder",),
-          "seg_projector": ("seg_projector",), "ground_head": ("ground_head",), "moe_experts": ("expert_ground", "expert_vl"),
+          "seg_projector": ("seg_projector",), "ground_head": ("ground_head",),
+          "moe_experts": ("expert_ground", "expert_vl"),
           "moe_router": ("router",), "new_token_embeddings": ("new_token_rows",)}
 
 

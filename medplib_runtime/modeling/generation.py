@@ -42,9 +42,9 @@ def greedy_generate(llm, inputs_embeds: torch.Tensor, *, max_new_tokens: int, st
     from transformers import DynamicCache
 
     body, head = llm.model, llm.lm_head
-    cache = {_cache_keyword(body): DynamicCache(), "use_cache": True}
+    kv = {_cache_keyword(body): DynamicCache(), "use_cache": True}  # one cache for the whole answer
     t0 = time.perf_counter()
-    out = body(inputs_embeds=inputs_embeds, **cache)
+    out = body(inputs_embeds=inputs_embeds, **kv)
     logits = head(out.last_hidden_state[:, -1])
     t1 = time.perf_counter()
     tokens: list[int] = []
@@ -62,7 +62,7 @@ def greedy_generate(llm, inputs_embeds: torch.Tensor, *, max_new_tokens: int, st
             on_token(token)
         # feed it back: its output state is "the hidden state at this token" (needed for <SEG>)
         last = token in stop_ids or step == max_new_tokens - 1
-        out = body(inputs_embeds=embed(torch.tensor([[token]])), **cache)
+        out = body(inputs_embeds=embed(torch.tensor([[token]])), **kv)
         hidden.append(out.last_hidden_state[0, -1])
         if last:
             break

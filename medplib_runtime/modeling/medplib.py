@@ -6,7 +6,9 @@
     region ─► region encoder ─────────► <region_feat> ────┼─► LLM (MoE FFN) ─► <SEG> hidden ─► seg projector
     question ─► tokenizer ────────────────────────────────┘
 
-Placeholders are filled with ``masked_scatter`` after checking that counts match.
+Placeholders are filled with ``masked_scatter`` after checking that counts match. That is
+MedPLIB's grounding (``medplib-7b``); ``medplib-lite`` uses the seg projector's output as the
+ground head's query instead: heat map over the image embedding → box → mask decoder (ground_head.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """One example through MedPLIB with gradients: the same path as ``Asker.ask`` (image tokens,
 region token, placeholders filled with ``masked_scatter``, the LLM, ``<SEG>`` hidden states →
-seg projector → mask decoder, or the lite preset's ground head's heat map), teacher-forced, returning the weighted loss and its parts.
+seg projector → mask decoder, or the lite preset's ground head's heat map),
+teacher-forced, returning the weighted loss and its parts.
 
 Wrapped in an ``nn.Module`` so DDP can wrap it (its parameters are the model's).
 """

@@ -2,7 +2,8 @@
 
 Part names (TrainConfig.trains): ``vision_projector``, ``region_encoder``, ``seg_projector``,
 ``expert_ground`` (expert 0's LoRA in every layer), ``expert_vl`` (expert 1's), ``router``,
-``ground_head`` (the <SEG> query's heat-map keys), ``new_token_rows`` (only the added tokens' rows of the tied embedding / LM head: a gradient
+``ground_head`` (the <SEG> query's heat-map keys),
+``new_token_rows`` (only the added tokens' rows of the tied embedding / LM head: a gradient
 hook zeroes the other rows, and the embedding gets no weight decay, so Adam leaves them
 exactly as they were), ``mask_decoder``.
 """
