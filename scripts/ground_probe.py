@@ -44,6 +44,9 @@ def main() -> int:
     threshold = runtime.config.mask_threshold
     ds = read_dataset(args.data)
     records = [r for r in ds.records if r.question_type == "G"][: args.limit or None]
+    if not records:
+        print(f"ground_probe: {args.data} has no grounding (G) records", file=sys.stderr)
+        return 2
     dice: dict[str, list[float]] = {v: [] for v in VARIANTS}
     rows = []
     for rec in records:
