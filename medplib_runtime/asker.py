@@ -10,13 +10,15 @@ import time
 import numpy as np
 import torch
 
-from .conversation import build_prompt
+from .conversation import build_prompt, history_text
+from .devices import compute_precision
 from .glue import GLUE_PARTS, glue_status
 from .imaging.transforms import mask_to_model
 from .modeling.generation import greedy_generate
 from .modeling.ground_head import box_from_heat
 from .modeling.medplib import MedPLIB, build_medplib
-from .modeling.moe import RoutingRecorder
+from .modeling.moe import VL_EXPERT, RoutingRecorder, force_expert
+from .modeling.question_routing import choose_expert, question_positions
 from .presets import EXPERT_NAMES, IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, MedPLIBConfig
 from .schemas import AskResult, Prompt, Turn
 from .segmenter import Embedding, SamSegmenter
@@ -29,8 +31,10 @@ class Asker:
     def __init__(self, model: MedPLIB, segmenter: SamSegmenter) -> None:
         self.model = model
         self.segmenter = segmenter
+        self.device = segmenter.device  # the whole model lives where LiteMedSAM does
         self.tokenizer = model.tokenizer
         self.seg_id = model.token_ids["<SEG>"]
+        self.im_end_id = model.token_ids["<im_end>"]
         self.stop_ids = {i for i in (self.tokenizer.eos_token_id,) if i is not None}
         parts = [n for n in GLUE_PARTS if n != "ground_head" or model.cfg.grounding == "box"]
         status = glue_status(model.cfg, model.glue_file) if model.glue_file else dict.fromkeys(parts, ("", False))
@@ -48,19 +52,31 @@ class Asker:
             on_token=None) -> AskResult:
         t0 = time.perf_counter()
         m = self.model
-        clip = m.vision_tower.preprocess(image) if image is not None and hasattr(m.vision_tower, "preprocess") else None
-        image_tokens = m.image_tokens(pixel_embedding=embedding.image_embedding, clip_pixels=clip)
-        region_tokens = None
-        if region is not None:
-            region_tokens = m.region_token(embedding.image_embedding, self.region_mask(region, embedding))
-        text = build_prompt(question, system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens, history=history,
-                            region=region is not None)
-        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        embeds = m.embed_inputs(ids, image_tokens=image_tokens, region_tokens=region_tokens)
-        recorder = RoutingRecorder(m.llm)
-        with recorder.record():
-            gen = greedy_generate(m.llm, embeds, max_new_tokens=max_new_tokens, stop_ids=self.stop_ids,
-                                  on_token=on_token, suppress_ids=self.suppress_ids)
+        with compute_precision(self.device):
+            clip = m.vision_tower.preprocess(image).to(self.device) \
+                if image is not None and hasattr(m.vision_tower, "preprocess") else None
+            image_tokens = m.image_tokens(pixel_embedding=embedding.image_embedding, clip_pixels=clip)
+            region_tokens = None
+            if region is not None:
+                region_tokens = m.region_token(embedding.image_embedding, self.region_mask(region, embedding))
+            text = build_prompt(question, system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens,
+                                history=history, region=region is not None)
+            ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
+            embeds = m.embed_inputs(ids, image_tokens=image_tokens, region_tokens=region_tokens)
+            if m.answer_routing == "sequence":  # one expert for the whole answer, chosen from the question
+                turn_start = len(self.tokenizer(history_text(system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens,
+                                                             history=history), add_special_tokens=False)["input_ids"])
+                at = question_positions(ids[0], turn_start=turn_start, im_end_id=self.im_end_id, end=ids.shape[1])
+                expert, _ = choose_expert(m.llm, embeds, at, threshold=m.question_threshold)
+                force_expert(m.llm, expert)
+            recorder = RoutingRecorder(m.llm)
+            try:
+                with recorder.record():
+                    gen = greedy_generate(m.llm, embeds, max_new_tokens=max_new_tokens, stop_ids=self.stop_ids,
+                                          on_token=on_token, suppress_ids=self.suppress_ids)
+            finally:
+                if m.answer_routing == "sequence":
+                    force_expert(m.llm, VL_EXPERT)  # the state the next question is read in
         masks = self.masks_for(gen.token_ids, gen.hidden, embedding, threshold)
         answer_ids = [t for t in gen.token_ids if t not in self.stop_ids]
         answer = self.tokenizer.decode(answer_ids, skip_special_tokens=False).strip()
@@ -88,9 +104,10 @@ class Asker:
         where = [i for i, t in enumerate(token_ids) if t == self.seg_id]
         if not where:
             return ()
-        tokens = self.model.seg_tokens(hidden[where])
-        if self.model.grounds_by_box:  # the heat map's blob → a box → the frozen decoder's own prompt
-            heat = self.model.ground_head(tokens, embedding.image_embedding)
+        with compute_precision(self.device):  # the LLM side; LiteMedSAM's decoder below runs in fp32
+            tokens = self.model.seg_tokens(hidden[where])
+            heat = self.model.ground_head(tokens, embedding.image_embedding) if self.model.grounds_by_box else None
+        if heat is not None:  # the heat map's blob → a box → the frozen decoder's own prompt
             size = self.segmenter.image_size
             boxes = np.stack([box_from_heat(h[0], model_size=size, valid_hw=embedding.info.resized) for h in heat])
             logits, _ = self.segmenter.decode_boxes(embedding, boxes)
@@ -113,13 +130,13 @@ class Asker:
                 mask[max(0, r - POINT_REGION_HALF):r + POINT_REGION_HALF + 1,
                      max(0, c - POINT_REGION_HALF):c + POINT_REGION_HALF + 1] = 1
         grid = embedding.image_embedding.shape[-1]
-        return mask_to_model(mask, embedding.info, grid * 4)[0, 0]
+        return mask_to_model(mask, embedding.info, grid * 4)[0, 0].to(embedding.image_embedding.device)
 
 
 def build_asker(cfg: MedPLIBConfig, *, segmenter: SamSegmenter, glue=None) -> Asker:
     """The full model for ``cfg``, sharing the segmenter's already loaded SAM parts; ``glue``: a
     glue file to use instead of the shipped one (e.g. a training run's adapter)."""
-    model = build_medplib(cfg, pretrained=True, sam=segmenter.model, glue=glue)
+    model = build_medplib(cfg, pretrained=True, sam=segmenter.model, glue=glue).to(segmenter.device)
     return Asker(model, segmenter)
 
 

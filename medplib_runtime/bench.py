@@ -77,10 +77,13 @@ def run_bench(args) -> int:
     z = volume.array.shape[0]
     mid = z // 2
     rows: list[Row] = []
+    device = getattr(args, "device", "cpu")
+    gpu = f", {torch.cuda.get_device_name(torch.device(device))} (bf16 autocast)" if device != "cpu" else ""
     print(f"# medplib bench — {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}, image {_image_path(args).name} {volume.array.shape}")
+          f"torch {torch.__version__}{gpu}, image {_image_path(args).name} {volume.array.shape}")
 
-    runtime = LocalRuntime(preset=args.preset)
+    runtime = LocalRuntime(preset=args.preset, device=device)
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)  # GPU work is asynchronous
     t0 = time.perf_counter()
     segmenter = runtime._get_segmenter()
     rows.append(Row("load segmentation model", "ms", (time.perf_counter() - t0) * 1e3, float("nan"), 1))
@@ -94,6 +97,7 @@ def run_bench(args) -> int:
     for plane in planes:
         t = time.perf_counter()
         segmenter.embed(plane)
+        sync()
         enc.append((time.perf_counter() - t) * 1e3)
     rows.append(row_ms("slice embedding (encoder, 256²)", enc))
 
@@ -115,6 +119,9 @@ def run_bench(args) -> int:
     rows += llm_rows(runtime, key, SliceRef(0, mid), repeats=repeats)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows.append(Row("peak RSS (whole bench, one model)", "MB", peak_mb, peak_mb, 1))
+    if device != "cpu":
+        gpu_mb = torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+        rows.append(Row("peak GPU memory allocated", "MB", gpu_mb, gpu_mb, 1))
     print_table(rows)
     runtime.close()
     return 0

@@ -77,10 +77,12 @@ def _runtime(args):
 
         if getattr(args, "glue", None):
             raise InputError("--glue applies to the local runtime: a server uses the glue it was started with")
+        if getattr(args, "device", "cpu") != "cpu":
+            raise InputError("--device applies to the local runtime: a server runs on the device it was started with")
         return RemoteRuntime(args.remote, token=args.token)  # the server's preset is the one used
     from .local import LocalRuntime
 
-    return LocalRuntime(preset=args.preset, glue=getattr(args, "glue", None))
+    return LocalRuntime(preset=args.preset, glue=getattr(args, "glue", None), device=getattr(args, "device", "cpu"))
 
 
 def _load(args):
@@ -216,6 +218,7 @@ def _add_remote_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=None, help="the server's token (default: $MEDPLIB_TOKEN)")
     p.add_argument("--glue", default=None, metavar="FILE",
                    help="glue file to use instead of the shipped one, e.g. a training run's adapter.safetensors")
+    p.add_argument("--device", default="cpu", help="where a local runtime computes: cpu (default), cuda or cuda:N")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--token", default=None, help="require this bearer token (default: $MEDPLIB_TOKEN)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    p.add_argument("--device", default="cpu", help="cpu (cuda is not built yet)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (bf16 autocast on CUDA)")
     p.add_argument("--preload", default="all", choices=("all", "segment", "none"),
                    help="model parts loaded at start-up (default all)")
     p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body")
@@ -274,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--quick", action="store_true", help="fewer repeats, skip the scrolling simulation")
     p.add_argument("--image", default=None, help="volume to use (default: sample_data brain1)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--remote", nargs="?", const="spawn", default=None, metavar="URL",
                    help="local vs remote latency (no URL: start a `medplib serve` on a free loopback port)")
     p.set_defaults(func=cmd_bench)

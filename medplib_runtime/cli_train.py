@@ -24,6 +24,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--init-glue", default=None, help="the previous stage's adapter.safetensors")
     p.add_argument("--distributed", choices=("ddp", "fsdp"), default=None,
                    help="under torchrun: DDP (default) or FSDP2 sharding (docs/training_distributed.md)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="cpu (default) or cuda: each torchrun process on its LOCAL_RANK's GPU, bf16 autocast")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -35,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, stage=args.stage, data=tuple(args.data) if args.data else None,
                       out_dir=args.out_dir, steps=args.steps, init_glue=args.init_glue,
-                      distributed=args.distributed)
+                      distributed=args.distributed, device=args.device)
     samples = [s for path in cfg.data
                for s in samples_from_json(path, image_folder=args.image_folder, question_types=cfg.question_types)]
     report = train(cfg, samples, progress=not args.no_progress)

@@ -24,12 +24,20 @@ def region_question(question: str) -> str:
 def build_prompt(question: str, *, system: str, n_image_tokens: int, history: tuple[Turn, ...] = (),
                  region: bool = False) -> str:
     """The full prompt text ending in ``ASSISTANT:``; the image goes with the first user turn."""
-    image = f"<im_start>{IMAGE_PLACEHOLDER * n_image_tokens}<im_end>\n"
-    turns = list(history) + [Turn(region_question(question) if region else question, "")]
+    q = region_question(question) if region else question
+    if not history:
+        q = _image_text(n_image_tokens) + q
+    return history_text(system=system, n_image_tokens=n_image_tokens, history=history) + f"USER: {q}{SEP}ASSISTANT:"
+
+
+def history_text(*, system: str, n_image_tokens: int, history: tuple[Turn, ...] = ()) -> str:
+    """The prompt text before the current turn's ``USER:`` (the system line and the earlier turns)."""
     text = system + SEP
-    for i, turn in enumerate(turns):
-        q = (image + turn.question) if i == 0 else turn.question
-        text += f"USER: {q}{SEP}ASSISTANT:"
-        if turn.answer or i < len(turns) - 1:
-            text += f" {turn.answer}{SEP2}"
+    for i, turn in enumerate(history):
+        q = (_image_text(n_image_tokens) + turn.question) if i == 0 else turn.question
+        text += f"USER: {q}{SEP}ASSISTANT: {turn.answer}{SEP2}"
     return text
+
+
+def _image_text(n_image_tokens: int) -> str:
+    return f"<im_start>{IMAGE_PLACEHOLDER * n_image_tokens}<im_end>\n"

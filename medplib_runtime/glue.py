@@ -22,7 +22,8 @@ GLUE_PARTS: dict[str, str] = {
     "seg_projector": "<SEG> hidden state → prompt token (lite: the ground head's query)",
     "ground_head": "lite: <SEG> query × pixel embedding → heat map → box prompt for LiteMedSAM",
     "moe_experts": "2 LoRA experts (grounding, vision-language) on every LLM FFN",
-    "moe_router": "Linear → softmax, top-k routing (k from the glue's recipe; shipped: 2)",
+    "moe_router": "Linear → softmax per layer: top-k per token, or one expert per question (the glue's recipe; "
+                  "shipped: per question)",
     "new_token_embeddings": "<SEG> <region> </region> <im_start> <im_end> ...",
 }
 # which trained parts (training/params.py names) make each glue part count as trained

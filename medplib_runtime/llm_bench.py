@@ -29,7 +29,6 @@ def _interleaved(llm, embeds, repeats: int) -> dict[str, tuple[list[float], list
         if i >= 2:  # the first pair warms up
             runs[kind][0].append(out.prefill_s * 1e3)
             runs[kind][1].append(out.decode_s * 1e3 / len(out.token_ids))
-    force_expert(llm, None)
     return runs
 
 
@@ -38,6 +37,7 @@ def _top_k(llm) -> int:
 
 
 def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
+    from .devices import compute_precision
     from .schemas import AskRequest
 
     t0 = time.perf_counter()
@@ -54,13 +54,20 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
 
     llm = asker.model.llm
     torch.manual_seed(0)
-    ids = torch.randint(100, 40000, (1, PROMPT_TOKENS))
+    ids = torch.randint(100, 40000, (1, PROMPT_TOKENS)).to(asker.device)
     with torch.inference_mode():
         embeds = llm.get_input_embeddings()(ids)
+    layers = moe_layers(llm)
+    glue_routing = [m.forced_expert for m in layers]  # restored after: the runtime answers on with it
+    choose_ms: list[float] = []
     try:
-        runs = _interleaved(llm, embeds, repeats)
+        with compute_precision(asker.device):  # as ask runs it
+            runs = _interleaved(llm, embeds, repeats)
+            if asker.model.answer_routing == "sequence":
+                choose_ms = _question_routing_ms(llm, embeds, repeats)
     finally:
-        force_expert(llm, None)
+        for m, forced in zip(layers, glue_routing):
+            m.forced_expert = forced
     (moe_prefill, moe_step), (dense_prefill, dense_step) = runs["moe"], runs["dense"]
     d_step, m_step = statistics.median(dense_step), statistics.median(moe_step)
     d_pre, m_pre = statistics.median(dense_prefill), statistics.median(moe_prefill)
@@ -75,4 +82,19 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
         row_ms("decode step, dense (1 expert forced)", dense_step),
         row_ms(f"decode step, MoE top-{_top_k(llm)} routed", moe_step, f"MoE/dense = {m_step / d_step:.3f}"),
         Row("prefill MoE/dense ratio", "x", m_pre / d_pre, float("nan"), len(moe_prefill)),
-    ]
+    ] + ([row_ms(f"question routing: extra prefill {PROMPT_TOKENS} tokens", choose_ms,
+                 "this glue answers with one expert per question: its decode step is the dense one")]
+         if choose_ms else [])
+
+
+def _question_routing_ms(llm, embeds, repeats: int) -> list[float]:
+    from .modeling.question_routing import choose_expert
+
+    positions = torch.arange(embeds.shape[1] - 20, embeds.shape[1], device=embeds.device)  # a question's worth
+    choose_expert(llm, embeds, positions)  # warm-up
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        choose_expert(llm, embeds, positions)  # ends in a .item(): timed to completion on a GPU too
+        out.append((time.perf_counter() - t) * 1e3)
+    return out

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .devices import check_device
 from .embedding_cache import CacheStats, EmbeddingCache
 from .errors import InputError, RuntimeNotReady, UnknownImage
 from .presets import get_preset
@@ -44,9 +45,7 @@ class LocalRuntime:
         self.glue_file = Path(glue) if glue is not None else None  # None: the shipped glue
         if self.glue_file is not None and not self.glue_file.is_file():
             raise InputError(f"glue file {self.glue_file} does not exist")
-        if device != "cpu":  # the models are not moved to other devices yet: say so rather than run on CPU
-            raise InputError(f"device {device!r} is not supported yet: only 'cpu' (the CUDA path is not built)")
-        self.device = device
+        self.device = check_device(device)  # a missing GPU is a one-line error now, not at the first click
         self._images: dict[str, _Image] = {}
         self._max_images = max_images
         self._lock = threading.RLock()
@@ -193,7 +192,7 @@ class LocalRuntime:
                 from .modeling.litemedsam import build_litemedsam
                 from .segmenter import SamSegmenter
 
-                self._segmenter = SamSegmenter(build_litemedsam(pretrained=True))
+                self._segmenter = SamSegmenter(build_litemedsam(pretrained=True).to(self.device))
             return self._segmenter
 
     def _get_asker(self):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .devices import module_device
 from .imaging.transforms import ResizeInfo, logits_to_original, rc_to_model_xy, resize_longest_and_pad
 from .modeling.litemedsam import SamParts
 from .schemas import Box, Prompt, SegmentResult
@@ -42,6 +43,7 @@ class SamSegmenter:
     def __init__(self, model: SamParts) -> None:
         self.model = model
         self.image_size = model.image_size
+        self.device = module_device(model)  # inputs are moved here; masks come back to the CPU
         with torch.inference_mode():
             self._dense_pe = model.prompt_encoder.get_dense_pe()
 
@@ -49,12 +51,12 @@ class SamSegmenter:
     def embed(self, image: np.ndarray) -> Embedding:
         """``(h, w)`` float32 slice in [0, 1] → Embedding."""
         x, info = resize_longest_and_pad(image, self.image_size)
-        return Embedding(self.model.image_encoder(x), info)
+        return Embedding(self.model.image_encoder(x.to(self.device)), info)
 
     @torch.inference_mode()
     def decode_boxes(self, embedding: Embedding, boxes_xy: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """``B×4`` model-space xyxy boxes → (``B×1×L×L`` logits, ``B`` predicted IoU)."""
-        boxes = torch.as_tensor(boxes_xy, dtype=torch.float32).reshape(-1, 4)
+        boxes = torch.as_tensor(boxes_xy, dtype=torch.float32, device=self.device).reshape(-1, 4)
         sparse, dense = self.model.prompt_encoder(boxes=boxes)
         return self._decode(embedding, sparse, dense)
 
@@ -74,7 +76,7 @@ class SamSegmenter:
     def to_mask(self, logits: torch.Tensor, embedding: Embedding, threshold: float) -> np.ndarray:
         """``1×1×L×L`` logits → full-resolution ``uint8`` mask of the slice."""
         probs = torch.sigmoid(logits_to_original(logits, embedding.info))
-        return (probs[0, 0] > threshold).numpy().astype(np.uint8)
+        return (probs[0, 0] > threshold).cpu().numpy().astype(np.uint8)
 
     def segment(self, embedding: Embedding, prompt: Prompt, *, threshold: float = 0.5) -> SegmentResult:
         t0 = time.perf_counter()

@@ -34,6 +34,14 @@ def stages(build: Path) -> None:
               f"| {_mean(first, 'ce')} → {_mean(last, 'ce')} | {_mean(first, 'bce')} → {_mean(last, 'bce')} "
               f"| {_mean(first, 'dice')} → {_mean(last, 'dice')} | {_mean(first, 'route')} → {_mean(last, 'route')} "
               f"| {routing} |")
+        if cfg.get("routing") == "sequence":
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from medplib_runtime.modeling.glue_weights import read_glue_metadata
+
+            last_stage = read_glue_metadata(build / "glue-runs" / f"stage{n}" / "adapter.safetensors")["recipe"]
+            threshold = last_stage["stages"][-1].get("question_threshold")
+            print(f"|   (stage {n}: question-level routing, routers only; decision threshold p > {threshold}) |"
+                  " | | | | | | |")
 
 
 def evaluation(build: Path, name: str = "glue-test") -> None:

@@ -37,9 +37,10 @@ def main() -> int:
     ap.add_argument("data")
     ap.add_argument("--glue", default=None)
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     ap.add_argument("--samples", default=None, help="write per-mask Dice of every variant here (JSONL)")
     args = ap.parse_args()
-    runtime = LocalRuntime(glue=args.glue)
+    runtime = LocalRuntime(glue=args.glue, device=args.device)
     segmenter, asker = runtime._get_segmenter(), runtime._get_asker()
     threshold = runtime.config.mask_threshold
     ds = read_dataset(args.data)
@@ -114,7 +115,7 @@ def _variants(segmenter, emb, heat, truth: np.ndarray, threshold: float) -> dict
         out["box +4 px"] = decode(box + np.array([-4, -4, 4, 4]))
         out["box +8 px"] = decode(box + np.array([-8, -8, 8, 8]))
         out["heat map p>0.5"] = (torch.sigmoid(logits_to_original(heat[None, None].float(), emb.info))[0, 0]
-                                 > 0.5).numpy()
+                                 > 0.5).cpu().numpy()
     rows, cols = np.nonzero(mask_to_model(truth, emb.info, size)[0, 0].numpy() > 0.5)
     if len(rows):
         out["oracle box"] = decode(np.array([cols.min(), rows.min(), cols.max(), rows.max()], np.float32))

@@ -1,8 +1,10 @@
 """The shipped glue (assets/medplib-lite-glue.safetensors): every part trained, its recipe inside,
-and the default model answers "Segment the lesion." on brain1 (held out of training) with a mask.
+and the default model answers "Segment the lesion." on brain1 (held out of training) with a mask,
+written by the grounding expert, while a question about the image is answered by the
+vision-language expert (question-level routing, docs/training.md).
 
-How good that mask is, is measured by `medplib eval` (docs/training.md): on brain1's test questions
-mDice 0.42, far from the target, so this test checks the path, not the quality."""
+How good the answers are is measured by `medplib eval` (docs/training.md), far from the targets,
+so these tests check the paths, not the quality."""
 
 from __future__ import annotations
 
@@ -46,5 +48,22 @@ def test_default_model_answers_segment_the_lesion_on_held_out_brain1_with_a_mask
     assert "<SEG>" in result.text and len(result.masks) >= 1
     mask, truth = result.masks[0].astype(bool), label[k]
     assert mask.shape == truth.shape and 0 < mask.sum() < 0.2 * mask.size, "a mask, not nothing, not the slice"
-    assert result.routing is not None and result.routing.overall()[0] > 0  # the grounding expert took part
+    assert result.routing is not None and result.routing.overall()[0] == 1.0  # the grounding expert wrote it
     assert not result.untrained_parts
+
+
+@pytest.mark.slow
+def test_default_model_routes_each_question_to_one_expert(local_runtime, brain1_paths):
+    """The shipped glue was trained with question-level routing: a question about the image is
+    answered by the vision-language expert alone, and a grounding question by the grounding one."""
+    from medplib_runtime.imaging.io import read_volume
+    from medplib_runtime.modeling.glue_weights import read_glue_metadata
+    from medplib_runtime.schemas import AskRequest, SliceRef
+
+    last = read_glue_metadata(GLUE)["recipe"]["stages"][-1]
+    assert last["routing"] == "sequence" and 0 < last["question_threshold"] < 1
+    key = local_runtime.set_image(read_volume(brain1_paths[0]).array)
+    asked = {q: local_runtime.ask(AskRequest(key, SliceRef(0, 12), q, max_new_tokens=8))
+             for q in ("What is the modality of this image?", "Segment the lesion.")}
+    assert asked["What is the modality of this image?"].routing.overall() == (0.0, 1.0)
+    assert asked["Segment the lesion."].routing.overall() == (1.0, 0.0)

@@ -240,3 +240,126 @@ def test_route_supervision_needs_a_router():
         TrainConfig(stage=4, data=("x",), out_dir="o", route_supervision=1.0, dense_expert=1)
     with pytest.raises(InputError, match="route_supervision"):
         TrainConfig(stage=4, data=("x",), out_dir="o", route_supervision=-1.0)
+
+
+def test_turn_route_span_covers_the_current_question_and_answer():
+    """route_span "turn": from just after the image (first turn) or the previous answer's end (later
+    turns) to the end; "answer": the last prompt token and the answer's own."""
+    from medplib_runtime.training.examples import encode
+    from medplib_runtime.training.forward import LossWeights, TrainModule
+
+    model = tiny_model()
+    first, second = encode(samples(1)[0], model.tokenizer, system=model.cfg.system_prompt,
+                           n_image_tokens=model.n_image_tokens, seg_id=model.token_ids["<SEG>"], max_tokens=512)
+    turn = TrainModule(model, LossWeights(route=1.0, route_span="turn"), region_mask_fn=None)
+    answer = TrainModule(model, LossWeights(route=1.0, route_span="answer"), region_mask_fn=None)
+    for ex in (first, second):
+        ids, labels = ex.input_ids[0], ex.labels[0]
+        at = turn._routed_positions(ids, labels, ex.turn_start)
+        answer0 = int((labels != -100).nonzero()[0, 0])
+        assert at[-1] == len(ids) - 1 and list(at) == list(range(int(at[0]), len(ids)))
+        assert not (ids[at] == model.token_ids["<image>"]).any()  # never the image: it precedes the question
+        assert set(range(answer0 - 1, len(ids) - 1)) == set(answer._routed_positions(ids, labels, 0).tolist())
+    assert int(first.input_ids[0, turn._routed_positions(first.input_ids[0], first.labels[0], 0)[0] - 1]) \
+        == model.token_ids["<im_end>"]  # the first turn: right after the image
+    # the second turn: from its own USER on (± the word the tiny tokenizer merges across "</s>USER:"),
+    # after the first turn's question and answer
+    start = int(turn._routed_positions(second.input_ids[0], second.labels[0], second.turn_start)[0])
+    second_answer0 = int((second.labels[0] != -100).nonzero()[0, 0])
+    assert len(first.input_ids[0]) - 2 <= start < second_answer0 - 3
+
+
+def test_frozen_parts_stay_as_they_are(tmp_path):
+    model = tiny_model()
+    before = _snapshot(model)
+    cfg = TrainConfig(stage=4, data=("synthetic",), out_dir=str(tmp_path), steps=3, grad_accumulation=2,
+                      warmup_steps=1, lr=1e-2, frozen=("seg_projector", "ground_head"), route_supervision=1.0,
+                      route_span="turn")
+    assert "seg_projector" not in cfg.trains and "ground_head" not in cfg.trains and "router" in cfg.trains
+    train(cfg, samples(), model=model, embedder=FakeEmbedder(), progress=False)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert not any(k.startswith(("seg_projector.", "ground_head.")) for k in changed)
+    assert any(".router." in k for k in changed)
+
+
+def test_bad_route_span_frozen_and_device_are_refused():
+    with pytest.raises(InputError, match="route_span"):
+        TrainConfig(stage=4, data=("x",), out_dir="o", route_span="all")
+    with pytest.raises(InputError, match="frozen.*expert_vl"):
+        TrainConfig(stage=4, data=("x",), out_dir="o", frozen=("expert_vl",))
+    with pytest.raises(InputError, match="device"):
+        TrainConfig(stage=1, data=("x",), out_dir="o", device="tpu")
+
+
+def test_question_level_routing_trains_only_the_routers_and_routes_each_question(tmp_path):
+    """routing "sequence": stage IV moves the routers and nothing else, the adapter reloads as
+    question-routed, and the trained routers send the grounding question to the grounding expert
+    and the region question to the vision-language expert (the tiny model learns these four samples)."""
+    from medplib_runtime.imaging.transforms import mask_to_model
+    from medplib_runtime.modeling.moe import GROUND_EXPERT, VL_EXPERT, moe_layers
+    from medplib_runtime.modeling.question_routing import choose_expert, question_positions
+    from medplib_runtime.training.examples import encode
+
+    model = tiny_model()
+    before = _snapshot(model)
+    cfg = TrainConfig(stage=4, data=("synthetic",), out_dir=str(tmp_path), steps=12, grad_accumulation=4,
+                      warmup_steps=1, routing="sequence", route_supervision=1.0, router_lr=5e-2)
+    assert cfg.trains == ("router",) and cfg.forced_expert == VL_EXPERT
+    report = train(cfg, samples(4), model=model, embedder=FakeEmbedder(), progress=False)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all(".router." in k for k in changed), sorted(changed)[:5]
+    log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert "ce" not in log[0] and log[-1]["route"] < log[0]["route"]  # no text loss: the routers alone
+    fresh = tiny_model()
+    load_glue(fresh, report.adapter)
+    assert fresh.answer_routing == "sequence" and {m.forced_expert for m in moe_layers(fresh.llm)} == {VL_EXPERT}
+    fresh.eval()
+    emb = FakeEmbedder()(samples(1)[0])
+    vqa, seg = encode(samples(1)[0], fresh.tokenizer, system=fresh.cfg.system_prompt,
+                      n_image_tokens=fresh.n_image_tokens, seg_id=fresh.token_ids["<SEG>"], max_tokens=512)
+    for ex, expert in ((vqa, VL_EXPERT), (seg, GROUND_EXPERT)):
+        region = None
+        if ex.region:
+            region = fresh.region_token(emb.image_embedding, mask_to_model(ex.sample.region, emb.info, 256)[0, 0])
+        answer0 = int((ex.labels[0] != -100).nonzero()[0, 0])
+        embeds = fresh.embed_inputs(ex.input_ids[:, :answer0], region_tokens=region,
+                                    image_tokens=fresh.image_tokens(pixel_embedding=emb.image_embedding))
+        at = question_positions(ex.input_ids[0], turn_start=ex.turn_start, im_end_id=fresh.token_ids["<im_end>"],
+                                end=answer0)
+        chosen, p = choose_expert(fresh.llm, embeds, at, threshold=fresh.question_threshold)
+        assert chosen == expert, (expert, p, fresh.question_threshold)
+    assert read_glue_metadata(report.adapter)["recipe"]["stages"][-1]["question_threshold"] == fresh.question_threshold
+
+
+def test_question_level_routing_is_a_stage_four_setting():
+    with pytest.raises(InputError, match="routing 'sequence'"):
+        TrainConfig(stage=3, data=("x",), out_dir="o", routing="sequence", route_supervision=1.0)
+    with pytest.raises(InputError, match="routing 'sequence'"):
+        TrainConfig(stage=4, data=("x",), out_dir="o", routing="sequence")  # no routing loss: nothing to learn
+    with pytest.raises(InputError, match="routing must be"):
+        TrainConfig(stage=4, data=("x",), out_dir="o", routing="per-token")
+
+
+def test_route_balance_weighs_both_targets_equally():
+    from medplib_runtime.training.trainer import _route_balance
+
+    model = tiny_model()
+    from medplib_runtime.training.examples import encode
+
+    exs = [ex for s in samples(2) for ex in encode(s, model.tokenizer, system=model.cfg.system_prompt,
+                                                   n_image_tokens=model.n_image_tokens,
+                                                   seg_id=model.token_ids["<SEG>"], max_tokens=512)]
+    exs = exs + [e for e in exs if not e.masks]  # 2 grounding, 4 VQA
+    w_ground, w_vl = _route_balance(exs)
+    assert w_ground * 2 == pytest.approx(w_vl * 4) == pytest.approx(3.0)
+
+
+def test_best_threshold_separates_hand_made_scores():
+    from medplib_runtime.modeling.question_routing import best_threshold
+
+    assert best_threshold([(0.55, False), (0.57, False), (0.62, True), (0.66, True)]) == pytest.approx(0.595)
+    # one VQA question above the grounding ones cannot be helped: the cut still separates the rest
+    t = best_threshold([(0.55, False), (0.56, False), (0.60, True), (0.61, True), (0.70, False)])
+    assert 0.56 < t < 0.60
+    assert best_threshold([(0.9, True), (0.8, True)]) == 0.5  # one kind only: no information

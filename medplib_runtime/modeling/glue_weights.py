@@ -70,7 +70,7 @@ def save_glue(model, path: str | Path, *, trained_parts: tuple[str, ...], recipe
             "trained_parts": json.dumps(list(trained_parts)), "recipe": json.dumps(recipe, sort_keys=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
+    save_file({k: v.cpu() for k, v in state.items()}, str(tmp), metadata=meta)  # a CUDA run's tensors too
     tmp.replace(path)
     return path
 
@@ -130,15 +130,23 @@ def load_glue(model, path: str | Path) -> dict:
 def apply_trained_routing(model, recipe: dict) -> None:
     """Route the MoE as the glue's last stage was trained: before stage IV the router is untrained,
     so every token goes to the expert that stage trained (I/II: vision-language, III: grounding);
-    after it, the router decides with the stage's top-k (capacity: the preset's eval factor)."""
-    from .moe import STAGE_EXPERT, force_expert, set_routing
+    after it, the router decides with the stage's top-k (capacity: the preset's eval factor), per
+    token, or per question for a stage IV trained with ``routing: "sequence"`` (question_routing.py)."""
+    from .moe import STAGE_EXPERT, VL_EXPERT, force_expert, set_routing
 
+    model.answer_routing = "token"
+    model.question_threshold = 0.5
     stages = recipe.get("stages") or []
     if not stages:
         return
     last = stages[-1]
     stage = int(last.get("stage", 0))
     if stage not in STAGE_EXPERT:
+        return
+    if stage == 4 and last.get("routing") == "sequence":
+        model.answer_routing = "sequence"  # the Asker picks the expert for each question
+        model.question_threshold = float(last.get("question_threshold", 0.5))
+        force_expert(model.llm, VL_EXPERT)
         return
     forced = last.get("dense_expert") if STAGE_EXPERT[stage] is None else STAGE_EXPERT[stage]
     force_expert(model.llm, forced)

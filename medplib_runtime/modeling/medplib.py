@@ -40,6 +40,8 @@ class MedPLIB(nn.Module):
         self.tokenizer = tokenizer
         self.vision_tower = vision_tower
         self.glue_file: Path | None = None  # the glue loaded into this model (None: random-init glue)
+        self.answer_routing = "token"  # or "sequence": one expert per answer (question_routing.py), set by the glue
+        self.question_threshold = 0.5  # sequence: p(grounding) above which the grounding expert answers
         self.token_ids: dict[str, int] = {}
         torch.manual_seed(GLUE_SEED)  # untrained glue is reproducible
         self.vision_projector = VisionProjector(cfg.vision_feature_dim, cfg.llm_hidden)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..errors import InputError
-from ..modeling.moe import STAGE_EXPERT
+from ..modeling.moe import STAGE_EXPERT, VL_EXPERT
 from .json_files import read_json
 
 
@@ -64,9 +64,17 @@ class TrainConfig:
     capacity_factor: float = 1.5  # stage IV: training capacity factor (MedPLIB: 1.5)
     route_supervision: float = 0.0  # stage IV, ours: weight of a CE on the router (answers with <SEG> → the
     # grounding expert, others → the VL expert); MedPLIB: 0 (no routing loss at all)
+    route_span: str = "answer"  # ours: where the routing loss applies: "answer" (the positions whose outputs are
+    # the answer) or "turn" (the current question's text and its answer: a grounding question is then read by the
+    # grounding expert, as in stage III, before its <SEG> is written)
+    frozen: tuple[str, ...] = field(default_factory=tuple)  # glue parts the stage would train, kept as they are
+    routing: str = "token"  # stage IV: "token" (MedPLIB: the router picks an expert per token) or "sequence" (ours,
+    # medplib-lite: one expert per answer, chosen from the question; stage IV then trains only the routers, as a
+    # class-balanced question classifier on the vision-language expert's states: modeling/question_routing.py)
     dense_expert: int | None = None  # ablation (stage IV): this one expert for every token, no router
     question_types: tuple[str, ...] = ()  # only records of these types (G/R/C); () = all (MedPLIB's stage III: G)
     distributed: str = "ddp"  # under torchrun (WORLD_SIZE > 1): "ddp" or "fsdp" (FSDP2, ZeRO-2-like)
+    device: str = "cpu"  # "cuda": each process on its LOCAL_RANK's GPU, bf16 autocast (devices.py)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -81,9 +89,24 @@ class TrainConfig:
             raise InputError(f"dense_expert must be 0, 1 or null; got {self.dense_expert}")
         if self.top_k not in (1, 2) or not self.capacity_factor > 0:
             raise InputError(f"top_k must be 1 or 2 and capacity_factor > 0; got {self.top_k}, {self.capacity_factor}")
-        if self.route_supervision < 0 or (self.route_supervision and self.forced_expert is not None):
+        if self.route_supervision < 0 or (self.route_supervision and self.forced_expert is not None
+                                          and self.routing != "sequence"):
             raise InputError(f"route_supervision must be >= 0, and only for a stage-IV run with a router; "
                              f"got {self.route_supervision} at stage {self.stage}")
+        if self.device not in ("cpu", "cuda"):
+            raise InputError(f"device must be 'cpu' or 'cuda'; got {self.device!r}")
+        if self.route_span not in ("answer", "turn", "question"):
+            raise InputError(f"route_span must be 'answer', 'turn' or 'question'; got {self.route_span!r}")
+        if self.routing not in ("token", "sequence"):
+            raise InputError(f"routing must be 'token' or 'sequence'; got {self.routing!r}")
+        if self.routing == "sequence" and (self.stage != 4 or self.dense_expert is not None
+                                           or not self.route_supervision):
+            raise InputError("routing 'sequence' is a stage-IV setting that needs route_supervision > 0 "
+                             "(the routers learn from it alone) and no dense_expert")
+        unknown = sorted(set(self.frozen) - set(self.spec.trains) - set(self.extra_trains) - {"mask_decoder"})
+        if unknown:
+            raise InputError(f"frozen names parts stage {self.stage} does not train: {unknown} "
+                             f"(it trains {list(self.spec.trains)})")
         if self.distributed not in ("ddp", "fsdp"):
             raise InputError(f"distributed must be 'ddp' or 'fsdp'; got {self.distributed!r}")
         bad = sorted(set(self.question_types) - {"G", "R", "C"})
@@ -96,11 +119,16 @@ class TrainConfig:
 
     @property
     def forced_expert(self) -> int | None:
-        """The expert every token goes to in this run (None: the router decides)."""
+        """The expert every token goes to in this run (None: the router decides). Question-level routing
+        trains the routers on the vision-language expert's states, the ones it decides from."""
+        if self.stage == 4 and self.routing == "sequence":
+            return VL_EXPERT
         return self.dense_expert if self.stage == 4 and self.dense_expert is not None else self.spec.forced_expert
 
     @property
     def trains(self) -> tuple[str, ...]:
+        if self.routing == "sequence":  # the experts are stages II and III's, as trained: only the routers learn
+            return tuple(dict.fromkeys(["router"] + [p for p in self.extra_trains if p not in self.frozen]))
         parts = list(self.spec.trains) + list(self.extra_trains)
         if self.train_mask_decoder and self.stage in (3, 4):
             parts.append("mask_decoder")
@@ -108,6 +136,7 @@ class TrainConfig:
             parts += ["expert_ground", "expert_vl"]
         if self.forced_expert is not None and "router" in parts:  # a dense run never uses the router
             parts.remove("router")
+        parts = [p for p in parts if p not in self.frozen]
         if "ground_head" in parts and not _grounds_by_box(self.preset):  # MedPLIB's token path has no head
             parts.remove("ground_head")
         return tuple(dict.fromkeys(parts))
@@ -115,6 +144,10 @@ class TrainConfig:
     def resolved(self) -> dict:
         """The effective values (stage defaults filled in), for logs and the adapter's recipe."""
         out = asdict(self)
+        if self.routing == "sequence":  # the routers learn from the routing loss alone
+            out.update(ce_weight=0.0, bce_weight=0.0, dice_weight=0.0, route_span="question", lr=self.lr or self.spec.lr,
+                       trains=list(self.trains), stage_name=self.spec.name)
+            return out
         out.update(lr=self.lr or self.spec.lr, bce_weight=self.spec.bce_weight if self.bce_weight is None
                    else self.bce_weight, dice_weight=self.spec.dice_weight if self.dice_weight is None
                    else self.dice_weight, trains=list(self.trains), stage_name=self.spec.name)
@@ -135,7 +168,7 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
     if unknown:
         raise InputError(f"training config {path}: unknown keys {unknown}")
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
-    for key in ("data", "extra_trains", "question_types"):
+    for key in ("data", "extra_trains", "question_types", "frozen"):
         if key in raw:
             raw[key] = (raw[key],) if isinstance(raw[key], str) else tuple(raw[key])
     try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..conversation import build_prompt
+from ..conversation import build_prompt, history_text
 from ..errors import InputError
 from ..schemas import Turn
 
@@ -40,6 +40,7 @@ class Example:
     labels: torch.Tensor  # 1×T, IGNORE outside the answer
     region: bool
     masks: tuple[np.ndarray, ...]  # one per <SEG> in this answer
+    turn_start: int = 0  # where this turn's ``USER:`` begins (after the system line and earlier turns)
 
 
 def encode(sample: TrainSample, tokenizer, *, system: str, n_image_tokens: int, seg_id: int,
@@ -64,7 +65,9 @@ def encode(sample: TrainSample, tokenizer, *, system: str, n_image_tokens: int, 
         turn_masks, masks = tuple(masks[:n_seg]), masks[n_seg:]
         ids = torch.tensor([p_ids + a_ids])
         labels = torch.tensor([[IGNORE] * len(p_ids) + a_ids])
-        out.append(Example(sample, ids, labels, region, turn_masks))
+        before = history_text(system=system, n_image_tokens=n_image_tokens, history=sample.turns[:i])
+        turn_start = len(tokenizer(before, add_special_tokens=False)["input_ids"])
+        out.append(Example(sample, ids, labels, region, turn_masks, turn_start))
     if masks:
         raise InputError(f"record {sample.key}: {len(masks)} masks but no <SEG> left to use them")
     return out

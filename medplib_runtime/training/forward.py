@@ -13,8 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..devices import compute_precision
 from ..imaging.transforms import mask_to_model
 from ..modeling.moe import GROUND_EXPERT, VL_EXPERT, tap_router_logits
+from ..modeling.question_routing import ground_probability, question_positions
 from .examples import Example
 from .losses import mask_losses, routing_loss, text_loss
 
@@ -25,6 +27,9 @@ class LossWeights:
     bce: float = 0.0
     dice: float = 0.0
     route: float = 0.0  # ours (stage IV): the router told which expert an answer's tokens belong to
+    route_span: str = "answer"  # "answer": the positions whose outputs are the answer; "turn": the question too;
+    # "question": the current question's tokens only (question-level routing decides from those)
+    route_balance: tuple[float, float] = (1.0, 1.0)  # CE weight of (grounding, VL) targets: class balance
 
 
 class TrainModule(nn.Module):
@@ -34,28 +39,39 @@ class TrainModule(nn.Module):
         self.weights = weights
         self.region_mask_fn = region_mask_fn  # (region (h, w), embedding) → model-space mask (Asker's)
         self.seg_id = model.token_ids["<SEG>"]
+        self.im_end_id = model.token_ids["<im_end>"]  # the first turn's question starts after the image
+        self.question_scores: list[tuple[float, bool]] = []  # (p(grounding), is a grounding question) per example
 
     def forward(self, example: Example, embedding) -> tuple[torch.Tensor, dict[str, float]]:
+        with compute_precision(embedding.image_embedding.device):
+            return self._forward(example, embedding)
+
+    def _forward(self, example: Example, embedding) -> tuple[torch.Tensor, dict[str, float]]:
         m = self.model
         pixel = embedding.image_embedding
+        input_ids, labels = example.input_ids.to(pixel.device), example.labels.to(pixel.device)
         image_tokens = m.image_tokens(pixel_embedding=pixel)
         region_tokens = None
         if example.region:
             region_tokens = m.region_token(pixel, self.region_mask_fn(example.sample.region, embedding))
-        embeds = m.embed_inputs(example.input_ids, image_tokens=image_tokens, region_tokens=region_tokens)
+        embeds = m.embed_inputs(input_ids, image_tokens=image_tokens, region_tokens=region_tokens)
         with tap_router_logits(m.llm) as taps:
             hidden = m.llm.model(inputs_embeds=embeds).last_hidden_state  # 1×T×D
-        ce = text_loss(m.llm.lm_head(hidden), example.labels)
-        loss = self.weights.ce * ce
-        parts = {"ce": float(ce.detach())}
+        loss = hidden.new_zeros(())
+        parts: dict[str, float] = {}
+        if self.weights.ce:  # a router-only stage skips the LM head (49k-wide, the costliest matmul)
+            ce = text_loss(m.llm.lm_head(hidden), labels)
+            loss = loss + self.weights.ce * ce
+            parts["ce"] = float(ce.detach())
         if self.weights.route and taps and taps[0]:
-            # the positions whose outputs are the answer: the last prompt token and the answer's own
-            answer_at = (example.labels[0, 1:] != -100).nonzero()[:, 0]
+            at = self._routed_positions(input_ids[0], labels[0], example.turn_start)
             target = GROUND_EXPERT if example.masks else VL_EXPERT
-            route = routing_loss([tap[0][answer_at] for tap in taps], target)
-            loss = loss + self.weights.route * route
+            route = routing_loss([tap[0][at] for tap in taps], target)
+            loss = loss + self.weights.route * self.weights.route_balance[target] * route
             parts["route"] = float(route.detach())
-        seg_at = ((example.input_ids[0] == self.seg_id) & (example.labels[0] != -100)).nonzero()[:, 0]
+            if self.weights.route_span == "question":  # for the glue's decision threshold (question_routing.py)
+                self.question_scores.append((ground_probability(taps, at), bool(example.masks)))
+        seg_at = ((input_ids[0] == self.seg_id) & (labels[0] != -100)).nonzero()[:, 0]
         if len(seg_at) and (self.weights.bce or self.weights.dice):
             tokens = m.seg_tokens(hidden[0, seg_at])  # N×1×C, the hidden state where <SEG> is the input
             if m.cfg.grounding == "box":  # the heat map is what is learnt; its box prompts the frozen decoder
@@ -63,11 +79,21 @@ class TrainModule(nn.Module):
             else:
                 logits = self._decode(pixel, tokens)  # N×1×L×L
             targets = torch.cat([mask_to_model(mask, embedding.info, logits.shape[-1]) for mask in example.masks])
+            targets = targets.to(pixel.device)
+            logits = logits.float()  # the losses' sums in fp32 under bf16 autocast
             bce, dice = mask_losses(logits, (targets > 0.5).to(logits.dtype))
             loss = loss + self.weights.bce * bce + self.weights.dice * dice
             parts.update(bce=float(bce.detach()), dice=float(dice.detach()))
         parts["loss"] = float(loss.detach())
         return loss, parts
+
+    def _routed_positions(self, input_ids: torch.Tensor, labels: torch.Tensor, turn_start: int) -> torch.Tensor:
+        """Where the routing loss applies (``LossWeights.route_span``)."""
+        if self.weights.route_span == "answer":  # the last prompt token and the answer's own
+            return (labels[1:] != -100).nonzero()[:, 0]
+        answer0 = int((labels != -100).nonzero()[0, 0])
+        end = answer0 if self.weights.route_span == "question" else len(input_ids)
+        return question_positions(input_ids, turn_start=turn_start, im_end_id=self.im_end_id, end=end)
 
     def _decode(self, pixel: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Differentiable ``<SEG>`` → logits (SamSegmenter.decode_tokens without inference_mode)."""

@@ -23,6 +23,7 @@ from ..errors import InputError
 from ..imaging.transforms import mask_to_model
 from ..modeling.glue_weights import load_glue, read_glue_metadata, save_glue
 from ..modeling.moe import RoutingRecorder, set_routing
+from ..modeling.question_routing import best_threshold
 from . import distributed
 from .config import TrainConfig
 from .examples import Example, TrainSample, encode
@@ -52,6 +53,18 @@ def _dist() -> tuple[int, int]:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank = torch.distributed.get_rank() if world > 1 else 0
     return rank, world
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    """cpu, or this process's GPU (torchrun's LOCAL_RANK), checked before any work is done."""
+    if cfg.device == "cpu":
+        return torch.device("cpu")
+    from ..devices import check_device
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    check_device(f"cuda:{local}")
+    torch.cuda.set_device(local)
+    return torch.device("cuda", local)
 
 
 def _lr(step: int, cfg: TrainConfig, base: float) -> float:
@@ -87,6 +100,7 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     """Train ``cfg.stage`` on ``samples``; writes ``out_dir/adapter.safetensors`` and returns a report."""
     t0 = time.perf_counter()
     rank, world = _dist()
+    device = _device(cfg)
     torch.manual_seed(cfg.seed)
     if model is None:
         from ..modeling.medplib import build_medplib
@@ -100,6 +114,7 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
         load_glue(model, ckpt / ADAPTER)
     elif cfg.init_glue:
         load_glue(model, cfg.init_glue)
+    model.to(device)  # in place: parameters keep their identity, so the stage's choice below still holds
     history = read_glue_metadata(cfg.init_glue) if cfg.init_glue else {"trained_parts": (), "recipe": {}}
     trained_parts = tuple(dict.fromkeys(tuple(history["trained_parts"]) + cfg.trains))  # all stages so far
     chosen = prepare_stage(model, cfg.trains, cfg.forced_expert)
@@ -109,23 +124,24 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     model.sam.eval()  # the frozen SAM parts keep eval behaviour; only the trained glue is in train mode
     resolved = cfg.resolved()
     recipe = {"stages": list(history["recipe"].get("stages", [])) + [resolved]}
-    weights = LossWeights(cfg.ce_weight, resolved["bce_weight"], resolved["dice_weight"], cfg.route_supervision)
+    examples = _examples(model, samples, cfg)
+    weights = LossWeights(resolved["ce_weight"], resolved["bce_weight"], resolved["dice_weight"], cfg.route_supervision,
+                          resolved["route_span"], _route_balance(examples) if cfg.routing == "sequence" else (1.0, 1.0))
     grid = model.sam.prompt_encoder.image_embedding_size[0]
     module = TrainModule(model, weights, region_mask_fn=lambda region, emb: mask_to_model(region, emb.info,
-                                                                                           grid * 4)[0, 0])
+                                                                                           grid * 4)[0, 0].to(device))
     runner, chosen = distributed.wrap(module, cfg.distributed, cfg.trains, chosen, world)
     optimizer = torch.optim.AdamW(param_groups(chosen, lr=resolved["lr"], weight_decay=cfg.weight_decay,
                                                router_lr=cfg.router_lr))
     start = 0
     if (ckpt / "state.pt").is_file():
-        state = torch.load(ckpt / "state.pt", weights_only=False)
+        state = torch.load(ckpt / "state.pt", weights_only=False, map_location=device)
         if state["config"] != _fingerprint(cfg):
             raise InputError(f"{ckpt} holds a run with another config: use a new --out-dir or delete it")
         distributed.load_optimizer_state(optimizer, state["optimizer"])
         torch.set_rng_state(distributed.own_rng_state(state))
         start = resumed = int(state["step"])
 
-    examples = _examples(model, samples, cfg)
     embed = embedder or _Embedder(model)
     mine = [i for i in range(len(examples)) if i % world == rank]
     if not mine:
@@ -139,6 +155,8 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     routing: tuple[float, ...] = ()
     bar = _bar(cfg.steps, start, rank == 0 and progress)
     for step in range(start, cfg.steps):
+        if step == cfg.steps - cfg.steps // 4:  # the threshold is set from the last quarter's questions
+            module.question_scores.clear()
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, cfg, resolved["lr"]) * group.get("lr_scale", 1.0)
         parts_sum: dict[str, float] = {}
@@ -163,6 +181,7 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
             log.flush()
         bar(step + 1, parts_sum["loss"])
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:  # every process: FSDP gathers
+            _set_question_threshold(resolved, module, cfg)
             _save_checkpoint(model, optimizer, cfg, step + 1, ckpt, trained_parts, recipe, write=rank == 0)
     adapter = out / ADAPTER
     save_glue(model, adapter, trained_parts=trained_parts, recipe=recipe,
@@ -190,9 +209,28 @@ def _examples(model, samples: list[TrainSample], cfg: TrainConfig) -> list[Examp
     return out
 
 
+def _set_question_threshold(resolved: dict, module: TrainModule, cfg: TrainConfig) -> None:
+    """Question-level routing: the decision threshold from the questions of the run's last quarter of
+    steps (the routers have settled by then; question_routing.best_threshold), into the recipe; a
+    checkpoint before that quarter gets one from the questions so far."""
+    if cfg.routing != "sequence" or not module.question_scores:
+        return
+    resolved["question_threshold"] = round(best_threshold(module.question_scores), 6)
+
+
+def _route_balance(examples: list[Example]) -> tuple[float, float]:
+    """(grounding, VL) weights that give both targets the same total weight: grounding answers are the
+    minority (a fifth of the default data), and a router trained on the raw mix learns the prior."""
+    n_ground = sum(1 for ex in examples if ex.masks)
+    n_vl = len(examples) - n_ground
+    if not n_ground or not n_vl:
+        return (1.0, 1.0)
+    return (len(examples) / (2 * n_ground), len(examples) / (2 * n_vl))
+
+
 def _fingerprint(cfg: TrainConfig) -> str:
     # steps may grow on resume; ddp/fsdp checkpoints are the same file (full tensors)
-    keep = {k: v for k, v in cfg.resolved().items() if k not in ("steps", "save_every", "distributed")}
+    keep = {k: v for k, v in cfg.resolved().items() if k not in ("steps", "save_every", "distributed", "device")}
     return json.dumps(keep, sort_keys=True, default=str)
 
 

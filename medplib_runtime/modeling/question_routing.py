@@ -1,0 +1,78 @@
+"""Question-level routing (ours, ``medplib-lite``): one expert answers the whole question.
+
+MedPLIB's router picks an expert per token, and learns to over a whole epoch of MeCoVQA. Ours had
+50 steps: trained per token it learnt the class prior (98 % of every question's tokens to the
+vision-language expert, docs/training.md) and, blending the experts under top-2, lost stage III's
+grounding (the `<SEG>` went missing or pointed at the other structure) and leaked `<SEG>` into VQA
+answers. So a lite glue trained with ``routing: "sequence"`` routes per question instead:
+
+* the question is read once by the vision-language expert (stage II's model, every token forced);
+* at each of the current turn's question tokens, every layer's router gives p(grounding); their
+  mean over tokens and layers above the glue's threshold hands the whole answer to the grounding
+  expert (stage III's model, forced), else to the vision-language expert;
+* stage IV then trains exactly these routers on exactly these states (class-balanced CE,
+  ``training/forward.py``), and sets the threshold where the last quarter of its training
+  questions are told apart best (``best_threshold``): the mean p of both kinds sits above 0.5 —
+  a question's generic tokens ("the", "?") get p near the middle for both — so 0.5 would
+  send every question to the grounding expert (measured: 0.54–0.59 for VQA, 0.61–0.66 for
+  grounding questions after 20 steps).
+
+Costs one extra prefill per question (the answer is generated afresh with the chosen expert).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .moe import GROUND_EXPERT, VL_EXPERT, force_expert, tap_router_logits
+
+
+def question_positions(input_ids: torch.Tensor, *, turn_start: int, im_end_id: int, end: int) -> torch.Tensor:
+    """The current turn's positions in ``input_ids`` (1-D) from its ``USER:`` (never the image,
+    which comes before the first question) up to ``end`` (exclusive)."""
+    image_end = (input_ids[:end] == im_end_id).nonzero()[:, 0]
+    start = max(turn_start, int(image_end[-1]) + 1 if len(image_end) else 0)
+    return torch.arange(min(start, end), end, device=input_ids.device)
+
+
+def ground_probability(taps: list[list[torch.Tensor]], positions: torch.Tensor) -> float:
+    """Mean over layers and ``positions`` of the router's p(grounding expert); 0.0 with no positions."""
+    if not len(positions) or not taps or not taps[0]:
+        return 0.0
+    logits = torch.stack([tap[0][positions].detach() for tap in taps]).float()  # L×N×E
+    return float(torch.softmax(logits, dim=-1)[..., GROUND_EXPERT].mean())
+
+
+@torch.inference_mode()
+def choose_expert(llm, embeds: torch.Tensor, positions: torch.Tensor, *, threshold: float = 0.5) -> tuple[int, float]:
+    """→ (the expert that answers, p(grounding)) for a prompt's ``embeds`` ``1×T×D``."""
+    force_expert(llm, VL_EXPERT)  # the states the routers were trained on
+    with tap_router_logits(llm) as taps:
+        llm.model(inputs_embeds=embeds)
+    p = ground_probability(taps, positions)
+    return (GROUND_EXPERT if p > threshold else VL_EXPERT), p
+
+
+def best_threshold(scores: list[tuple[float, bool]]) -> float:
+    """The p that best separates grounding questions (True) from the rest: the midpoint between
+    neighbouring scores with the highest balanced accuracy (0.5 without both kinds)."""
+    n_pos = sum(1 for _, g in scores if g)
+    n_neg = len(scores) - n_pos
+    if not n_pos or not n_neg:
+        return 0.5
+    ordered = sorted(scores)
+    best, best_t = -1.0, 0.5
+    below_neg = below_pos = 0  # questions at or below the candidate threshold
+    for i, (p, g) in enumerate(ordered):
+        below_pos += g
+        below_neg += not g
+        if i + 1 < len(ordered) and ordered[i + 1][0] == p:
+            continue  # a threshold between equal scores does not exist
+        balanced = (below_neg / n_neg + (n_pos - below_pos) / n_pos) / 2
+        nxt = ordered[i + 1][0] if i + 1 < len(ordered) else p + 1e-3
+        if balanced > best:
+            best, best_t = balanced, (p + nxt) / 2
+    return best_t
+
+
+__all__ = ["best_threshold", "choose_expert", "ground_probability", "question_positions"]
