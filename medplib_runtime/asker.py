@@ -64,11 +64,7 @@ class Asker:
             ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
             embeds = m.embed_inputs(ids, image_tokens=image_tokens, region_tokens=region_tokens)
             if m.answer_routing == "sequence":  # one expert for the whole answer, chosen from the question
-                turn_start = len(self.tokenizer(history_text(system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens,
-                                                             history=history), add_special_tokens=False)["input_ids"])
-                at = question_positions(ids[0], turn_start=turn_start, im_end_id=self.im_end_id, end=ids.shape[1])
-                expert, _ = choose_expert(m.llm, embeds, at, threshold=m.question_threshold)
-                force_expert(m.llm, expert)
+                force_expert(m.llm, self._answer_expert(ids, embeds, history))
             recorder = RoutingRecorder(m.llm)
             try:
                 with recorder.record():
@@ -87,6 +83,14 @@ class Asker:
                    "decode_tok_per_s": n_new / gen.decode_s if gen.decode_s else 0.0,
                    "total": (time.perf_counter() - t0) * 1e3}
         return AskResult(text=answer, masks=masks, routing=routing, untrained_parts=self.untrained, timings_ms=timings)
+
+    def _answer_expert(self, ids: torch.Tensor, embeds: torch.Tensor, history: tuple[Turn, ...]) -> int:
+        """Question-level routing: the expert the routers pick from this turn's question."""
+        m = self.model
+        before = history_text(system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens, history=history)
+        turn_start = len(self.tokenizer(before, add_special_tokens=False)["input_ids"])
+        at = question_positions(ids[0], turn_start=turn_start, im_end_id=self.im_end_id, end=ids.shape[1])
+        return choose_expert(m.llm, embeds, at, threshold=m.question_threshold)[0]
 
     def text_callback(self, on_text):
         """Token-id callback → text callback; stop tokens are not shown."""

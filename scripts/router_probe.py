@@ -54,8 +54,8 @@ def collect(model, segmenter, path: str, n_per_kind: int, seed: int) -> list[tup
                 pix = emb.image_embedding
                 region = model.region_token(pix, mask_to_model(ex.sample.region, emb.info, 256)[0, 0]) \
                     if ex.region else None
-                model.llm.model(inputs_embeds=model.embed_inputs(ids, image_tokens=model.image_tokens(pixel_embedding=pix),
-                                                                 region_tokens=region))
+                image_tokens = model.image_tokens(pixel_embedding=pix)
+                model.llm.model(inputs_embeds=model.embed_inputs(ids, image_tokens=image_tokens, region_tokens=region))
             at = question_positions(ids[0], turn_start=ex.turn_start, im_end_id=model.token_ids["<im_end>"],
                                     end=answer0)
             states = torch.stack([h.reshape(-1, h.shape[-1]) for h in inputs])  # L×T×D

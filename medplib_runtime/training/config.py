@@ -145,8 +145,8 @@ class TrainConfig:
         """The effective values (stage defaults filled in), for logs and the adapter's recipe."""
         out = asdict(self)
         if self.routing == "sequence":  # the routers learn from the routing loss alone
-            out.update(ce_weight=0.0, bce_weight=0.0, dice_weight=0.0, route_span="question", lr=self.lr or self.spec.lr,
-                       trains=list(self.trains), stage_name=self.spec.name)
+            out.update(ce_weight=0.0, bce_weight=0.0, dice_weight=0.0, route_span="question",
+                       lr=self.lr or self.spec.lr, trains=list(self.trains), stage_name=self.spec.name)
             return out
         out.update(lr=self.lr or self.spec.lr, bce_weight=self.spec.bce_weight if self.bce_weight is None
                    else self.bce_weight, dice_weight=self.spec.dice_weight if self.dice_weight is None
