@@ -105,3 +105,13 @@ def test_cuda_training_step_changes_its_parameters(tmp_path):
     fresh = tiny_model()
     load_glue(fresh, report.adapter)
     assert torch.equal(fresh.ground_head.state_dict()["bias"], model.ground_head.state_dict()["bias"].cpu())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_napari_launcher_refuses_a_missing_gpu_before_napari_opens(capsys):
+    from napari_medplib.launch import main
+
+    assert main(["--device", "cuda"]) == 2
+    assert "sees no CUDA GPU" in capsys.readouterr().err
+    assert main(["--remote", "http://127.0.0.1:9", "--device", "cuda"]) == 2
+    assert "--device applies to the local runtime" in capsys.readouterr().err
