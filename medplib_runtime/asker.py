@@ -18,7 +18,7 @@ from .modeling.generation import greedy_generate
 from .modeling.ground_head import box_from_heat
 from .modeling.medplib import MedPLIB, build_medplib
 from .modeling.moe import VL_EXPERT, RoutingRecorder, force_expert
-from .modeling.question_routing import choose_expert, question_positions
+from .modeling.question_routing import QuestionRoute, choose_expert, question_positions
 from .presets import EXPERT_NAMES, IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, MedPLIBConfig
 from .schemas import AskResult, Prompt, Turn
 from .segmenter import Embedding, SamSegmenter
@@ -63,13 +63,17 @@ class Asker:
                                 history=history, region=region is not None)
             ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
             embeds = m.embed_inputs(ids, image_tokens=image_tokens, region_tokens=region_tokens)
-            if m.answer_routing == "sequence":  # one expert for the whole answer, chosen from the question
-                force_expert(m.llm, self._answer_expert(ids, embeds, history))
             recorder = RoutingRecorder(m.llm)
             try:
                 with recorder.record():
+                    prefilled = None
+                    if m.answer_routing == "sequence":  # one expert for the whole answer, chosen from the question
+                        route = self._route_question(ids, embeds, history)
+                        prefilled = route.prefilled
+                        if prefilled is None:
+                            recorder.restart()  # the prompt is read again, by the chosen expert
                     gen = greedy_generate(m.llm, embeds, max_new_tokens=max_new_tokens, stop_ids=self.stop_ids,
-                                          on_token=on_token, suppress_ids=self.suppress_ids)
+                                          on_token=on_token, suppress_ids=self.suppress_ids, prefilled=prefilled)
             finally:
                 if m.answer_routing == "sequence":
                     force_expert(m.llm, VL_EXPERT)  # the state the next question is read in
@@ -84,13 +88,14 @@ class Asker:
                    "total": (time.perf_counter() - t0) * 1e3}
         return AskResult(text=answer, masks=masks, routing=routing, untrained_parts=self.untrained, timings_ms=timings)
 
-    def _answer_expert(self, ids: torch.Tensor, embeds: torch.Tensor, history: tuple[Turn, ...]) -> int:
-        """Question-level routing: the expert the routers pick from this turn's question."""
+    def _route_question(self, ids: torch.Tensor, embeds: torch.Tensor, history: tuple[Turn, ...]) -> QuestionRoute:
+        """Question-level routing: the expert the routers pick from this turn's question (every layer
+        is left forced to it), with the prompt's KV cache when that expert is the one that read it."""
         m = self.model
         before = history_text(system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens, history=history)
         turn_start = len(self.tokenizer(before, add_special_tokens=False)["input_ids"])
         at = question_positions(ids[0], turn_start=turn_start, im_end_id=self.im_end_id, end=ids.shape[1])
-        return choose_expert(m.llm, embeds, at, threshold=m.question_threshold)[0]
+        return choose_expert(m.llm, embeds, at, threshold=m.question_threshold)
 
     def text_callback(self, on_text):
         """Token-id callback → text callback; stop tokens are not shown."""

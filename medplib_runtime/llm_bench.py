@@ -82,8 +82,9 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
         row_ms("decode step, dense (1 expert forced)", dense_step),
         row_ms(f"decode step, MoE top-{_top_k(llm)} routed", moe_step, f"MoE/dense = {m_step / d_step:.3f}"),
         Row("prefill MoE/dense ratio", "x", m_pre / d_pre, float("nan"), len(moe_prefill)),
-    ] + ([row_ms(f"question routing: extra prefill {PROMPT_TOKENS} tokens", choose_ms,
-                 "this glue answers with one expert per question: its decode step is the dense one")]
+    ] + ([row_ms(f"question routing: 2nd prefill {PROMPT_TOKENS} tokens", choose_ms,
+                 "grounding questions only (VQA answers continue the routing prefill's cache); "
+                 "one expert per question: the decode step is the dense one")]
          if choose_ms else [])
 
 
@@ -95,6 +96,6 @@ def _question_routing_ms(llm, embeds, repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
         t = time.perf_counter()
-        choose_expert(llm, embeds, positions)  # ends in a .item(): timed to completion on a GPU too
+        choose_expert(llm, embeds, positions)  # the routing prefill; ends in a .item(): timed to completion on a GPU too
         out.append((time.perf_counter() - t) * 1e3)
     return out

@@ -27,3 +27,22 @@ def test_the_first_token_is_never_a_stop_token():
     assert out.token_ids[0] != first and len(out.token_ids) >= 1
     later = [i for i, t in enumerate(out.token_ids) if t == first]
     assert later in ([], [len(out.token_ids) - 1])  # later on, the stop token still ends the answer
+
+
+@torch.inference_mode()
+def test_continuing_from_a_prefill_gives_the_same_answer_and_states():
+    """Question-level routing hands its prefill's cache to the answer: nothing may change by it."""
+    import pytest
+
+    from medplib_runtime.modeling.generation import prefill
+
+    llm = _tiny_llama()
+    embeds = llm.get_input_embeddings()(torch.tensor([[1, 5, 9, 12, 3]]))
+    fresh = greedy_generate(llm, embeds, max_new_tokens=6, stop_ids=set())
+    read = prefill(llm, embeds)
+    continued = greedy_generate(llm, embeds, max_new_tokens=6, stop_ids=set(), prefilled=read)
+    assert continued.token_ids == fresh.token_ids and len(fresh.token_ids) == 6
+    assert torch.allclose(continued.hidden, fresh.hidden, atol=1e-5)
+    assert continued.prefill_s == read.seconds and continued.prefill_tokens == 5
+    with pytest.raises(ValueError, match="prefilled prompt has 5 tokens, this one 4"):
+        greedy_generate(llm, embeds[:, :4], max_new_tokens=2, stop_ids=set(), prefilled=prefill(llm, embeds))

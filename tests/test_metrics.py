@@ -93,3 +93,15 @@ def test_summary_averages_dice_per_sample():
 ])
 def test_names_structure(prediction, name, expected):
     assert names_structure(prediction, name) is expected
+
+
+@pytest.mark.parametrize("prediction, expected", [
+    ("The lesion is a cyst.", False),  # two structures named: not an answer
+    ("The lesion.", True),
+    ("It is the grey matter, not white.", True),  # "white" alone is not a structure name
+    ("grey matter and white matter", False),
+])
+def test_naming_another_structure_too_is_wrong(prediction, expected):
+    others = ("lesion", "cyst", "grey matter", "white matter")
+    name = "grey matter" if "grey" in prediction else "lesion"
+    assert names_structure(prediction, name, others) is expected

@@ -187,6 +187,30 @@ def test_router_lr_gets_its_own_group():
     assert len(param_groups(chosen, lr=3e-4, weight_decay=0.0)) == 2  # no router_lr: as before
 
 
+def test_region_lr_gets_its_own_group_and_moves_the_region_encoder_further(tmp_path):
+    from medplib_runtime.training.params import param_groups, prepare_stage
+
+    model = tiny_model()
+    chosen = prepare_stage(model, TrainConfig(stage=2, data=("x",), out_dir="o").trains, None)
+    groups = param_groups(chosen, lr=3e-4, weight_decay=0.0, region_lr=3e-3)
+    names = {id(p): n for n, p in chosen}
+    own = [g for g in groups if g["lr_scale"] != 1.0]
+    assert len(own) == 1 and own[0]["lr_scale"] == pytest.approx(10.0)
+    assert {names[id(p)].split(".")[0] for p in own[0]["params"]} == {"region_encoder"}
+    with pytest.raises(InputError, match="region_lr must be > 0"):
+        TrainConfig(stage=2, data=("x",), out_dir="o", region_lr=0)
+
+    def region_step(region_lr):
+        model = tiny_model()
+        before = {k: v.clone() for k, v in model.region_encoder.state_dict().items()}
+        cfg = TrainConfig(stage=2, data=("synthetic",), out_dir=str(tmp_path / str(region_lr)), steps=2,
+                          grad_accumulation=2, warmup_steps=0, region_lr=region_lr)
+        train(cfg, samples(2), model=model, embedder=FakeEmbedder(), progress=False)
+        return max(float((v - before[k]).abs().max()) for k, v in model.region_encoder.state_dict().items())
+
+    assert region_step(1e-2) > 5 * region_step(None)  # Adam: each step moves a weight by about its lr
+
+
 def test_routing_loss_matches_hand_computed_values():
     import math
 
@@ -327,8 +351,10 @@ def test_question_level_routing_trains_only_the_routers_and_routes_each_question
                                     image_tokens=fresh.image_tokens(pixel_embedding=emb.image_embedding))
         at = question_positions(ex.input_ids[0], turn_start=ex.turn_start, im_end_id=fresh.token_ids["<im_end>"],
                                 end=answer0)
-        chosen, p = choose_expert(fresh.llm, embeds, at, threshold=fresh.question_threshold)
-        assert chosen == expert, (expert, p, fresh.question_threshold)
+        route = choose_expert(fresh.llm, embeds, at, threshold=fresh.question_threshold)
+        assert route.expert == expert, (expert, route.p_ground, fresh.question_threshold)
+        assert {m.forced_expert for m in moe_layers(fresh.llm)} == {expert}  # the answer is written by it
+        assert (route.prefilled is not None) == (expert == VL_EXPERT)  # the cache of the expert that read it
     assert read_glue_metadata(report.adapter)["recipe"]["stages"][-1]["question_threshold"] == fresh.question_threshold
 
 

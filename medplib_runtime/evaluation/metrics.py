@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,9 +100,15 @@ def summarize_seg(ious: list[float]) -> SegSummary:
     return SegSummary(len(ious), float(np.mean(ious)), float(np.mean([dice_from_iou(i) for i in ious])))
 
 
-def names_structure(prediction: str, name: str) -> bool:
+def names_structure(prediction: str, name: str, others: Iterable[str] = ()) -> bool:
     """Whether the answer names the structure: its normalised words appear in order, as whole words
-    ("grey matter" in "it is the grey matter"; not "matter" alone)."""
-    words, target = normalize_text(prediction).split(), normalize_text(name).split()
-    n = len(target)
-    return n > 0 and any(words[i:i + n] == target for i in range(len(words) - n + 1))
+    ("grey matter" in "it is the grey matter"; not "matter" alone), and none of ``others`` (the
+    dataset's other structure names) does — "The lesion is a cyst." names no one structure."""
+    words = normalize_text(prediction).split()
+
+    def said(label: str) -> bool:
+        target = normalize_text(label).split()
+        n = len(target)
+        return n > 0 and any(words[i:i + n] == target for i in range(len(words) - n + 1))
+
+    return said(name) and not any(said(o) for o in others if normalize_text(o) != normalize_text(name))

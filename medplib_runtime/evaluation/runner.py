@@ -101,6 +101,7 @@ def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: s
     t0 = time.perf_counter()
     ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset, image_folder=image_folder)
     records = ds.records[:limit] if limit is not None else ds.records
+    structures = sorted({n for n in map(_asked_name, records) if n})  # an answer naming two of them is wrong
     groups: dict[tuple[str, str], _Scores] = {}
     out = Path(predictions) if predictions else None
     sink = out.open("w", encoding="utf-8") if out else None
@@ -157,7 +158,7 @@ def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: s
                         s.open.append(score)
                 name = _asked_name(rec)
                 if name:
-                    meta["named"] = names_structure(result.text, name)
+                    meta["named"] = names_structure(result.text, name, structures)
                     for s in targets:
                         s.named.append(meta["named"])
                 if sink:

@@ -6,10 +6,22 @@ Our own short loop (rather than ``generate``) because MedPLIB needs the hidden s
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+
+@dataclass(frozen=True)
+class Prefill:
+    """A prompt already run through the LLM body: its KV cache and last state, for a
+    ``greedy_generate`` that continues from it instead of running the prompt again."""
+
+    cache: object  # transformers DynamicCache holding the prompt's keys and values (single use: decoding grows it)
+    last_hidden: torch.Tensor  # 1×D: the last-layer state at the prompt's last position
+    tokens: int
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -29,26 +41,39 @@ def _cache_keyword(body) -> str:
 
 
 @torch.inference_mode()
+def prefill(llm, inputs_embeds: torch.Tensor) -> Prefill:
+    """Run the prompt ``1×T×D`` through the LLM body once, keeping its KV cache."""
+    from transformers import DynamicCache
+
+    body = llm.model
+    cache = DynamicCache()
+    t0 = time.perf_counter()
+    out = body(inputs_embeds=inputs_embeds, **{_cache_keyword(body): cache, "use_cache": True})
+    last = out.last_hidden_state[:, -1]
+    if inputs_embeds.device.type == "cuda":  # GPU work is asynchronous: the prefill's time is its own
+        torch.cuda.synchronize(inputs_embeds.device)
+    return Prefill(cache, last, inputs_embeds.shape[1], time.perf_counter() - t0)
+
+
+@torch.inference_mode()
 def greedy_generate(llm, inputs_embeds: torch.Tensor, *, max_new_tokens: int, stop_ids: set[int],
                     on_token: Callable[[int], None] | None = None,
-                    suppress_ids: tuple[int, ...] = ()) -> GenerationOutput:
+                    suppress_ids: tuple[int, ...] = (), prefilled: Prefill | None = None) -> GenerationOutput:
     """``inputs_embeds`` ``1×T×D`` → greedy continuation, stopping at any of ``stop_ids``.
 
     ``suppress_ids`` are never emitted (input-only placeholders such as ``<image>``); a stop token
     is not allowed as the first token (HF's ``min_new_tokens=1``): an empty answer tells a user nothing.
+    ``prefilled``: the same prompt already run by ``prefill`` with the same weights and routing
+    (question-level routing reads the question with the expert that then often answers it);
+    decoding continues from its cache, and its time is reported as this answer's prefill.
     """
-    import time
-
-    from transformers import DynamicCache
-
     body, head = llm.model, llm.lm_head
     device = inputs_embeds.device
-    kv = {_cache_keyword(body): DynamicCache(), "use_cache": True}  # one cache for the whole answer
-    t0 = time.perf_counter()
-    out = body(inputs_embeds=inputs_embeds, **kv)
-    logits = head(out.last_hidden_state[:, -1])
-    if device.type == "cuda":  # GPU work is asynchronous: the prefill's time is its own, not the first step's
-        torch.cuda.synchronize(device)
+    if prefilled is not None and prefilled.tokens != inputs_embeds.shape[1]:
+        raise ValueError(f"prefilled prompt has {prefilled.tokens} tokens, this one {inputs_embeds.shape[1]}")
+    start = prefilled or prefill(llm, inputs_embeds)
+    kv = {_cache_keyword(body): start.cache, "use_cache": True}  # one cache for the whole answer
+    logits = head(start.last_hidden)
     t1 = time.perf_counter()
     tokens: list[int] = []
     hidden: list[torch.Tensor] = []
@@ -74,4 +99,4 @@ def greedy_generate(llm, inputs_embeds: torch.Tensor, *, max_new_tokens: int, st
         torch.cuda.synchronize(device)
     t2 = time.perf_counter()
     h = torch.stack(hidden) if hidden else torch.empty(0, llm.config.hidden_size, device=device)
-    return GenerationOutput(tuple(tokens), h, inputs_embeds.shape[1], t1 - t0, t2 - t1)
+    return GenerationOutput(tuple(tokens), h, inputs_embeds.shape[1], start.seconds, t2 - t1)

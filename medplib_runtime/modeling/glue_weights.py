@@ -11,6 +11,7 @@ names the preset, the added tokens, which parts were trained, and the recipe.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -85,8 +86,16 @@ def read_glue_metadata(path: str | Path) -> dict:
         raise ModelError(f"glue file {path} is not readable safetensors: {exc}") from None
     if meta.get("format") != FORMAT:
         raise ModelError(f"glue file {path} is not a {FORMAT} file")
-    return {"preset": meta["preset"], "tokens": json.loads(meta["tokens"]),
-            "trained_parts": tuple(json.loads(meta["trained_parts"])), "recipe": json.loads(meta["recipe"])}
+    out: dict = {"preset": meta.get("preset")}
+    for key, kind in (("tokens", list), ("trained_parts", list), ("recipe", dict)):
+        try:
+            value = json.loads(meta[key])
+        except (KeyError, TypeError, json.JSONDecodeError):
+            value = None
+        if not isinstance(value, kind):  # a hand-edited file: one line, not a traceback
+            raise ModelError(f"glue file {path}: metadata {key!r} is missing or not a JSON {kind.__name__}")
+        out[key] = tuple(value) if key == "trained_parts" else value
+    return out
 
 
 @torch.no_grad()
@@ -95,6 +104,10 @@ def load_glue(model, path: str | Path) -> dict:
     from safetensors.torch import load_file
 
     meta = read_glue_metadata(path)
+    try:
+        routing = trained_routing(meta["recipe"])  # checked before any weight is copied into the model
+    except ModelError as exc:
+        raise ModelError(f"glue file {path}: {exc}") from None
     tokens = sorted(model.token_ids, key=model.token_ids.get)
     if meta["tokens"] != tokens:
         raise ModelError(f"glue file {path} was trained with other added tokens ({meta['tokens']})")
@@ -123,32 +136,74 @@ def load_glue(model, path: str | Path) -> dict:
     decoder = {k[len("mask_decoder."):]: v for k, v in state.items() if k.startswith("mask_decoder.")}
     if decoder:
         model.sam.mask_decoder.load_state_dict(decoder)
-    apply_trained_routing(model, meta["recipe"])
+    apply_routing(model, routing)
     return meta
 
 
-def apply_trained_routing(model, recipe: dict) -> None:
+@dataclass(frozen=True)
+class TrainedRouting:
+    """How a glue's MoE routes, from its last stage (``trained_routing``)."""
+
+    answer_routing: str = "token"  # "token": per token; "sequence": one expert per question (question_routing.py)
+    question_threshold: float = 0.5
+    forced_expert: int | None = None  # every token to this expert; None: the router decides
+    top_k: int = 1
+
+
+def trained_routing(recipe: dict) -> TrainedRouting | None:
     """Route the MoE as the glue's last stage was trained: before stage IV the router is untrained,
     so every token goes to the expert that stage trained (I/II: vision-language, III: grounding);
     after it, the router decides with the stage's top-k (capacity: the preset's eval factor), per
-    token, or per question for a stage IV trained with ``routing: "sequence"`` (question_routing.py)."""
-    from .moe import STAGE_EXPERT, VL_EXPERT, force_expert, set_routing
+    token, or per question for a stage IV trained with ``routing: "sequence"``. ModelError names a
+    recipe field a hand edit broke; None where the recipe names no stage (the routing is left as built)."""
+    from .moe import STAGE_EXPERT, VL_EXPERT
 
-    model.answer_routing = "token"
-    model.question_threshold = 0.5
     stages = recipe.get("stages") or []
+    if not isinstance(stages, list) or not all(isinstance(st, dict) for st in stages):
+        raise ModelError("recipe's stages are not a list of stage configs")
     if not stages:
-        return
+        return None
     last = stages[-1]
-    stage = int(last.get("stage", 0))
+    stage = _recipe_number(last, "stage", 0, int)
     if stage not in STAGE_EXPERT:
-        return
+        return None
     if stage == 4 and last.get("routing") == "sequence":
-        model.answer_routing = "sequence"  # the Asker picks the expert for each question
-        model.question_threshold = float(last.get("question_threshold", 0.5))
-        force_expert(model.llm, VL_EXPERT)
-        return
+        threshold = _recipe_number(last, "question_threshold", 0.5, float)
+        if not 0.0 <= threshold <= 1.0:
+            raise ModelError(f"recipe's question_threshold {threshold!r} is not a probability in [0, 1]")
+        return TrainedRouting("sequence", threshold, VL_EXPERT)
     forced = last.get("dense_expert") if STAGE_EXPERT[stage] is None else STAGE_EXPERT[stage]
-    force_expert(model.llm, forced)
-    if forced is None:
-        set_routing(model.llm, top_k=int(last.get("top_k") or 1))
+    if forced is not None and forced not in (0, 1):
+        raise ModelError(f"recipe's dense_expert {forced!r} is not an expert (0 or 1)")
+    top_k = _recipe_number(last, "top_k", 1, int) if forced is None else 1
+    if forced is None and top_k not in (1, 2):
+        raise ModelError(f"recipe's top_k {top_k!r} is not 1 or 2")
+    return TrainedRouting("token", 0.5, forced, top_k)
+
+
+def _recipe_number(stage: dict, key: str, default, kind: type):
+    value = stage.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+            or (kind is int and value != int(value)):
+        raise ModelError(f"recipe's {key} {value!r} is not {'an integer' if kind is int else 'a number'}")
+    return kind(value)
+
+
+def apply_routing(model, routing: TrainedRouting | None) -> None:
+    from .moe import force_expert, set_routing
+
+    if routing is None:
+        model.answer_routing, model.question_threshold = "token", 0.5
+        return
+    model.answer_routing = routing.answer_routing  # "sequence": the Asker picks the expert per question
+    model.question_threshold = routing.question_threshold
+    force_expert(model.llm, routing.forced_expert)
+    if routing.forced_expert is None:
+        set_routing(model.llm, top_k=routing.top_k)
+
+
+def apply_trained_routing(model, recipe: dict) -> None:
+    """``trained_routing`` applied to ``model``."""
+    apply_routing(model, trained_routing(recipe))

@@ -308,6 +308,12 @@ class RoutingRecorder:
             for m in self.layers:
                 m.trace = None
 
+    def restart(self) -> None:
+        """Inside ``record()``: forget what was recorded so far (a prompt that will be run again)."""
+        for m in self.layers:
+            if m.trace is not None:
+                m.trace.clear()
+
     @property
     def traces(self) -> list[list[RoutingTrace]]:
         """Per layer, one RoutingTrace per forward."""

@@ -17,14 +17,26 @@ answers. So a lite glue trained with ``routing: "sequence"`` routes per question
   send every question to the grounding expert (measured: 0.54–0.59 for VQA, 0.61–0.66 for
   grounding questions after 20 steps).
 
-Costs one extra prefill per question (the answer is generated afresh with the chosen expert).
+The routing prefill is the vision-language expert's prefill of the prompt: when that expert is
+chosen, the answer continues from its KV cache (``QuestionRoute.prefilled``); only a question
+handed to the grounding expert pays a second prefill.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from .generation import Prefill, prefill
 from .moe import GROUND_EXPERT, VL_EXPERT, force_expert, tap_router_logits
+
+
+@dataclass(frozen=True)
+class QuestionRoute:
+    expert: int  # the expert that writes the whole answer
+    p_ground: float  # mean p(grounding) over the question's tokens and every layer
+    prefilled: Prefill | None  # the prompt's KV cache when ``expert`` is the one that read it, else None
 
 
 def question_positions(input_ids: torch.Tensor, *, turn_start: int, im_end_id: int, end: int) -> torch.Tensor:
@@ -44,13 +56,16 @@ def ground_probability(taps: list[list[torch.Tensor]], positions: torch.Tensor) 
 
 
 @torch.inference_mode()
-def choose_expert(llm, embeds: torch.Tensor, positions: torch.Tensor, *, threshold: float = 0.5) -> tuple[int, float]:
-    """→ (the expert that answers, p(grounding)) for a prompt's ``embeds`` ``1×T×D``."""
+def choose_expert(llm, embeds: torch.Tensor, positions: torch.Tensor, *, threshold: float = 0.5) -> QuestionRoute:
+    """The expert that answers the prompt ``embeds`` ``1×T×D``; leaves every layer forced to it."""
     force_expert(llm, VL_EXPERT)  # the states the routers were trained on
     with tap_router_logits(llm) as taps:
-        llm.model(inputs_embeds=embeds)
+        read = prefill(llm, embeds)
     p = ground_probability(taps, positions)
-    return (GROUND_EXPERT if p > threshold else VL_EXPERT), p
+    if p > threshold:
+        force_expert(llm, GROUND_EXPERT)
+        return QuestionRoute(GROUND_EXPERT, p, None)  # its cache holds the other expert's states
+    return QuestionRoute(VL_EXPERT, p, read)
 
 
 def best_threshold(scores: list[tuple[float, bool]]) -> float:
@@ -75,4 +90,4 @@ def best_threshold(scores: list[tuple[float, bool]]) -> float:
     return best_t
 
 
-__all__ = ["best_threshold", "choose_expert", "ground_probability", "question_positions"]
+__all__ = ["QuestionRoute", "best_threshold", "choose_expert", "ground_probability", "question_positions"]

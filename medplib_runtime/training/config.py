@@ -60,6 +60,8 @@ class TrainConfig:
     seed: int = 0
     extra_trains: tuple[str, ...] = field(default_factory=tuple)
     router_lr: float | None = None  # stage IV: the routers' own lr (None: the stage's); ours learn in 50 steps
+    region_lr: float | None = None  # the region encoder's own lr (None: the stage's); ours starts from random
+    # init and must grow region-to-region differences that are small next to its bias (docs/training.md)
     top_k: int = 1  # stage IV: experts per token (MedPLIB: 1)
     capacity_factor: float = 1.5  # stage IV: training capacity factor (MedPLIB: 1.5)
     route_supervision: float = 0.0  # stage IV, ours: weight of a CE on the router (answers with <SEG> → the
@@ -83,8 +85,10 @@ class TrainConfig:
             raise InputError("steps and grad_accumulation must be at least 1")
         if not self.data:
             raise InputError("no training data: give at least one MeCoVQA JSON file")
-        if self.router_lr is not None and not self.router_lr > 0:
-            raise InputError(f"router_lr must be > 0; got {self.router_lr}")
+        for name in ("router_lr", "region_lr"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise InputError(f"{name} must be > 0; got {value!r}")
         if self.dense_expert not in (None, 0, 1):
             raise InputError(f"dense_expert must be 0, 1 or null; got {self.dense_expert}")
         if self.top_k not in (1, 2) or not self.capacity_factor > 0:

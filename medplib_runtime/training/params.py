@@ -72,18 +72,22 @@ def keep_only_new_rows(model) -> None:
 
 
 def param_groups(chosen: list[tuple[str, nn.Parameter]], *, lr: float, weight_decay: float,
-                 router_lr: float | None = None) -> list[dict]:
+                 router_lr: float | None = None, region_lr: float | None = None) -> list[dict]:
     """AdamW groups: no decay on the embedding (its frozen rows must stay bit-identical) or biases;
-    the routers in their own group when ``router_lr`` is given. ``lr_scale`` is each group's lr
-    relative to the schedule's (the trainer sets ``lr`` every step)."""
-    decay, no_decay, router = [], [], []
+    the routers (``router_lr``) and the region encoder (``region_lr``) in groups of their own when
+    their lr is given. ``lr_scale`` is each group's lr relative to the schedule's (the trainer sets
+    ``lr`` every step)."""
+    decay, no_decay = [], []
+    own: dict[str, tuple[float, list]] = {}
     for name, p in chosen:
         if router_lr is not None and ".router." in name:
-            router.append(p)
+            own.setdefault("router", (router_lr, []))[1].append(p)
+        elif region_lr is not None and "region_encoder." in name:
+            own.setdefault("region_encoder", (region_lr, []))[1].append(p)
         else:
             (no_decay if name.startswith("llm.embed_tokens") or p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay, "lr_scale": 1.0},
               {"params": no_decay, "lr": lr, "weight_decay": 0.0, "lr_scale": 1.0}]
-    if router:
-        groups.append({"params": router, "lr": router_lr, "weight_decay": 0.0, "lr_scale": router_lr / lr})
+    for part_lr, params in own.values():
+        groups.append({"params": params, "lr": part_lr, "weight_decay": 0.0, "lr_scale": part_lr / lr})
     return groups

@@ -132,7 +132,7 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
                                                                                            grid * 4)[0, 0].to(device))
     runner, chosen = distributed.wrap(module, cfg.distributed, cfg.trains, chosen, world)
     optimizer = torch.optim.AdamW(param_groups(chosen, lr=resolved["lr"], weight_decay=cfg.weight_decay,
-                                               router_lr=cfg.router_lr))
+                                               router_lr=cfg.router_lr, region_lr=cfg.region_lr))
     start = 0
     if (ckpt / "state.pt").is_file():
         state = torch.load(ckpt / "state.pt", weights_only=False, map_location=device)
@@ -230,7 +230,8 @@ def _route_balance(examples: list[Example]) -> tuple[float, float]:
 
 def _fingerprint(cfg: TrainConfig) -> str:
     # steps may grow on resume; ddp/fsdp checkpoints are the same file (full tensors)
-    keep = {k: v for k, v in cfg.resolved().items() if k not in ("steps", "save_every", "distributed", "device")}
+    keep = {k: v for k, v in cfg.resolved().items() if k not in ("steps", "save_every", "distributed", "device")
+            and not (k == "region_lr" and v is None)}  # runs from before region_lr existed resume
     return json.dumps(keep, sort_keys=True, default=str)
 
 
