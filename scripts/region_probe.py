@@ -4,8 +4,7 @@
 
 For every region question that asks what a region is (our builder's R ``what``/``choice``
 records), pools the LiteMedSAM features inside the region exactly as the region encoder does
-(``RegionEncoder.sample_positions`` + ``grid_sample``, mean over positions: the 256 numbers its
-Linear maps to the LLM's region token), fits a multinomial logistic regression on train.json's
+(``RegionEncoder.pooled``: the 256 numbers its Linear maps to the LLM's region token), fits a multinomial logistic regression on train.json's
 records (features standardised on train, L2-regularised, full-batch L-BFGS) and prints, per
 held-out case, how often the probe names the right structure and what it names most.
 
@@ -43,9 +42,7 @@ def pooled_regions(model, segmenter, path: Path) -> tuple[torch.Tensor, list[str
             continue
         emb = segmenter.embed(sample.image)
         mask = mask_to_model(sample.region, emb.info, 256)[0, 0]
-        grid = model.region_encoder.sample_positions(mask)[None, None]
-        pooled = F.grid_sample(emb.image_embedding, grid.to(emb.image_embedding.dtype), align_corners=False)
-        feats.append(pooled.mean(-1).flatten().float())
+        feats.append(model.region_encoder.pooled(emb.image_embedding, mask).flatten().float())
         names.append(rec.extra["facts"]["name"])
         cases.append(str(rec.extra.get("case")))
     return torch.stack(feats), names, cases

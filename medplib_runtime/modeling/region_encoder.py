@@ -33,8 +33,13 @@ class RegionEncoder(nn.Module):
         # pixel centres → align_corners=False normalised coordinates
         return torch.stack([(xs.float() + 0.5) / w * 2 - 1, (ys.float() + 0.5) / h * 2 - 1], dim=-1)
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """features ``1×C×g×g``, mask ``H×W`` over the same padded square → ``1×1×llm_hidden``."""
+    def pooled(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """features ``1×C×g×g``, mask ``H×W`` over the same padded square → ``1×C``: the mean feature
+        inside the region (what the projection sees; scripts/region_probe.py reads it too)."""
         grid = self.sample_positions(mask)[None, None]  # 1×1×K×2
         sampled = F.grid_sample(features, grid.to(features.dtype), align_corners=False)  # 1×C×1×K
-        return self.proj(sampled.mean(dim=-1).squeeze(-1))[:, None, :]
+        return sampled.mean(dim=-1).squeeze(-1)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """features ``1×C×g×g``, mask ``H×W`` over the same padded square → ``1×1×llm_hidden``."""
+        return self.proj(self.pooled(features, mask))[:, None, :]
