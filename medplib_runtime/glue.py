@@ -8,11 +8,9 @@ and every consumer must say so. Reading the list needs no torch: the safetensors
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
-from .errors import ModelError
+from .glue_recipe import read_glue_metadata
 from .presets import MedPLIBConfig
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -39,16 +37,9 @@ def glue_path(config: MedPLIBConfig) -> Path:
 
 def trained_parts(path: Path) -> tuple[str, ...]:
     """The parts a glue file's stages trained, from its safetensors header (no torch needed);
-    ModelError naming the file when it is not a readable safetensors file (never "untrained")."""
-    try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100_000_000:
-                raise ValueError(f"header length {n}")
-            header = json.loads(f.read(n))
-        return tuple(json.loads(header.get("__metadata__", {}).get("trained_parts", "[]")))
-    except (OSError, ValueError, AttributeError, struct.error) as exc:
-        raise ModelError(f"glue file {path} is not readable safetensors: {exc}") from None
+    ModelError naming the file and the field when it is not a readable glue file or a hand edit
+    broke its metadata (never "untrained": the file would not load)."""
+    return read_glue_metadata(path)["trained_parts"]
 
 
 def glue_status(config: MedPLIBConfig, path: Path | None = None) -> dict[str, tuple[str, bool]]:

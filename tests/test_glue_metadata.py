@@ -65,3 +65,35 @@ def test_a_glue_file_with_broken_metadata_is_refused_and_the_model_is_untouched(
         load_glue(target, path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     assert all(torch.equal(before[k], v) for k, v in glue_state(target).items())
+
+
+def test_info_and_serve_refuse_a_broken_glue_without_torch(tmp_path):
+    """`medplib info --glue` and `medplib serve --glue` read the header only (no torch): they refuse
+    the same broken recipe, and a truncated copy, in one line instead of listing the parts as trained."""
+    import subprocess
+    import sys
+
+    from medplib_runtime.glue import trained_parts
+    from medplib_runtime.server.config import ServerConfig
+
+    path = save_glue(tiny_model(), tmp_path / "glue.safetensors", trained_parts=("vision_projector",),
+                     recipe={"stages": [SEQUENCE_STAGE]})
+    assert trained_parts(path) == ("vision_projector",)
+    whole = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(whole[: len(whole) // 2])
+    _rewrite_metadata(path, recipe=json.dumps({"stages": [{**SEQUENCE_STAGE, "question_threshold": 1.7}]}))
+    for broken, message in ((path, "question_threshold 1.7 is not a probability"),
+                            (tmp_path / "cut.safetensors", "not readable safetensors: tensor data ends")):
+        with pytest.raises(ModelError, match=message):
+            trained_parts(broken)
+        with pytest.raises(ModelError, match=message):
+            ServerConfig(token="x" * 16, glue=str(broken))
+    probe = ("import sys; from medplib_runtime.glue import trained_parts\n"
+             "try: trained_parts(sys.argv[1])\nexcept Exception: pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    cli = subprocess.run([sys.executable, "-m", "medplib_runtime.cli", "info", "--glue", str(path)],
+                         capture_output=True, text=True)
+    assert cli.returncode != 0 and cli.stdout == ""
+    assert cli.stderr.strip().splitlines() == [
+        f"medplib: error: glue file {path}: recipe's question_threshold 1.7 is not a probability in [0, 1]"]

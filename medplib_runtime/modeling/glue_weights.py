@@ -11,15 +11,17 @@ names the preset, the added tokens, which parts were trained, and the recipe.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelError
+from ..glue_recipe import FORMAT, TrainedRouting, read_glue_metadata, trained_routing
+from .standardiser import InputStandardiser
 
-FORMAT = "medplib-glue/1"
-OPTIONAL = ("ground_head.",)  # parts newer than the format: a file without them loads, the part stays untrained
+# parts newer than the format: a file without them loads; the part stays untrained (the head) or the identity
+# (the input standardisations)
+OPTIONAL = ("ground_head.", "seg_projector.standardise.", "region_encoder.standardise.")
 
 
 def glue_state(model) -> dict[str, torch.Tensor]:
@@ -76,38 +78,12 @@ def save_glue(model, path: str | Path, *, trained_parts: tuple[str, ...], recipe
     return path
 
 
-def read_glue_metadata(path: str | Path) -> dict:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:  # noqa: BLE001 — any unreadable file is one message
-        raise ModelError(f"glue file {path} is not readable safetensors: {exc}") from None
-    if meta.get("format") != FORMAT:
-        raise ModelError(f"glue file {path} is not a {FORMAT} file")
-    out: dict = {"preset": meta.get("preset")}
-    for key, kind in (("tokens", list), ("trained_parts", list), ("recipe", dict)):
-        try:
-            value = json.loads(meta[key])
-        except (KeyError, TypeError, json.JSONDecodeError):
-            value = None
-        if not isinstance(value, kind):  # a hand-edited file: one line, not a traceback
-            raise ModelError(f"glue file {path}: metadata {key!r} is missing or not a JSON {kind.__name__}")
-        out[key] = tuple(value) if key == "trained_parts" else value
-    return out
-
-
 @torch.no_grad()
 def load_glue(model, path: str | Path) -> dict:
     """Copy the glue in ``path`` into ``model`` (shapes and token list checked); returns its metadata."""
     from safetensors.torch import load_file
 
-    meta = read_glue_metadata(path)
-    try:
-        routing = trained_routing(meta["recipe"])  # checked before any weight is copied into the model
-    except ModelError as exc:
-        raise ModelError(f"glue file {path}: {exc}") from None
+    meta = read_glue_metadata(path)  # every field, the routing too, checked before any weight is copied
     tokens = sorted(model.token_ids, key=model.token_ids.get)
     if meta["tokens"] != tokens:
         raise ModelError(f"glue file {path} was trained with other added tokens ({meta['tokens']})")
@@ -124,7 +100,7 @@ def load_glue(model, path: str | Path) -> dict:
     for name, module in _modules(model):
         part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
         if part or not (name + ".").startswith(OPTIONAL):
-            module.load_state_dict(part)
+            _load_part(module, part)
     model.ground_head_trained = ("ground_head" in meta["trained_parts"]
                                  and any(k.startswith("ground_head.") for k in state))
     for i, moe in enumerate(model.moe):
@@ -136,59 +112,17 @@ def load_glue(model, path: str | Path) -> dict:
     decoder = {k[len("mask_decoder."):]: v for k, v in state.items() if k.startswith("mask_decoder.")}
     if decoder:
         model.sam.mask_decoder.load_state_dict(decoder)
-    apply_routing(model, routing)
+    apply_routing(model, meta["routing"])
     return meta
 
 
-@dataclass(frozen=True)
-class TrainedRouting:
-    """How a glue's MoE routes, from its last stage (``trained_routing``)."""
-
-    answer_routing: str = "token"  # "token": per token; "sequence": one expert per question (question_routing.py)
-    question_threshold: float = 0.5
-    forced_expert: int | None = None  # every token to this expert; None: the router decides
-    top_k: int = 1
-
-
-def trained_routing(recipe: dict) -> TrainedRouting | None:
-    """Route the MoE as the glue's last stage was trained: before stage IV the router is untrained,
-    so every token goes to the expert that stage trained (I/II: vision-language, III: grounding);
-    after it, the router decides with the stage's top-k (capacity: the preset's eval factor), per
-    token, or per question for a stage IV trained with ``routing: "sequence"``. ModelError names a
-    recipe field a hand edit broke; None where the recipe names no stage (the routing is left as built)."""
-    from .moe import STAGE_EXPERT, VL_EXPERT
-
-    stages = recipe.get("stages") or []
-    if not isinstance(stages, list) or not all(isinstance(st, dict) for st in stages):
-        raise ModelError("recipe's stages are not a list of stage configs")
-    if not stages:
-        return None
-    last = stages[-1]
-    stage = _recipe_number(last, "stage", 0, int)
-    if stage not in STAGE_EXPERT:
-        return None
-    if stage == 4 and last.get("routing") == "sequence":
-        threshold = _recipe_number(last, "question_threshold", 0.5, float)
-        if not 0.0 <= threshold <= 1.0:
-            raise ModelError(f"recipe's question_threshold {threshold!r} is not a probability in [0, 1]")
-        return TrainedRouting("sequence", threshold, VL_EXPERT)
-    forced = last.get("dense_expert") if STAGE_EXPERT[stage] is None else STAGE_EXPERT[stage]
-    if forced is not None and forced not in (0, 1):
-        raise ModelError(f"recipe's dense_expert {forced!r} is not an expert (0 or 1)")
-    top_k = _recipe_number(last, "top_k", 1, int) if forced is None else 1
-    if forced is None and top_k not in (1, 2):
-        raise ModelError(f"recipe's top_k {top_k!r} is not 1 or 2")
-    return TrainedRouting("token", 0.5, forced, top_k)
-
-
-def _recipe_number(stage: dict, key: str, default, kind: type):
-    value = stage.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
-            or (kind is int and value != int(value)):
-        raise ModelError(f"recipe's {key} {value!r} is not {'an integer' if kind is int else 'a number'}")
-    return kind(value)
+def _load_part(module: torch.nn.Module, part: dict[str, torch.Tensor]) -> None:
+    """``part`` into ``module``; an optional sub-part the file lacks goes back to its default (a
+    standardisation to the identity), so an older glue loads as it was trained."""
+    module.load_state_dict(part, strict=False)  # every required key was checked above
+    for sub_name, sub in module.named_children():
+        if isinstance(sub, InputStandardiser) and not any(k.startswith(sub_name + ".") for k in part):
+            sub.reset()
 
 
 def apply_routing(model, routing: TrainedRouting | None) -> None:

@@ -36,13 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..glue_recipe import GROUND_EXPERT, STAGE_EXPERT, VL_EXPERT  # torch-free: glue metadata checks need them
 from ..presets import MoEConfig
 from ..schemas import RoutingStats
 from .lora import LoRADelta
-
-GROUND_EXPERT, VL_EXPERT = 0, 1
-# the expert each training stage sends every token to (I/II: vision-language, III: grounding; IV: the router)
-STAGE_EXPERT: dict[int, int | None] = {1: VL_EXPERT, 2: VL_EXPERT, 3: GROUND_EXPERT, 4: None}
 
 
 class ExpertLoRA(nn.Module):

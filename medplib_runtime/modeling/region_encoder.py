@@ -2,8 +2,8 @@
 
 Positions inside the region (on the feature grid) are sampled — at most ``max_samples``,
 evenly spaced so inference is deterministic — their features read with ``grid_sample``,
-averaged, and projected by a Linear to the LLM width. The token sits between
-``<region>`` and ``</region>``.
+averaged, standardised (ours: standardiser.py) and projected by a Linear to the LLM width.
+The token sits between ``<region>`` and ``</region>``.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .standardiser import InputStandardiser
 
 
 class RegionEncoder(nn.Module):
     def __init__(self, feature_dim: int, llm_hidden: int, *, max_samples: int = 512) -> None:
         super().__init__()
+        self.standardise = InputStandardiser(feature_dim)  # ours; identity until stage II fits it
         self.proj = nn.Linear(feature_dim, llm_hidden)
         self.max_samples = max_samples
 
@@ -42,4 +44,4 @@ class RegionEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """features ``1×C×g×g``, mask ``H×W`` over the same padded square → ``1×1×llm_hidden``."""
-        return self.proj(self.pooled(features, mask))[:, None, :]
+        return self.proj(self.standardise(self.pooled(features, mask)))[:, None, :]

@@ -62,6 +62,8 @@ class TrainConfig:
     router_lr: float | None = None  # stage IV: the routers' own lr (None: the stage's); ours learn in 50 steps
     region_lr: float | None = None  # the region encoder's own lr (None: the stage's); ours starts from random
     # init and must grow region-to-region differences that are small next to its bias (docs/training.md)
+    fit_input_stats: int = 0  # ours: when this stage first trains the region encoder or the seg projector, fit
+    # its input standardisation (modeling/standardiser.py) on this many of the run's examples first; 0: off
     top_k: int = 1  # stage IV: experts per token (MedPLIB: 1)
     capacity_factor: float = 1.5  # stage IV: training capacity factor (MedPLIB: 1.5)
     route_supervision: float = 0.0  # stage IV, ours: weight of a CE on the router (answers with <SEG> → the
@@ -89,6 +91,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0):
                 raise InputError(f"{name} must be > 0; got {value!r}")
+        if isinstance(self.fit_input_stats, bool) or not isinstance(self.fit_input_stats, int) \
+                or self.fit_input_stats == 1 or self.fit_input_stats < 0:
+            raise InputError(f"fit_input_stats must be 0 (off) or a number of examples >= 2; got {self.fit_input_stats!r}")
         if self.dense_expert not in (None, 0, 1):
             raise InputError(f"dense_expert must be 0, 1 or null; got {self.dense_expert}")
         if self.top_k not in (1, 2) or not self.capacity_factor > 0:

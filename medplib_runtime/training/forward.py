@@ -46,7 +46,19 @@ class TrainModule(nn.Module):
         with compute_precision(embedding.image_embedding.device):
             return self._forward(example, embedding)
 
-    def _forward(self, example: Example, embedding) -> tuple[torch.Tensor, dict[str, float]]:
+    def region_features(self, example: Example, embedding) -> torch.Tensor:
+        """``1×C``: the pooled pixel features the region encoder projects (its standardisation's input)."""
+        region = self.region_mask_fn(example.sample.region, embedding)
+        return self.model.region_encoder.pooled(embedding.image_embedding, region)
+
+    def seg_states(self, example: Example, embedding) -> torch.Tensor:
+        """``N×D``: the last-layer states where each ``<SEG>`` of the answer is the input (the seg
+        projector's input)."""
+        input_ids, labels, embeds = self._inputs(example, embedding)
+        hidden = self.model.llm.model(inputs_embeds=embeds).last_hidden_state
+        return hidden[0, self._seg_positions(input_ids, labels)]
+
+    def _inputs(self, example: Example, embedding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m = self.model
         pixel = embedding.image_embedding
         input_ids, labels = example.input_ids.to(pixel.device), example.labels.to(pixel.device)
@@ -54,7 +66,15 @@ class TrainModule(nn.Module):
         region_tokens = None
         if example.region:
             region_tokens = m.region_token(pixel, self.region_mask_fn(example.sample.region, embedding))
-        embeds = m.embed_inputs(input_ids, image_tokens=image_tokens, region_tokens=region_tokens)
+        return input_ids, labels, m.embed_inputs(input_ids, image_tokens=image_tokens, region_tokens=region_tokens)
+
+    def _seg_positions(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return ((input_ids[0] == self.seg_id) & (labels[0] != -100)).nonzero()[:, 0]
+
+    def _forward(self, example: Example, embedding) -> tuple[torch.Tensor, dict[str, float]]:
+        m = self.model
+        pixel = embedding.image_embedding
+        input_ids, labels, embeds = self._inputs(example, embedding)
         with tap_router_logits(m.llm) as taps:
             hidden = m.llm.model(inputs_embeds=embeds).last_hidden_state  # 1×T×D
         loss = hidden.new_zeros(())
@@ -71,7 +91,7 @@ class TrainModule(nn.Module):
             parts["route"] = float(route.detach())
             if self.weights.route_span == "question":  # for the glue's decision threshold (question_routing.py)
                 self.question_scores.append((ground_probability(taps, at), bool(example.masks)))
-        seg_at = ((input_ids[0] == self.seg_id) & (labels[0] != -100)).nonzero()[:, 0]
+        seg_at = self._seg_positions(input_ids, labels)
         if len(seg_at) and (self.weights.bce or self.weights.dice):
             tokens = m.seg_tokens(hidden[0, seg_at])  # N×1×C, the hidden state where <SEG> is the input
             if m.cfg.grounding == "box":  # the heat map is what is learnt; its box prompts the frozen decoder

@@ -130,6 +130,8 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     grid = model.sam.prompt_encoder.image_embedding_size[0]
     module = TrainModule(model, weights, region_mask_fn=lambda region, emb: mask_to_model(region, emb.info,
                                                                                            grid * 4)[0, 0].to(device))
+    embed = embedder or _Embedder(model)
+    fitted = _fit_input_stats(module, examples, embed, cfg)  # before wrapping: every process fits the same
     runner, chosen = distributed.wrap(module, cfg.distributed, cfg.trains, chosen, world)
     optimizer = torch.optim.AdamW(param_groups(chosen, lr=resolved["lr"], weight_decay=cfg.weight_decay,
                                                router_lr=cfg.router_lr, region_lr=cfg.region_lr))
@@ -142,13 +144,14 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
         torch.set_rng_state(distributed.own_rng_state(state))
         start = resumed = int(state["step"])
 
-    embed = embedder or _Embedder(model)
     mine = [i for i in range(len(examples)) if i % world == rank]
     if not mine:
         raise InputError(f"no training examples for process {rank} of {world}")
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
+        if fitted:
+            print(f"medplib train: input standardisation fitted for {', '.join(fitted)}", file=sys.stderr)
     log = open(out / "train_log.jsonl", "a") if rank == 0 else None
     losses: list[float] = []
     recorder = RoutingRecorder(model.llm)
@@ -209,6 +212,31 @@ def _examples(model, samples: list[TrainSample], cfg: TrainConfig) -> list[Examp
     return out
 
 
+@torch.no_grad()
+def _fit_input_stats(module: TrainModule, examples: list[Example], embed, cfg: TrainConfig) -> list[str]:
+    """The first stage that trains the region encoder or the seg projector fits its input
+    standardisation on ``cfg.fit_input_stats`` examples (the run's seeded order, so they span the
+    cases) before its first step; a part fitted before (init glue, checkpoint) keeps its statistics."""
+    if not cfg.fit_input_stats:
+        return []
+    m, order = module.model, _order(len(examples), cfg.seed, 0)
+    fits = {"region_encoder": (m.region_encoder.standardise, lambda ex: ex.region, module.region_features),
+            "seg_projector": (m.seg_projector.standardise, lambda ex: ex.masks, module.seg_states)}
+    done = []
+    for part, (standardiser, usable, features) in fits.items():
+        if part not in cfg.trains or standardiser.fitted:
+            continue
+        chosen = [examples[int(i)] for i in order if usable(examples[int(i)])][: cfg.fit_input_stats]
+        rows = [features(ex, embed(ex.sample)).float().cpu() for ex in chosen]
+        samples = torch.cat(rows) if rows else torch.zeros(0)
+        if samples.shape[0] < 2:
+            raise InputError(f"fit_input_stats: stage {cfg.stage} trains {part}, but the data has fewer than 2 "
+                             f"examples that feed it")
+        standardiser.fit(samples.to(standardiser.mean.device))
+        done.append(f"{part} ({samples.shape[0]} samples)")
+    return done
+
+
 def _set_question_threshold(resolved: dict, module: TrainModule, cfg: TrainConfig) -> None:
     """Question-level routing: the decision threshold from the questions of the run's last quarter of
     steps (the routers have settled by then; question_routing.best_threshold), into the recipe; a
@@ -231,7 +259,8 @@ def _route_balance(examples: list[Example]) -> tuple[float, float]:
 def _fingerprint(cfg: TrainConfig) -> str:
     # steps may grow on resume; ddp/fsdp checkpoints are the same file (full tensors)
     keep = {k: v for k, v in cfg.resolved().items() if k not in ("steps", "save_every", "distributed", "device")
-            and not (k == "region_lr" and v is None)}  # runs from before region_lr existed resume
+            and not (k == "region_lr" and v is None) and not (k == "fit_input_stats" and not v)}
+    # runs from before region_lr / fit_input_stats existed resume
     return json.dumps(keep, sort_keys=True, default=str)
 
 

@@ -1,0 +1,117 @@
+"""What a glue file's metadata says, read and checked without torch.
+
+A glue's safetensors header names its format, the added tokens, the parts its stages trained and
+the recipe (every stage's resolved config). The recipe's last stage decides how the MoE routes
+(``trained_routing``). Everything here is plain JSON, so ``medplib info`` and ``medplib serve
+--glue`` refuse a hand-broken file in one line before torch or any weight is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError
+
+FORMAT = "medplib-glue/1"
+GROUND_EXPERT, VL_EXPERT = 0, 1
+# the expert each stage trains (MedPLIB: II the vision-language expert, III the grounding expert);
+# stage IV trains the router, which then decides
+STAGE_EXPERT: dict[int, int | None] = {1: VL_EXPERT, 2: VL_EXPERT, 3: GROUND_EXPERT, 4: None}
+_MAX_HEADER = 100_000_000
+
+
+@dataclass(frozen=True)
+class TrainedRouting:
+    """How a glue's MoE routes, from its last stage (``trained_routing``)."""
+
+    answer_routing: str = "token"  # "token": per token; "sequence": one expert per question (question_routing.py)
+    question_threshold: float = 0.5
+    forced_expert: int | None = None  # every token to this expert; None: the router decides
+    top_k: int = 1
+
+
+def read_header(path: str | Path) -> dict:
+    """The safetensors JSON header of ``path``; ModelError naming the file when it is not one."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > _MAX_HEADER:
+                raise ValueError(f"header length {n}")
+            header = json.loads(f.read(n))
+            size = f.seek(0, 2) - 8 - n
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        if max(ends, default=0) > size:  # a truncated copy: its tensors would not load
+            raise ValueError(f"tensor data ends at byte {max(ends)} of {size}")
+        return header
+    except (OSError, ValueError, struct.error, KeyError, IndexError, TypeError) as exc:
+        raise ModelError(f"glue file {path} is not readable safetensors: {exc}") from None
+
+
+def read_glue_metadata(path: str | Path) -> dict:
+    """``{"preset", "tokens", "trained_parts", "recipe"}`` of a glue file, every field checked (the
+    recipe's routing too): ModelError naming the file and the field a hand edit broke."""
+    meta = read_header(path).get("__metadata__") or {}
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelError(f"glue file {path} is not a {FORMAT} file")
+    out: dict = {"preset": meta.get("preset")}
+    for key, kind in (("tokens", list), ("trained_parts", list), ("recipe", dict)):
+        try:
+            value = json.loads(meta[key])
+        except (KeyError, TypeError, json.JSONDecodeError):
+            value = None
+        if not isinstance(value, kind):  # a hand-edited file: one line, not a traceback
+            raise ModelError(f"glue file {path}: metadata {key!r} is missing or not a JSON {kind.__name__}")
+        out[key] = tuple(value) if key == "trained_parts" else value
+    try:
+        out["routing"] = trained_routing(out["recipe"])
+    except ModelError as exc:
+        raise ModelError(f"glue file {path}: {exc}") from None
+    return out
+
+
+def trained_routing(recipe: dict) -> TrainedRouting | None:
+    """Route the MoE as the glue's last stage was trained: before stage IV the router is untrained,
+    so every token goes to the expert that stage trained (I/II: vision-language, III: grounding);
+    after it, the router decides with the stage's top-k (capacity: the preset's eval factor), per
+    token, or per question for a stage IV trained with ``routing: "sequence"``. ModelError names a
+    recipe field a hand edit broke; None where the recipe names no stage (the routing is left as built)."""
+    stages = recipe.get("stages") or []
+    if not isinstance(stages, list) or not all(isinstance(st, dict) for st in stages):
+        raise ModelError("recipe's stages are not a list of stage configs")
+    if not stages:
+        return None
+    last = stages[-1]
+    stage = _recipe_number(last, "stage", 0, int)
+    if stage not in STAGE_EXPERT:
+        return None
+    if stage == 4 and last.get("routing") == "sequence":
+        threshold = _recipe_number(last, "question_threshold", 0.5, float)
+        if not 0.0 <= threshold <= 1.0:
+            raise ModelError(f"recipe's question_threshold {threshold!r} is not a probability in [0, 1]")
+        return TrainedRouting("sequence", threshold, VL_EXPERT)
+    forced = last.get("dense_expert") if STAGE_EXPERT[stage] is None else STAGE_EXPERT[stage]
+    if forced is not None and forced not in (0, 1):
+        raise ModelError(f"recipe's dense_expert {forced!r} is not an expert (0 or 1)")
+    top_k = _recipe_number(last, "top_k", 1, int) if forced is None else 1
+    if forced is None and top_k not in (1, 2):
+        raise ModelError(f"recipe's top_k {top_k!r} is not 1 or 2")
+    return TrainedRouting("token", 0.5, forced, top_k)
+
+
+def _recipe_number(stage: dict, key: str, default, kind: type):
+    value = stage.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+            or (kind is int and value != int(value)):
+        raise ModelError(f"recipe's {key} {value!r} is not {'an integer' if kind is int else 'a number'}")
+    return kind(value)
+
+
+__all__ = ["FORMAT", "GROUND_EXPERT", "STAGE_EXPERT", "TrainedRouting", "VL_EXPERT", "read_glue_metadata",
+           "read_header", "trained_routing"]

@@ -1,0 +1,99 @@
+"""Input standardisation of the region encoder and the seg projector: fitted once from the stage's
+own examples, stored with the glue, left alone by later stages, and absent from older glues."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _tiny_training import FakeEmbedder, samples, tiny_model
+from medplib_runtime.errors import InputError
+from medplib_runtime.modeling.glue_weights import glue_state, load_glue, save_glue
+from medplib_runtime.modeling.standardiser import STD_FLOOR, InputStandardiser
+from medplib_runtime.training.config import TrainConfig
+from medplib_runtime.training.trainer import train
+
+STATS = ("region_encoder.standardise.mean", "region_encoder.standardise.std",
+         "seg_projector.standardise.mean", "seg_projector.standardise.std")
+
+
+def test_fit_centres_and_scales_each_feature_and_floors_a_flat_one():
+    x = torch.randn(200, 4) * torch.tensor([1.0, 5.0, 0.2, 0.0]) + torch.tensor([3.0, -1.0, 0.0, 7.0])
+    s = InputStandardiser(4)
+    assert not s.fitted and torch.equal(s(x), x)  # the identity until fitted
+    s.fit(x)
+    z = s(x)
+    assert s.fitted
+    assert torch.allclose(z[:, :3].mean(0), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(z[:, :3].std(0), torch.ones(3), atol=1e-4)
+    assert float(s.std[3]) == pytest.approx(STD_FLOOR * float(x.std(0).median()), rel=1e-5)  # not 0: no blow-up
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        InputStandardiser(4).fit(x[:1])
+
+
+def _cfg(stage, tmp_path, **kw):
+    return TrainConfig(stage=stage, data=("synthetic",), out_dir=str(tmp_path / f"s{stage}"), steps=2,
+                       grad_accumulation=2, warmup_steps=1, lr=1e-2, **kw)
+
+
+def test_stage_ii_fits_the_region_encoder_and_stage_iii_the_seg_projector_once(tmp_path):
+    model = tiny_model()
+    fresh = glue_state(model)
+    two = train(_cfg(2, tmp_path, fit_input_stats=4), samples(), model=model, embedder=FakeEmbedder(),
+                progress=False)
+    after2 = glue_state(model)
+    assert model.region_encoder.standardise.fitted and not model.seg_projector.standardise.fitted
+    # the fit is the pooled features of the stage's region examples, exactly
+    from medplib_runtime.imaging.transforms import mask_to_model
+
+    pooled = []
+    for sample in samples():
+        emb = FakeEmbedder()(sample)
+        pooled.append(model.region_encoder.pooled(emb.image_embedding, mask_to_model(sample.region, emb.info,
+                                                                                     256)[0, 0]))
+    assert torch.allclose(after2["region_encoder.standardise.mean"], torch.cat(pooled).mean(0), atol=1e-5)
+    model3 = tiny_model()
+    three = train(_cfg(3, tmp_path, fit_input_stats=4, init_glue=two.adapter), samples(), model=model3,
+                  embedder=FakeEmbedder(), progress=False)
+    after3 = glue_state(model3)
+    assert model3.seg_projector.standardise.fitted
+    assert not torch.equal(after3["seg_projector.standardise.mean"], fresh["seg_projector.standardise.mean"])
+    for key in STATS[:2]:  # stage III does not train the region encoder: its statistics stay stage II's
+        assert torch.equal(after3[key], after2[key])
+    model4 = tiny_model()  # a later stage that trains the seg projector again keeps stage III's statistics
+    train(_cfg(4, tmp_path, fit_input_stats=4, init_glue=three.adapter, capacity_factor=2.0), samples(),
+          model=model4, embedder=FakeEmbedder(), progress=False)
+    for key in STATS:
+        assert torch.equal(glue_state(model4)[key], after3[key])
+
+
+def test_without_fit_input_stats_nothing_is_fitted(tmp_path):
+    model = tiny_model()
+    train(_cfg(3, tmp_path), samples(), model=model, embedder=FakeEmbedder(), progress=False)
+    assert not model.seg_projector.standardise.fitted and not model.region_encoder.standardise.fitted
+
+
+def test_a_glue_from_before_the_standardisation_loads_as_the_identity(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    trained = tiny_model()
+    trained.seg_projector.standardise.fit(torch.randn(8, trained.cfg.llm_hidden))
+    path = save_glue(trained, tmp_path / "glue.safetensors", trained_parts=("seg_projector",), recipe={})
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    old = {k: v for k, v in load_file(str(path)).items() if k not in STATS}
+    save_file(old, str(tmp_path / "old.safetensors"), metadata=meta)
+    target = tiny_model()
+    target.region_encoder.standardise.fit(torch.randn(8, target.cfg.prompt_embed_dim))  # stale statistics
+    load_glue(target, tmp_path / "old.safetensors")
+    assert not target.region_encoder.standardise.fitted and not target.seg_projector.standardise.fitted
+    assert torch.equal(target.seg_projector.fc1.weight, trained.seg_projector.fc1.weight)
+    load_glue(target, path)  # and the new file brings them
+    assert torch.equal(target.seg_projector.standardise.std, trained.seg_projector.standardise.std)
+
+
+@pytest.mark.parametrize("value", [1, -2, True, 2.5])
+def test_fit_input_stats_must_be_a_number_of_examples(value):
+    with pytest.raises(InputError, match="fit_input_stats"):
+        TrainConfig(stage=2, data=("x",), out_dir="o", fit_input_stats=value)
