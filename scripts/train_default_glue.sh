@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The shipped glue's recipe, end to end on CPU: data → stages I–IV → assets → eval on held-out volumes.
-# About an hour on 2 cores. Re-running resumes a cut-off stage from its last checkpoint.
+# One to two hours on 2 cores. Re-running resumes a cut-off stage from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MEDPLIB=${MEDPLIB:-.venv/bin/medplib}
