@@ -28,6 +28,7 @@ from medplib_runtime.data.mecovqa import read_dataset, read_png  # noqa: E402
 from medplib_runtime.imaging.transforms import mask_to_model  # noqa: E402
 from medplib_runtime.local import LocalRuntime  # noqa: E402
 from medplib_runtime.training.data_source import unit_image  # noqa: E402
+from _seg_states import seg_states  # noqa: E402
 
 
 def main() -> int:
@@ -86,21 +87,9 @@ def main() -> int:
 
 def _seg_state(asker, emb, image, question: str) -> torch.Tensor | None:
     """The last-layer state where the answer's first <SEG> is the input, or None without a <SEG>."""
-    captured: list[torch.Tensor] = []
-    original = asker.masks_for
-
-    def spy(token_ids, hidden, embedding, threshold):
-        where = [i for i, t in enumerate(token_ids) if t == asker.seg_id]
-        if where and not captured:
-            captured.append(hidden[where[0]].detach().clone())
-        return original(token_ids, hidden, embedding, threshold)
-
-    asker.masks_for = spy
-    try:
+    with seg_states(asker) as states:
         asker.ask(emb, question, image=image, max_new_tokens=16)
-    finally:
-        asker.masks_for = original
-    return captured[0] if captured else None
+    return states[0] if states else None
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

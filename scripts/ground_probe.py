@@ -28,6 +28,7 @@ from medplib_runtime.imaging.transforms import logits_to_original, mask_to_model
 from medplib_runtime.local import LocalRuntime  # noqa: E402
 from medplib_runtime.modeling.ground_head import box_from_heat  # noqa: E402
 from medplib_runtime.training.data_source import unit_image  # noqa: E402
+from _seg_states import seg_states  # noqa: E402
 
 VARIANTS = ("box (shipped)", "box +4 px", "box +8 px", "heat map p>0.5", "oracle box")
 
@@ -81,23 +82,13 @@ def main() -> int:
 
 def _heats(asker, emb, question: str, image) -> list[torch.Tensor]:
     """The heat map of each <SEG> of the greedy answer, in order."""
-    captured: list[torch.Tensor] = []
-    original = asker.masks_for
-
-    def spy(token_ids, hidden, embedding, threshold):
-        where = [i for i, t in enumerate(token_ids) if t == asker.seg_id]
-        if where:
-            with torch.inference_mode():
-                heat = asker.model.ground_head(asker.model.seg_tokens(hidden[where]), embedding.image_embedding)
-            captured.extend(h[0] for h in heat)
-        return original(token_ids, hidden, embedding, threshold)
-
-    asker.masks_for = spy
-    try:
+    with seg_states(asker) as states:
         asker.ask(emb, question, image=image, max_new_tokens=32)
-    finally:
-        asker.masks_for = original
-    return captured
+    if not states:
+        return []
+    with torch.inference_mode():
+        heat = asker.model.ground_head(asker.model.seg_tokens(torch.stack(states)), emb.image_embedding)
+    return [h[0] for h in heat]
 
 
 def _variants(segmenter, emb, heat, truth: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
