@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from _tiny_training import FakeEmbedder, samples, tiny_model
-from medplib_runtime.errors import InputError
+from medplib_runtime.errors import InputError, ModelError
 from medplib_runtime.modeling.glue_weights import glue_state, load_glue, save_glue
 from medplib_runtime.modeling.standardiser import STD_FLOOR, InputStandardiser
 from medplib_runtime.training.config import TrainConfig
@@ -97,3 +97,27 @@ def test_a_glue_from_before_the_standardisation_loads_as_the_identity(tmp_path):
 def test_fit_input_stats_must_be_a_number_of_examples(value):
     with pytest.raises(InputError, match="fit_input_stats"):
         TrainConfig(stage=2, data=("x",), out_dir="o", fit_input_stats=value)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("seg_projector.standardise.std", 0.0, "zero, negative or non-finite std"),
+    ("region_encoder.standardise.std", float("nan"), "zero, negative or non-finite std"),
+    ("seg_projector.standardise.mean", float("inf"), "non-finite mean"),
+])
+def test_a_hand_broken_standardisation_is_refused_and_the_model_is_untouched(tmp_path, key, value, message):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = save_glue(tiny_model(), tmp_path / "glue.safetensors", trained_parts=("seg_projector",), recipe={})
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    state = load_file(str(path))
+    state[key] = state[key].clone()
+    state[key][3] = value  # one feature: a division by it would make every token NaN
+    save_file(state, str(path), metadata=meta)
+    target = tiny_model()
+    before = {k: v.clone() for k, v in glue_state(target).items()}
+    with pytest.raises(ModelError, match=message) as err:
+        load_glue(target, path)
+    assert key in str(err.value) and "\n" not in str(err.value)
+    assert all(torch.equal(before[k], v) for k, v in glue_state(target).items())

@@ -1,6 +1,6 @@
 """Per-feature standardisation fitted once from data: ``(x − mean) / std``, stored with the glue.
 
-Why (measured, docs/training.md "Standardised inputs"): the ``<SEG>`` hidden states of "Segment the
+Why (measured, docs/training.md "Why grounding returns the other structure"): the ``<SEG>`` hidden states of "Segment the
 nodule." and "Segment the cyst." on one slice have cosine 0.997 — a large component common to every
 ``<SEG>`` dwarfs what the question asked for — and the seg projector trained on them gave one and the
 same query for both (cosine 1.0000), so the ground head found "a blob", whichever it was. The
