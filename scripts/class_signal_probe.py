@@ -2,6 +2,7 @@
 slices that hold two labelled structures (default: the test split's two-target grounding records).
 
     python scripts/class_signal_probe.py build/glue-data/test.json [--glue FILE] [--limit 6]
+        [--linear-probe build/glue-data/train.json]
 
 1. ``<SEG>``: on each slice, "Segment the A." and "Segment the B." are answered; for the first
    ``<SEG>`` of each answer it prints the cosine of the two last-layer states, of the two ground-head
@@ -10,6 +11,10 @@ slices that hold two labelled structures (default: the test split's two-target g
 2. Region tokens: for the first naming / choice / "is it" region questions, the region token (what
    the LLM reads between <region></region>): its norm, and the mean cosine between tokens of regions
    of the same structure and of different structures.
+3. With ``--linear-probe TRAIN``: is the class in the ``<SEG>`` state at all? The teacher-forced
+   last-layer ``<SEG>`` states of TRAIN's grounding records (grounding expert, no dropout) fit a
+   linear classifier of the structure asked for (standardised by TRAIN's statistics); it prints
+   its accuracy on TRAIN and on the dataset's grounding records of the classes TRAIN holds.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ def main() -> int:
     ap.add_argument("data")
     ap.add_argument("--glue", default=None)
     ap.add_argument("--limit", type=int, default=6, help="slices for part 1 (part 2 reads 16 regions)")
+    ap.add_argument("--linear-probe", metavar="TRAIN", default=None,
+                    help="part 3: fit a linear classifier of the asked structure on TRAIN's <SEG> states")
     args = ap.parse_args()
     runtime = LocalRuntime(glue=args.glue)
     segmenter, asker = runtime._get_segmenter(), runtime._get_asker()
@@ -82,7 +89,57 @@ def main() -> int:
         print(f"\n2. region tokens ({len(t)} regions: {sorted(set(names))}): norm {float(norms.min()):.2f}–"
               f"{float(norms.max()):.2f}; mean cosine, same structure {np.mean(same):.3f}, "
               f"different structures {np.mean(other):.3f}")
+    if args.linear_probe:
+        _linear_probe(asker.model, segmenter, args.linear_probe, args.data)
     return 0
+
+
+def _teacher_forced_states(model, segmenter, path: str) -> tuple[torch.Tensor, list[str]]:
+    """``N×D`` last-layer ``<SEG>`` states of every grounding answer in ``path`` and the structure each asks for."""
+    from medplib_runtime.modeling.moe import GROUND_EXPERT, force_expert
+    from medplib_runtime.training.data_source import samples_from_json
+    from medplib_runtime.training.examples import encode
+    from medplib_runtime.training.forward import LossWeights, TrainModule
+
+    force_expert(model.llm, GROUND_EXPERT)  # where a grounding question is routed
+    module = TrainModule(model, LossWeights(), region_mask_fn=None)
+    records = [r for r in read_dataset(path).records if r.question_type == "G"]
+    states, names = [], []
+    for rec, sample in zip(records, samples_from_json(path, question_types=("G",))):
+        emb = segmenter.embed(sample.image)
+        for ex in encode(sample, model.tokenizer, system=model.cfg.system_prompt, n_image_tokens=model.n_image_tokens,
+                         seg_id=model.token_ids["<SEG>"], max_tokens=512):
+            with torch.inference_mode():
+                found = module.seg_states(ex, emb).float()
+            states.append(found)
+            names += rec.extra["targets"][: len(found)]
+    return torch.cat(states), names
+
+
+def _linear_probe(model, segmenter, train_path: str, test_path: str) -> None:
+    xa, ya = _teacher_forced_states(model, segmenter, train_path)
+    xb, yb = _teacher_forced_states(model, segmenter, test_path)
+    classes = sorted(set(ya))
+    mean, std = xa.mean(0), xa.std(0).clamp_min(1e-3)
+    w = torch.zeros(xa.shape[1], len(classes), requires_grad=True)
+    b = torch.zeros(len(classes), requires_grad=True)
+    target = torch.tensor([classes.index(n) for n in ya])
+    opt = torch.optim.LBFGS([w, b], max_iter=200)
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(((xa - mean) / std) @ w + b, target) + 1e-3 * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        train_acc = float(((((xa - mean) / std) @ w + b).argmax(1) == target).float().mean())
+        keep = [i for i, n in enumerate(yb) if n in classes]
+        pred = ((((xb[keep] - mean) / std) @ w + b).argmax(1)).tolist()
+    right = sum(classes[p] == yb[i] for p, i in zip(pred, keep))
+    print(f"\n3. linear probe of the <SEG> state ({len(classes)} classes: {classes}): {train_acc:.3f} on "
+          f"{len(ya)} train states; {right}/{len(keep)} = {right / max(1, len(keep)):.3f} on {test_path}")
 
 
 def _seg_state(asker, emb, image, question: str) -> torch.Tensor | None:

@@ -20,17 +20,20 @@ def stages(build: Path) -> None:
     print("| stage | steps × examples | time | text loss first → last 5 steps | BCE | Dice loss | routing loss "
           "| tokens to ground / VL expert (last step, first choice) |")
     print("|---|---|---|---|---|---|---|---|")
-    for n in (1, 2, 3, 4):
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "training" / "default_glue"
+    for n in ("1", "2", "3", "3_head", "4"):  # train_default_glue.sh's steps
         summary = build / f"glue-stage{n}.json"
-        log = build / "glue-runs" / f"stage{n}" / "train_log.jsonl"
+        run = build / "glue-runs" / Path(json.loads((recipe / f"stage{n}.json").read_text())["out_dir"]).name
+        log = run / "train_log.jsonl"
         if not log.is_file() or not summary.is_file() or not summary.read_text().strip():
             continue
         s = json.loads(summary.read_text().strip().splitlines()[-1])
-        cfg = json.loads((build / "glue-runs" / f"stage{n}" / "config.json").read_text())
+        cfg = json.loads((run / "config.json").read_text())
         rows = [json.loads(x) for x in log.read_text().splitlines()]
         first, last = rows[:5], rows[-5:]
         routing = "/".join(f"{v:.2f}" for v in rows[-1].get("routing", []))
-        print(f"| {n} {cfg['stage_name']} | {s['steps']} × {cfg['grad_accumulation']} | {s['seconds'] / 60:.1f} min "
+        name = cfg["stage_name"] + (" (head only: seg projector, ground head)" if n == "3_head" else "")
+        print(f"| {n} {name} | {s['steps']} × {cfg['grad_accumulation']} | {s['seconds'] / 60:.1f} min "
               f"| {_mean(first, 'ce')} → {_mean(last, 'ce')} | {_mean(first, 'bce')} → {_mean(last, 'bce')} "
               f"| {_mean(first, 'dice')} → {_mean(last, 'dice')} | {_mean(first, 'route')} → {_mean(last, 'route')} "
               f"| {routing} |")
@@ -38,7 +41,7 @@ def stages(build: Path) -> None:
             sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
             from medplib_runtime.modeling.glue_weights import read_glue_metadata
 
-            last_stage = read_glue_metadata(build / "glue-runs" / f"stage{n}" / "adapter.safetensors")["recipe"]
+            last_stage = read_glue_metadata(run / "adapter.safetensors")["recipe"]
             threshold = last_stage["stages"][-1].get("question_threshold")
             print(f"|   (stage {n}: question-level routing, routers only; decision threshold p > {threshold}) |"
                   " | | | | | | |")

@@ -7,9 +7,11 @@ MEDPLIB=${MEDPLIB:-.venv/bin/medplib}
 CFG=configs/training/default_glue
 $MEDPLIB build-data --cases configs/data/default_glue_cases.json --mni152 --phantoms 4 --seed 0 \
     --out build/glue-data --overwrite > build/glue-data.manifest.json
-for stage in 1 2 3 4; do
-    echo "== stage $stage ($(date +%T))" >&2
-    $MEDPLIB train --stage $stage --config $CFG/stage$stage.json --no-progress | tee build/glue-stage$stage.json
+# stage3_head: stage III's seg projector and ground head trained on, alone, from the frozen LLM's <SEG>
+# states (minutes: each state is computed once); stage 4 starts from it
+for step in 1 2 3 3_head 4; do
+    echo "== stage $step ($(date +%T))" >&2
+    $MEDPLIB train --stage "${step%%_*}" --config "$CFG/stage$step.json" --no-progress | tee "build/glue-stage$step.json"
 done
 mkdir -p medplib_runtime/assets
 cp build/glue-runs/stage4/adapter.safetensors medplib_runtime/assets/medplib-lite-glue.safetensors

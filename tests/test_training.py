@@ -389,3 +389,41 @@ def test_best_threshold_separates_hand_made_scores():
     t = best_threshold([(0.55, False), (0.56, False), (0.60, True), (0.61, True), (0.70, False)])
     assert 0.56 < t < 0.60
     assert best_threshold([(0.9, True), (0.8, True)]) == 0.5  # one kind only: no information
+
+
+def test_head_only_run_trains_the_head_from_states_computed_once(tmp_path):
+    """Stage III with the LLM side frozen and no text loss: only the seg projector and ground head move,
+    the LLM runs once per distinct example (two epochs here), and the cached path's loss equals the
+    full path's."""
+    from medplib_runtime.training.forward import LossWeights, TrainModule
+    from medplib_runtime.training.trainer import _examples, head_only
+
+    model = tiny_model()
+    before = _snapshot(model)
+    cfg = TrainConfig(stage=3, data=("synthetic",), out_dir=str(tmp_path), steps=8, grad_accumulation=2,
+                      warmup_steps=1, lr=1e-2, ce_weight=0.0, frozen=("expert_ground", "new_token_rows"))
+    assert set(cfg.trains) == {"seg_projector", "ground_head"}
+    assert head_only(cfg, LossWeights(0.0, 1.0, 5.0)) and not head_only(cfg, LossWeights(1.0, 1.0, 5.0))
+    llm_runs = []
+    hook = model.llm.model.register_forward_hook(lambda *args: llm_runs.append(1))
+    report = train(cfg, samples(), model=model, embedder=FakeEmbedder(), progress=False)
+    hook.remove()
+    changed = {k for k in before if not torch.equal(before[k], model.state_dict()[k])}
+    assert changed and all(k.startswith(("seg_projector.", "ground_head.")) for k in changed), sorted(changed)[:5]
+    assert any(k.startswith("ground_head.") for k in changed) and any(k.startswith("seg_projector.") for k in changed)
+    n_examples = sum(1 for ex in _examples(model, samples(), cfg) if ex.masks)  # only <SEG> answers are kept
+    assert report.examples == n_examples == 4 and len(llm_runs) == n_examples  # 16 visits, one LLM run each
+    assert report.losses[-1] < report.losses[0]
+
+    model.eval()  # no LoRA dropout: the two paths see the same states
+    ex = next(e for e in _examples(model, samples(), cfg) if e.masks)
+    emb = FakeEmbedder()(ex.sample)
+    weights = LossWeights(0.0, 1.0, 5.0)
+    fn = lambda region, e: torch.zeros(256, 256, dtype=torch.bool)  # noqa: E731 (the G turn has no region)
+    full, _ = TrainModule(model, weights, region_mask_fn=fn)(ex, emb)
+    cached = TrainModule(model, weights, region_mask_fn=fn, cache_seg_states=True)
+    assert torch.allclose(cached(ex, emb)[0], full) and torch.allclose(cached(ex, emb)[0], full)
+    with pytest.raises(InputError, match="no answer in the data holds a <SEG>"):
+        train(cfg, [samples()[0].__class__("q", samples()[0].image, samples()[0].turns[:1],
+                                           region=samples()[0].region)],
+              model=tiny_model(), embedder=FakeEmbedder(), progress=False)

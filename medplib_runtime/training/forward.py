@@ -33,11 +33,14 @@ class LossWeights:
 
 
 class TrainModule(nn.Module):
-    def __init__(self, model, weights: LossWeights, *, region_mask_fn) -> None:
+    def __init__(self, model, weights: LossWeights, *, region_mask_fn, cache_seg_states: bool = False) -> None:
         super().__init__()
         self.model = model
         self.weights = weights
         self.region_mask_fn = region_mask_fn  # (region (h, w), embedding) → model-space mask (Asker's)
+        # a head-only run (the LLM and everything it reads frozen, no text or routing loss): each example's
+        # <SEG> states never change, so the LLM runs once per example instead of once per step
+        self.seg_state_cache: dict[int, torch.Tensor] | None = {} if cache_seg_states else None
         self.seg_id = model.token_ids["<SEG>"]
         self.im_end_id = model.token_ids["<im_end>"]  # the first turn's question starts after the image
         self.question_scores: list[tuple[float, bool]] = []  # (p(grounding), is a grounding question) per example
@@ -72,6 +75,8 @@ class TrainModule(nn.Module):
         return ((input_ids[0] == self.seg_id) & (labels[0] != -100)).nonzero()[:, 0]
 
     def _forward(self, example: Example, embedding) -> tuple[torch.Tensor, dict[str, float]]:
+        if self.seg_state_cache is not None:
+            return self._forward_head_only(example, embedding)
         m = self.model
         pixel = embedding.image_embedding
         input_ids, labels, embeds = self._inputs(example, embedding)
@@ -93,19 +98,44 @@ class TrainModule(nn.Module):
                 self.question_scores.append((ground_probability(taps, at), bool(example.masks)))
         seg_at = self._seg_positions(input_ids, labels)
         if len(seg_at) and (self.weights.bce or self.weights.dice):
-            tokens = m.seg_tokens(hidden[0, seg_at])  # N×1×C, the hidden state where <SEG> is the input
-            if m.cfg.grounding == "box":  # the heat map is what is learnt; its box prompts the frozen decoder
-                logits = m.ground_head(tokens, pixel)  # N×1×g×g
-            else:
-                logits = self._decode(pixel, tokens)  # N×1×L×L
-            targets = torch.cat([mask_to_model(mask, embedding.info, logits.shape[-1]) for mask in example.masks])
-            targets = targets.to(pixel.device)
-            logits = logits.float()  # the losses' sums in fp32 under bf16 autocast
-            bce, dice = mask_losses(logits, (targets > 0.5).to(logits.dtype))
-            loss = loss + self.weights.bce * bce + self.weights.dice * dice
-            parts.update(bce=float(bce.detach()), dice=float(dice.detach()))
+            loss = loss + self._mask_loss(hidden[0, seg_at], example, embedding, parts)
         parts["loss"] = float(loss.detach())
         return loss, parts
+
+    def _forward_head_only(self, example: Example, embedding) -> tuple[torch.Tensor, dict[str, float]]:
+        """The mask losses from this example's cached ``<SEG>`` states (computed on first use)."""
+        key = id(example)
+        if key not in self.seg_state_cache:
+            llm, was_training = self.model.llm, self.model.llm.training
+            llm.eval()  # the states inference gives (no LoRA dropout): the LLM does not learn here
+            try:
+                with torch.no_grad():
+                    self.seg_state_cache[key] = self.seg_states(example, embedding).detach()
+            finally:
+                llm.train(was_training)
+        states = self.seg_state_cache[key]
+        parts: dict[str, float] = {}
+        loss = embedding.image_embedding.new_zeros((), dtype=torch.float32)
+        if len(states) and (self.weights.bce or self.weights.dice):
+            loss = loss + self._mask_loss(states, example, embedding, parts)
+        parts["loss"] = float(loss.detach())
+        return loss, parts
+
+    def _mask_loss(self, seg_hidden: torch.Tensor, example: Example, embedding, parts: dict[str, float]) -> torch.Tensor:
+        """BCE + Dice of the masks the ``N×D`` ``<SEG>`` states give against the example's masks."""
+        m = self.model
+        pixel = embedding.image_embedding
+        tokens = m.seg_tokens(seg_hidden)  # N×1×C, the hidden state where <SEG> is the input
+        if m.cfg.grounding == "box":  # the heat map is what is learnt; its box prompts the frozen decoder
+            logits = m.ground_head(tokens, pixel)  # N×1×g×g
+        else:
+            logits = self._decode(pixel, tokens)  # N×1×L×L
+        targets = torch.cat([mask_to_model(mask, embedding.info, logits.shape[-1]) for mask in example.masks])
+        targets = targets.to(pixel.device)
+        logits = logits.float()  # the losses' sums in fp32 under bf16 autocast
+        bce, dice = mask_losses(logits, (targets > 0.5).to(logits.dtype))
+        parts.update(bce=float(bce.detach()), dice=float(dice.detach()))
+        return self.weights.bce * bce + self.weights.dice * dice
 
     def _routed_positions(self, input_ids: torch.Tensor, labels: torch.Tensor, turn_start: int) -> torch.Tensor:
         """Where the routing loss applies (``LossWeights.route_span``)."""

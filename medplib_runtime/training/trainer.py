@@ -32,6 +32,7 @@ from .params import param_groups, prepare_stage
 
 ADAPTER = "adapter.safetensors"
 CHECKPOINT_DIR = "checkpoint"
+HEAD_PARTS = {"seg_projector", "ground_head", "mask_decoder"}  # what turns <SEG> states into masks
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,15 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     weights = LossWeights(resolved["ce_weight"], resolved["bce_weight"], resolved["dice_weight"], cfg.route_supervision,
                           resolved["route_span"], _route_balance(examples) if cfg.routing == "sequence" else (1.0, 1.0))
     grid = model.sam.prompt_encoder.image_embedding_size[0]
+    cached = head_only(cfg, weights)
+    if cached:  # only <SEG> answers teach the head
+        examples = [ex for ex in examples if ex.masks]
+        if not examples:
+            raise InputError(f"stage {cfg.stage} trains only {', '.join(cfg.trains)}, but no answer in the data "
+                             f"holds a <SEG> with a mask")
     module = TrainModule(model, weights, region_mask_fn=lambda region, emb: mask_to_model(region, emb.info,
-                                                                                           grid * 4)[0, 0].to(device))
+                                                                                           grid * 4)[0, 0].to(device),
+                         cache_seg_states=cached)
     embed = embedder or _Embedder(model)
     fitted = _fit_input_stats(module, examples, embed, cfg)  # before wrapping: every process fits the same
     runner, chosen = distributed.wrap(module, cfg.distributed, cfg.trains, chosen, world)
@@ -152,6 +160,9 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
         (out / "config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True))
         if fitted:
             print(f"medplib train: input standardisation fitted for {', '.join(fitted)}", file=sys.stderr)
+        if module.seg_state_cache is not None:
+            print("medplib train: head-only run: each example's <SEG> states come from the frozen LLM once",
+                  file=sys.stderr)
     log = open(out / "train_log.jsonl", "a") if rank == 0 else None
     losses: list[float] = []
     recorder = RoutingRecorder(model.llm)
@@ -198,6 +209,12 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     model.eval()
     return TrainReport(cfg.stage, cfg.steps, len(examples), tuple(losses), str(adapter), time.perf_counter() - t0,
                        sum(p.numel() for _, p in chosen), resumed, routing)
+
+
+def head_only(cfg: TrainConfig, weights: LossWeights) -> bool:
+    """A run that trains only what reads the ``<SEG>`` states (seg projector, ground head, mask
+    decoder) with no text or routing loss: the LLM's states are then fixed, and computed once."""
+    return set(cfg.trains) <= HEAD_PARTS and not weights.ce and not weights.route
 
 
 def _examples(model, samples: list[TrainSample], cfg: TrainConfig) -> list[Example]:
