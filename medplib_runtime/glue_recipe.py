@@ -71,7 +71,29 @@ def read_glue_metadata(path: str | Path) -> dict:
         out["routing"] = trained_routing(out["recipe"])
     except ModelError as exc:
         raise ModelError(f"glue file {path}: {exc}") from None
+    check_standardisation(path)
     return out
+
+
+def check_standardisation(path: str | Path) -> None:
+    """The stored input standardisation (``*.standardise.mean`` / ``.std``, a few KB) read with numpy:
+    a zero, negative or non-finite std, or a non-finite mean, would make every region token or
+    ``<SEG>`` query NaN without an error. ModelError naming the file and the key."""
+    import numpy as np
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            for key in f.keys():
+                if not key.endswith(("standardise.std", "standardise.mean")):
+                    continue
+                value = f.get_tensor(key)
+                if key.endswith("std") and not bool((np.isfinite(value) & (value > 0)).all()):
+                    raise ModelError(f"glue file {path}: {key} holds a zero, negative or non-finite std")
+                if key.endswith("mean") and not bool(np.isfinite(value).all()):
+                    raise ModelError(f"glue file {path}: {key} holds a non-finite mean")
+    except (OSError, ValueError, TypeError, SafetensorError) as exc:  # e.g. a bf16 copy: numpy has no bf16
+        raise ModelError(f"glue file {path}: its standardisation cannot be read: {exc}") from None
 
 
 def trained_routing(recipe: dict) -> TrainedRouting | None:

@@ -97,10 +97,6 @@ def load_glue(model, path: str | Path) -> dict:
             continue
         if key not in current or current[key].shape != value.shape:
             raise ModelError(f"glue file {path}: {key} does not fit this model")
-        if key.endswith("standardise.std") and not bool((torch.isfinite(value) & (value > 0)).all()):
-            raise ModelError(f"glue file {path}: {key} holds a zero, negative or non-finite std")
-        if key.endswith("standardise.mean") and not bool(torch.isfinite(value).all()):
-            raise ModelError(f"glue file {path}: {key} holds a non-finite mean")
     for name, module in _modules(model):
         part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
         if part or not (name + ".").startswith(OPTIONAL):
