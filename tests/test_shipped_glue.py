@@ -28,9 +28,8 @@ def test_the_glue_ships_with_its_recipe():
     assert [s["stage"] for s in stages] == [1, 2, 3, 3, 4]  # the second 3: the head-only run (stage3_head.json)
     assert all(s["seed"] == 0 for s in stages)
     configs = ASSETS.parent.parent / "configs"
-    by_out_dir = {}
-    for path in sorted((configs / "training" / "default_glue").glob("*.json")):
-        by_out_dir[json.loads(path.read_text())["out_dir"]] = json.loads(path.read_text())
+    recipes = [json.loads(p.read_text()) for p in sorted((configs / "training" / "default_glue").glob("*.json"))]
+    by_out_dir = {r["out_dir"]: r for r in recipes}
     for stage in stages:  # the shipped file is what the recipe in configs/ makes
         recipe = by_out_dir[stage["out_dir"]]
         assert {k: stage[k] for k in recipe} == recipe

@@ -423,6 +423,13 @@ def test_head_only_run_trains_the_head_from_states_computed_once(tmp_path):
     full, _ = TrainModule(model, weights, region_mask_fn=fn)(ex, emb)
     cached = TrainModule(model, weights, region_mask_fn=fn, cache_seg_states=True)
     assert torch.allclose(cached(ex, emb)[0], full) and torch.allclose(cached(ex, emb)[0], full)
+    with pytest.raises(InputError, match="every loss weight is 0"):  # refused with the config, before any model
+        TrainConfig(stage=3, data=("x",), out_dir="o", ce_weight=0.0, bce_weight=0.0, dice_weight=0.0)
+    # stage III with ce 0 but its expert still trained: not head-only, the same filter (was a traceback)
+    report = train(TrainConfig(stage=3, data=("x",), out_dir=str(tmp_path / "ce0"), steps=2, grad_accumulation=2,
+                               warmup_steps=1, ce_weight=0.0), samples(), model=tiny_model(), embedder=FakeEmbedder(),
+                   progress=False)
+    assert report.examples == 4 and all(l == l for l in report.losses)
     with pytest.raises(InputError, match="no answer in the data holds a <SEG>"):
         train(cfg, [samples()[0].__class__("q", samples()[0].image, samples()[0].turns[:1],
                                            region=samples()[0].region)],

@@ -121,6 +121,10 @@ class TrainConfig:
         bad = sorted(set(self.question_types) - {"G", "R", "C"})
         if bad:
             raise InputError(f"question_types must be among G, R, C; got {bad}")
+        weights = self.resolved()
+        if not any(weights[k] for k in ("ce_weight", "bce_weight", "dice_weight", "route_supervision")):
+            raise InputError(f"stage {self.stage}: every loss weight is 0 (ce, bce, dice, route_supervision), "
+                             f"so nothing would be learnt")
 
     @property
     def spec(self) -> StageSpec:

@@ -129,12 +129,8 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     weights = LossWeights(resolved["ce_weight"], resolved["bce_weight"], resolved["dice_weight"], cfg.route_supervision,
                           resolved["route_span"], _route_balance(examples) if cfg.routing == "sequence" else (1.0, 1.0))
     grid = model.sam.prompt_encoder.image_embedding_size[0]
+    examples = _examples_with_a_loss(examples, weights, cfg)
     cached = head_only(cfg, weights)
-    if cached:  # only <SEG> answers teach the head
-        examples = [ex for ex in examples if ex.masks]
-        if not examples:
-            raise InputError(f"stage {cfg.stage} trains only {', '.join(cfg.trains)}, but no answer in the data "
-                             f"holds a <SEG> with a mask")
     module = TrainModule(model, weights, region_mask_fn=lambda region, emb: mask_to_model(region, emb.info,
                                                                                            grid * 4)[0, 0].to(device),
                          cache_seg_states=cached)
@@ -209,6 +205,19 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     model.eval()
     return TrainReport(cfg.stage, cfg.steps, len(examples), tuple(losses), str(adapter), time.perf_counter() - t0,
                        sum(p.numel() for _, p in chosen), resumed, routing)
+
+
+def _examples_with_a_loss(examples: list[Example], weights: LossWeights, cfg: TrainConfig) -> list[Example]:
+    """The examples some loss of the run applies to: without a text or routing loss only ``<SEG>``
+    answers teach anything (a head-only run; a stage III with ``ce_weight`` 0; TrainConfig refuses a
+    run with every weight 0). InputError when no example is left."""
+    if weights.ce or weights.route:
+        return examples
+    kept = [ex for ex in examples if ex.masks]
+    if not kept:
+        raise InputError(f"stage {cfg.stage} has no text or routing loss, so it learns from <SEG> masks alone, but "
+                         f"no answer in the data holds a <SEG> with a mask")
+    return kept
 
 
 def head_only(cfg: TrainConfig, weights: LossWeights) -> bool:
