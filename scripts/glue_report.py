@@ -6,6 +6,7 @@ the held-out evaluation per group, and the MoE routing per question type at infe
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -20,8 +21,10 @@ def stages(build: Path) -> None:
     print("| stage | steps × examples | time | text loss first → last 5 steps | BCE | Dice loss | routing loss "
           "| tokens to ground / VL expert (last step, first choice) |")
     print("|---|---|---|---|---|---|---|---|")
-    recipe = Path(__file__).resolve().parents[1] / "configs" / "training" / "default_glue"
-    for n in ("1", "2", "3", "3_head", "4"):  # train_default_glue.sh's steps
+    root = Path(__file__).resolve().parents[1]
+    recipe = root / "configs" / "training" / "default_glue"
+    order = re.search(r"^for step in ([^;]+); do", (root / "scripts" / "train_default_glue.sh").read_text(), re.M)
+    for n in order.group(1).split():  # train_default_glue.sh's steps, in its order
         summary = build / f"glue-stage{n}.json"
         run = build / "glue-runs" / Path(json.loads((recipe / f"stage{n}.json").read_text())["out_dir"]).name
         log = run / "train_log.jsonl"
@@ -32,7 +35,8 @@ def stages(build: Path) -> None:
         rows = [json.loads(x) for x in log.read_text().splitlines()]
         first, last = rows[:5], rows[-5:]
         routing = "/".join(f"{v:.2f}" for v in rows[-1].get("routing", []))
-        name = cfg["stage_name"] + (" (head only: seg projector, ground head)" if n == "3_head" else "")
+        name = cfg["stage_name"] + {"3_head": " (head only: seg projector, ground head)",
+                                    "2_more": " (more: VL expert and region encoder, glue-vqa)"}.get(n, "")
         print(f"| {n} {name} | {s['steps']} × {cfg['grad_accumulation']} | {s['seconds'] / 60:.1f} min "
               f"| {_mean(first, 'ce')} → {_mean(last, 'ce')} | {_mean(first, 'bce')} → {_mean(last, 'bce')} "
               f"| {_mean(first, 'dice')} → {_mean(last, 'dice')} | {_mean(first, 'route')} → {_mean(last, 'route')} "

@@ -7,9 +7,15 @@ MEDPLIB=${MEDPLIB:-.venv/bin/medplib}
 CFG=configs/training/default_glue
 $MEDPLIB build-data --cases configs/data/default_glue_cases.json --mni152 --phantoms 4 --seed 0 \
     --out build/glue-data --overwrite > build/glue-data.manifest.json
+# the same volumes and split with more region and complex questions, balanced "is it the X?" answers:
+# stage2_more's data (the stages before it keep the first set, so their runs are unchanged)
+$MEDPLIB build-data --cases configs/data/default_glue_cases.json --mni152 --phantoms 4 --seed 0 \
+    --r-per-label 4 --r-is-per-label 1 --c-per-slice 6 --out build/glue-vqa --overwrite > build/glue-vqa.manifest.json
 # stage3_head: stage III's seg projector and ground head trained on, alone, from the frozen LLM's <SEG>
-# states (minutes: each state is computed once); stage 4 starts from it
-for step in 1 2 3 3_head 4; do
+# states (minutes: each state is computed once). stage2_more: the vision-language expert and region
+# encoder trained on, on build/glue-vqa, with everything the grounding path reads frozen. Stage 4 starts
+# from it. scripts/glue_report.py reads this line for the order.
+for step in 1 2 3 3_head 2_more 4; do
     echo "== stage $step ($(date +%T))" >&2
     $MEDPLIB train --stage "${step%%_*}" --config "$CFG/stage$step.json" --no-progress | tee "build/glue-stage$step.json"
 done

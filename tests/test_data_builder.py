@@ -225,3 +225,36 @@ def test_cli_build_data(tmp_path, phantoms):
                  "--max-slices", "2", "--empty-slices", "0"]) == 0
     assert read_dataset(tmp_path / "o" / "train.json").records
     assert main(["build-data", "--out", str(tmp_path / "o2")]) == 2  # no cases: one-line error
+
+
+def test_more_region_questions_keep_the_split_and_balance_is_answers(phantoms, tmp_path, capsys):
+    base = build_dataset(phantoms, tmp_path / "a", CFG)
+    more = build_dataset(phantoms, tmp_path / "b", BuildConfig(seed=3, max_slices_per_volume=4,
+                                                                empty_slices_per_volume=1, r_per_label=4,
+                                                                r_is_per_label=1))
+    assert more.splits == base.splits  # the same volumes held out: a supplement never leaks test cases
+    assert more.counts["train"]["R"] > base.counts["train"]["R"]
+    by_id = {c.id: c for c in phantoms}
+    answers = {"yes": 0, "no": 0}
+    for ds in _records(tmp_path / "b").values():
+        for rec in ds.records:
+            if rec.extra["topic"] != "is":
+                continue
+            case, f = by_id[rec.extra["case"]], rec.extra["facts"]
+            labels = np.asarray(read_volume(case.label).array)[rec.extra["slice"]]
+            region, _ = load_masks(rec, tmp_path / "b", labels.shape)
+            ids = {v: key for key, v in case.labels.items()}
+            # a free-form region lies inside its structure; a background square touches none
+            inside = [n for n in case.labels.values() if (region & (labels == ids[n])).any()]
+            assert inside == ([f["truth"]] if f["truth"] else [])
+            assert rec.turns[0].plain_answer == ("yes" if f["asked"] in inside else "no")
+            answers[rec.turns[0].plain_answer] += 1
+    assert answers["yes"] >= answers["no"] > 0  # the default set's are nearly all "no"
+    with pytest.raises(InputError, match="non-negative"):
+        BuildConfig(r_is_per_label=-1)
+    src = phantoms[0]
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"modality": "CT", "body_region": "phantom", "labels": {"1": "nodule", "2": "cyst"}}))
+    assert main(["build-data", "--case", str(src.image), str(src.label), str(meta), "--out", str(tmp_path / "o"),
+                 "--r-per-label", "-2"]) == 2
+    assert "r_per_label" in capsys.readouterr().err

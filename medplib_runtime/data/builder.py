@@ -45,6 +45,16 @@ class BuildConfig:
     min_pixels: int = 10  # a label smaller than this on a slice gets no questions there
     r_per_label: int = 2
     c_per_slice: int = 4
+    r_is_per_label: int = 0  # extra closed "is the region the X?" questions per label, on a free-form region
+    # inside it; the default set has few: its "is" questions are mostly on background squares, so nearly all "no"
+
+    def __post_init__(self) -> None:
+        counts = {"max_slices_per_volume": self.max_slices_per_volume, "empty_slices_per_volume":
+                  self.empty_slices_per_volume, "r_per_label": self.r_per_label, "c_per_slice": self.c_per_slice,
+                  "r_is_per_label": self.r_is_per_label, "min_pixels": self.min_pixels}
+        bad = {k: v for k, v in counts.items() if not isinstance(v, int) or v < 0}
+        if bad:
+            raise InputError(f"build config: counts must be non-negative integers, got {bad}")
 
 
 @dataclass(frozen=True)
@@ -155,6 +165,9 @@ class _CaseWriter:
         for lab in present:
             for _ in range(self.cfg.r_per_label):
                 self._region_question(stem, k, image_rel, lab, names, n)
+        for lab in present:
+            for _ in range(self.cfg.r_is_per_label):
+                self._region_is_question(stem, k, image_rel, lab, names, n)
         if present and rng.random() < 0.5:  # a region on no structure: a "no" answer
             bg = background_square(plane != 0, rng)
             if bg is not None:
@@ -188,6 +201,16 @@ class _CaseWriter:
         rel = self._mask(region, f"{stem}--r{n['region']}")
         n["region"] += 1
         self._add(stem, k, image_rel, qa, region=rel, n=n, extra={"region_mode": mode})
+
+    def _region_is_question(self, stem, k, image_rel, lab: SliceLabelFacts, names: list[str], n: Counter) -> None:
+        # "yes" 3 times in 4: the background squares of the slice add the "no" answers (about one per two slices)
+        rng, others = self.rng, [x for x in names if x != lab.name]
+        asked = lab.name if (not others or rng.random() < 0.75) else str(rng.choice(others))
+        region = make_region("freeform", lab.largest.mask, lab.largest.bbox, rng)
+        rel = self._mask(region, f"{stem}--r{n['region']}")
+        n["region"] += 1
+        self._add(stem, k, image_rel, T.region_is(rng, asked, lab.name), region=rel, n=n,
+                  extra={"region_mode": "freeform"})
 
     def _mask(self, mask: np.ndarray, name: str) -> str:
         path = self.root / "masks" / f"{name}.png"

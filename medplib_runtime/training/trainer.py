@@ -186,8 +186,9 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
         optimizer.zero_grad(set_to_none=True)
         losses.append(parts_sum["loss"])
         if log is not None:
+            # a head-only run's LLM runs only in its first epoch (cached states after): no routing to log then
             log.write(json.dumps({"step": step + 1, "lr": optimizer.param_groups[0]["lr"], **parts_sum,
-                                  "routing": list(routing)}) + "\n")
+                                  **({"routing": list(routing)} if routing else {})}) + "\n")
             log.flush()
         bar(step + 1, parts_sum["loss"])
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:  # every process: FSDP gathers
