@@ -54,13 +54,13 @@ def stages(build: Path) -> None:
 def evaluation(build: Path, name: str = "glue-test") -> None:
     report = json.loads((build / f"{name}.eval.json").read_text())
     print(f"\n{report['records']} records, {report['seconds'] / 60:.1f} min\n")
-    print("| group | n seg | mDice | n closed | closed acc | n open | open F1 | n named | region named |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| group | n seg | mDice | n closed | closed acc | balanced | n open | open F1 | n named | region named |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in report["rows"]:
         name_ = "all" if r["group"] == "all" else f"{r['group']} = {r['key']}"
         cell = lambda n, v: f"{v:.3f}" if n else "–"  # noqa: E731
         print(f"| {name_} | {r['n_seg']} | {cell(r['n_seg'], r['mdice'])} | {r['n_closed']} "
-              f"| {cell(r['n_closed'], r['accuracy'])} | {r['n_open']} | {cell(r['n_open'], r['f1'])} "
+              f"| {cell(r['n_closed'], r['accuracy'])} | {cell(r['n_closed'] if 'balanced' in r else 0, r.get('balanced', 0.0))} | {r['n_open']} | {cell(r['n_open'], r['f1'])} "
               f"| {r.get('n_named', 0)} | {cell(r.get('n_named', 0), r.get('named', 0.0))} |")
     preds = build / f"{name}.predictions.jsonl"
     if preds.is_file():

@@ -97,6 +97,7 @@ def test_runner_scores_known_answers(dataset, tmp_path):
     assert overall.miou == pytest.approx((1 / 3 + 0 + 0) / 3)
     assert overall.mdice == pytest.approx((0.5 + 0 + 0) / 3)  # Dice per sample = 2·IoU/(1+IoU)
     assert overall.accuracy == 0.5
+    assert overall.balanced == 0.5 and report.row("question_type", "C").balanced == 0.0  # "axial": wrong
     assert (overall.precision, overall.recall, overall.f1) == pytest.approx((1.0, 0.75, 6 / 7))
     mr, ct = report.row("modality", "MR"), report.row("modality", "CT")
     assert (mr.n_seg, mr.miou, mr.mdice, mr.accuracy) == pytest.approx((1, 1 / 3, 0.5, 1.0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medplib_runtime.evaluation.metrics import (closed_correct, dice_from_iou, mask_iou, names_structure, normalize_text,
+from medplib_runtime.evaluation.metrics import (balanced_accuracy, closed_correct, dice_from_iou, mask_iou, names_structure, normalize_text,
                                                 open_score,
                                                 summarize_seg)
 
@@ -105,3 +105,15 @@ def test_naming_another_structure_too_is_wrong(prediction, expected):
     others = ("lesion", "cyst", "grey matter", "white matter")
     name = "grey matter" if "grey" in prediction else "lesion"
     assert names_structure(prediction, name, others) is expected
+
+
+def test_balanced_accuracy_hand_computed():
+    # 3 "yes" (2 right) and 1 "no" (wrong): plain accuracy 0.5, balanced (2/3 + 0/1) / 2
+    assert balanced_accuracy(["yes", "Yes.", "yes", "no"], [True, True, False, False]) == pytest.approx(1 / 3)
+    # "yes" to everything scores 0.5 whatever the share of "yes" questions
+    refs = ["yes"] * 9 + ["no"]
+    assert balanced_accuracy(refs, [r == "yes" for r in refs]) == pytest.approx(0.5)
+    assert balanced_accuracy(["left", "right", "midline"], [True, True, True]) == 1.0
+    assert balanced_accuracy([], []) == 0.0
+    with pytest.raises(ValueError):
+        balanced_accuracy(["yes"], [True, False])

@@ -70,6 +70,16 @@ def closed_correct(prediction: str, reference: str) -> bool:
     return normalize_text(prediction) == normalize_text(reference)
 
 
+def balanced_accuracy(references: Iterable[str], correct: Iterable[bool]) -> float:
+    """Closed accuracy averaged over the reference answers ("yes", "no", "left", ...): each answer's own
+    accuracy, then their mean (ours, next to MedPLIB's plain accuracy). A model that says "yes" to
+    everything scores 0.5 on yes/no questions however many of them are "yes"; 0.0 for none."""
+    by_answer: dict[str, list[bool]] = {}
+    for ref, ok in zip(references, correct, strict=True):
+        by_answer.setdefault(normalize_text(ref), []).append(bool(ok))
+    return float(np.mean([np.mean(v) for v in by_answer.values()])) if by_answer else 0.0
+
+
 def mask_iou(prediction: np.ndarray | None, reference: np.ndarray) -> float:
     """IoU of two 2D ``(y, x)`` masks (non-zero = inside); None or an empty union → 0."""
     if prediction is None:

@@ -27,7 +27,7 @@ from ..errors import InputError, MedplibError
 from ..protocol import Runtime
 from ..schemas import AskRequest, Prompt, SliceRef
 from ..schemas import Turn as HistoryTurn
-from .metrics import closed_correct, dice_from_iou, mask_iou, names_structure, open_score, summarize_seg
+from .metrics import balanced_accuracy, closed_correct, dice_from_iou, mask_iou, names_structure, open_score, summarize_seg
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class Row:
     accuracy: float = 0.0
     n_named: int = 0  # region questions asking what a region is (our datasets' R what/choice)
     named: float = 0.0  # share whose answer names the right structure
+    balanced: float = 0.0  # closed accuracy averaged over the reference answers (ours): a bias scores 1/answers
 
 
 @dataclass(frozen=True)
@@ -63,13 +64,13 @@ class EvalReport:
 
     def table(self) -> str:
         head = f"{'group':<24} {'n seg':>5} {'mIoU':>6} {'mDice':>6} {'n open':>6} {'P':>6} {'R':>6} {'F1':>6}" \
-               f" {'n closed':>8} {'acc':>6} {'n named':>7} {'named':>6}"
+               f" {'n closed':>8} {'acc':>6} {'bal':>6} {'n named':>7} {'named':>6}"
         lines = [head, "-" * len(head)]
         for r in self.rows:
             name = "all" if r.group == "all" else f"{'type' if r.group == 'question_type' else r.group}={r.key}"
             lines.append(f"{name:<24} {r.n_seg:>5} {r.miou:>6.3f} {r.mdice:>6.3f} {r.n_open:>6} {r.precision:>6.3f}"
-                         f" {r.recall:>6.3f} {r.f1:>6.3f} {r.n_closed:>8} {r.accuracy:>6.3f} {r.n_named:>7}"
-                         f" {r.named:>6.3f}")
+                         f" {r.recall:>6.3f} {r.f1:>6.3f} {r.n_closed:>8} {r.accuracy:>6.3f} {r.balanced:>6.3f}"
+                         f" {r.n_named:>7} {r.named:>6.3f}")
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
@@ -83,6 +84,7 @@ class _Scores:
     ious: list[float] = field(default_factory=list)
     open: list = field(default_factory=list)
     closed: list[bool] = field(default_factory=list)
+    closed_refs: list[str] = field(default_factory=list)
     named: list[bool] = field(default_factory=list)
 
     def row(self, group: str, key: str) -> Row:
@@ -90,7 +92,8 @@ class _Scores:
         mean = lambda xs: float(np.mean(xs)) if xs else 0.0  # noqa: E731
         return Row(group, key, seg.n, seg.miou, seg.mdice, len(self.open), mean([s.precision for s in self.open]),
                    mean([s.recall for s in self.open]), mean([s.f1 for s in self.open]), len(self.closed),
-                   mean([float(c) for c in self.closed]), len(self.named), mean([float(c) for c in self.named]))
+                   mean([float(c) for c in self.closed]), len(self.named), mean([float(c) for c in self.named]),
+                   balanced_accuracy(self.closed_refs, self.closed))
 
 
 def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: str | Path | None = None,
@@ -151,6 +154,7 @@ def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: s
                     meta["correct"] = ok
                     for s in targets:
                         s.closed.append(ok)
+                        s.closed_refs.append(turn.plain_answer)
                 else:
                     score = open_score(result.text, turn.plain_answer)
                     meta.update(precision=score.precision, recall=score.recall, f1=score.f1)
