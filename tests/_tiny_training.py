@@ -21,7 +21,8 @@ def tiny_model():
     return build_medplib(TINY_LITE, pretrained=False)
 
 
-def samples(n: int = 4) -> list[TrainSample]:
+def samples(n: int = 4, region_names: tuple[str, ...] = ()) -> list[TrainSample]:
+    """``region_names``: the structure each sample's region marks, cycled (region alignment needs them)."""
     out = []
     for i in range(n):
         image = np.zeros((48, 64), np.float32)
@@ -32,7 +33,7 @@ def samples(n: int = 4) -> list[TrainSample]:
         out.append(TrainSample(f"s{i}", image, (
             Turn("what is in the <region> ?", "a lesion"),
             Turn("segment the lesion", "it is here <SEG>"),
-        ), region=region, masks=(mask,)))
+        ), region=region, masks=(mask,), region_name=region_names[i % len(region_names)] if region_names else None))
     return out
 
 

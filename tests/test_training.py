@@ -84,24 +84,23 @@ class _Interrupt(Exception):
     pass
 
 
-def test_interrupted_run_resumes_bit_for_bit(tmp_path):
-    cfg = dict(stage=2, data=("synthetic",), steps=4, grad_accumulation=2, warmup_steps=1, lr=1e-2, save_every=2)
-    straight = train(TrainConfig(out_dir=str(tmp_path / "a"), **cfg), samples(), model=tiny_model(),
+@pytest.mark.parametrize("extra", [{}, {"align_region": 1.0}])  # a resumed run must not align its region encoder again
+def test_interrupted_run_resumes_bit_for_bit(tmp_path, extra):
+    cfg = dict(stage=2, data=("synthetic",), steps=4, grad_accumulation=2, warmup_steps=1, lr=1e-2, save_every=2, **extra)
+    named = samples(region_names=("lesion", "tumour"))
+    straight = train(TrainConfig(out_dir=str(tmp_path / "a"), **cfg), named, model=tiny_model(),
                      embedder=FakeEmbedder(), progress=False)
 
     class Dying(FakeEmbedder):
-        calls = 0
-
         def __call__(self, sample):
-            Dying.calls += 1
-            if Dying.calls == 5:  # the first example of step 3: after the step-2 checkpoint
+            if (tmp_path / "b" / "checkpoint" / "state.pt").is_file():  # step 3's first example, after step 2's save
                 raise _Interrupt()
             return super().__call__(sample)
 
     with pytest.raises(_Interrupt):
-        train(TrainConfig(out_dir=str(tmp_path / "b"), **cfg), samples(), model=tiny_model(), embedder=Dying(),
+        train(TrainConfig(out_dir=str(tmp_path / "b"), **cfg), named, model=tiny_model(), embedder=Dying(),
               progress=False)
-    resumed = train(TrainConfig(out_dir=str(tmp_path / "b"), **cfg), samples(), model=tiny_model(),
+    resumed = train(TrainConfig(out_dir=str(tmp_path / "b"), **cfg), named, model=tiny_model(),
                     embedder=FakeEmbedder(), progress=False)
     assert resumed.resumed_from == 2
     a, b = tiny_model(), tiny_model()

@@ -64,6 +64,9 @@ class TrainConfig:
     # init and must grow region-to-region differences that are small next to its bias (docs/training.md)
     fit_input_stats: int = 0  # ours: when this stage first trains the region encoder or the seg projector, fit
     # its input standardisation (modeling/standardiser.py) on this many of the run's examples first; 0: off
+    align_region: float = 0.0  # ours: before the first step, fit the region encoder's projection in closed form
+    # (ridge regression with this penalty) so a region's token is the input embedding of the structure it marks
+    # (training/region_alignment.py); 0: off. Gradient steps then train it only if it is not ``frozen``
     top_k: int = 1  # stage IV: experts per token (MedPLIB: 1)
     capacity_factor: float = 1.5  # stage IV: training capacity factor (MedPLIB: 1.5)
     route_supervision: float = 0.0  # stage IV, ours: weight of a CE on the router (answers with <SEG> → the
@@ -94,6 +97,11 @@ class TrainConfig:
         if isinstance(self.fit_input_stats, bool) or not isinstance(self.fit_input_stats, int) \
                 or self.fit_input_stats == 1 or self.fit_input_stats < 0:
             raise InputError(f"fit_input_stats must be 0 (off) or a number of examples >= 2; got {self.fit_input_stats!r}")
+        if isinstance(self.align_region, bool) or not isinstance(self.align_region, (int, float)) \
+                or not self.align_region >= 0:
+            raise InputError(f"align_region must be 0 (off) or a ridge penalty > 0; got {self.align_region!r}")
+        if self.align_region and "region_encoder" not in self.spec.trains:
+            raise InputError(f"align_region fits the region encoder, which stage {self.stage} does not train")
         if self.dense_expert not in (None, 0, 1):
             raise InputError(f"dense_expert must be 0, 1 or null; got {self.dense_expert}")
         if self.top_k not in (1, 2) or not self.capacity_factor > 0:

@@ -41,5 +41,21 @@ def samples_from_json(path: str | Path, *, image_folder: str | Path | None = Non
             raise InputError(f"record {name}: {exc}") from None
         region, masks = load_masks(rec, ds.root, png.shape)
         turns = tuple(Turn(t.plain_question, t.plain_answer) for t in rec.turns)
-        out.append(TrainSample(name, image, turns, region=region, masks=masks, modality=rec.modality))
+        out.append(TrainSample(name, image, turns, region=region, masks=masks, modality=rec.modality,
+                               region_name=region_name(rec) if region is not None else None))
     return out
+
+
+BACKGROUND = "background"
+
+
+def region_name(rec) -> str | None:
+    """The structure a record's region marks, where our builder wrote it: ``facts.name``, or an "is
+    it the X?" question's ``facts.truth`` (none: a region on no structure → "background"). None for
+    records that do not say (real MeCoVQA): region alignment then leaves them out."""
+    facts = rec.extra.get("facts")
+    if not isinstance(facts, dict):
+        return None
+    if "truth" in facts:
+        return str(facts["truth"]) if facts["truth"] else BACKGROUND
+    return str(facts["name"]) if isinstance(facts.get("name"), str) and facts["name"] else None

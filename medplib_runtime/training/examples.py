@@ -23,7 +23,8 @@ IGNORE = -100
 class TrainSample:
     """One image with a conversation. ``image`` ``(h, w)`` float32 in [0, 1] (windowed slice);
     ``region`` ``(h, w)`` bool for questions that say ``<region>``; ``masks`` one ``(h, w)`` mask per
-    ``<SEG>`` in the answers, in order; ``key`` names the record in error messages."""
+    ``<SEG>`` in the answers, in order; ``key`` names the record in error messages; ``region_name``
+    the structure the region marks where the record says it (our builder's facts; region_alignment.py)."""
 
     key: str
     image: np.ndarray
@@ -31,6 +32,7 @@ class TrainSample:
     region: np.ndarray | None = None
     masks: tuple[np.ndarray, ...] = ()
     modality: str = "other"
+    region_name: str | None = None
 
 
 @dataclass(frozen=True)
