@@ -258,3 +258,25 @@ def test_more_region_questions_keep_the_split_and_balance_is_answers(phantoms, t
     assert main(["build-data", "--case", str(src.image), str(src.label), str(meta), "--out", str(tmp_path / "o"),
                  "--r-per-label", "-2"]) == 2
     assert "r_per_label" in capsys.readouterr().err
+
+
+def test_is_pairs_ask_one_region_with_both_answers(phantoms, tmp_path):
+    """--r-is-pairs: per structure and slice, one region asked with its own name ("yes") and with
+    another structure's ("no"): the same pixels, opposite answers; the facts match the labels."""
+    build_dataset(phantoms, tmp_path / "p", BuildConfig(seed=3, max_slices_per_volume=4, empty_slices_per_volume=1,
+                                                         r_is_pairs=1))
+    by_region: dict[str, list] = {}
+    for ds in _records(tmp_path / "p").values():
+        for rec in ds.records:
+            if rec.extra.get("pair"):
+                by_region.setdefault(rec.turns[0].region_paths[0], []).append(rec)
+    assert by_region
+    for recs in by_region.values():
+        assert sorted(r.extra["pair"] for r in recs) == ["no", "yes"]  # two-structure phantoms: the same region
+        truth = {r.extra["facts"]["truth"] for r in recs}
+        assert len(truth) == 1 and None not in truth
+        for r in recs:
+            f = r.extra["facts"]
+            assert r.turns[0].plain_answer == ("yes" if f["asked"] == f["truth"] else "no") == r.extra["pair"]
+    with pytest.raises(InputError, match="non-negative"):
+        BuildConfig(r_is_pairs=-1)

@@ -357,6 +357,36 @@ def test_question_level_routing_trains_only_the_routers_and_routes_each_question
     assert read_glue_metadata(report.adapter)["recipe"]["stages"][-1]["question_threshold"] == fresh.question_threshold
 
 
+def test_question_level_routing_reads_each_question_once_and_its_cached_loss_is_the_full_one(tmp_path):
+    """The routers do not change the states they read (every token on the VL expert), so each example's
+    router inputs are computed once: the LLM runs once per distinct example, and the cached routing loss
+    and question score equal the full forward's."""
+    from medplib_runtime.training.forward import LossWeights, TrainModule
+    from medplib_runtime.training.trainer import _examples
+
+    model = tiny_model()
+    cfg = TrainConfig(stage=4, data=("synthetic",), out_dir=str(tmp_path), steps=12, grad_accumulation=4,
+                      warmup_steps=1, routing="sequence", route_supervision=1.0, router_lr=5e-2)
+    llm_runs = []
+    hook = model.llm.model.register_forward_hook(lambda *args: llm_runs.append(1))
+    report = train(cfg, samples(4), model=model, embedder=FakeEmbedder(), progress=False)
+    hook.remove()
+    assert report.examples == 8 and len(llm_runs) == 8  # 48 visits, one LLM run per example
+    model.eval()
+    from medplib_runtime.imaging.transforms import mask_to_model
+
+    fn = lambda region, e: mask_to_model(region, e.info, 256)[0, 0]  # noqa: E731
+    weights = LossWeights(0.0, route=1.0, route_span="question", route_balance=(2.0, 0.5))
+    for ex in _examples(model, samples(1), cfg):
+        emb = FakeEmbedder()(ex.sample)
+        full_module, cached = TrainModule(model, weights, region_mask_fn=fn), \
+            TrainModule(model, weights, region_mask_fn=fn, cache_router_inputs=True)
+        full, _ = full_module(ex, emb)
+        for _ in range(2):  # first use fills the cache, the second reads it
+            assert torch.allclose(cached(ex, emb)[0], full)
+        assert cached.question_scores[0] == pytest.approx(full_module.question_scores[0])
+
+
 def test_question_level_routing_is_a_stage_four_setting():
     with pytest.raises(InputError, match="routing 'sequence'"):
         TrainConfig(stage=3, data=("x",), out_dir="o", routing="sequence", route_supervision=1.0)

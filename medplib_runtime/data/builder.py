@@ -47,11 +47,15 @@ class BuildConfig:
     c_per_slice: int = 4
     r_is_per_label: int = 0  # extra closed "is the region the X?" questions per label, on a free-form region
     # inside it; the default set has few: its "is" questions are mostly on background squares, so nearly all "no"
+    r_is_pairs: int = 0  # "is the region the X?" asked twice per label and slice with opposite answers: on one
+    # region inside the structure with its own name ("yes") and another structure's ("no"; with no other name
+    # in the case, its own name on a background square) — so that only comparing the region with the name tells
 
     def __post_init__(self) -> None:
         counts = {"max_slices_per_volume": self.max_slices_per_volume, "empty_slices_per_volume":
                   self.empty_slices_per_volume, "r_per_label": self.r_per_label, "c_per_slice": self.c_per_slice,
-                  "r_is_per_label": self.r_is_per_label, "min_pixels": self.min_pixels}
+                  "r_is_per_label": self.r_is_per_label, "r_is_pairs": self.r_is_pairs,
+                  "min_pixels": self.min_pixels}
         bad = {k: v for k, v in counts.items() if not isinstance(v, int) or v < 0}
         if bad:
             raise InputError(f"build config: counts must be non-negative integers, got {bad}")
@@ -168,6 +172,9 @@ class _CaseWriter:
         for lab in present:
             for _ in range(self.cfg.r_is_per_label):
                 self._region_is_question(stem, k, image_rel, lab, names, n)
+        for lab in present:
+            for _ in range(self.cfg.r_is_pairs):
+                self._region_is_pair(stem, k, image_rel, lab, names, plane, n)
         if present and rng.random() < 0.5:  # a region on no structure: a "no" answer
             bg = background_square(plane != 0, rng)
             if bg is not None:
@@ -211,6 +218,26 @@ class _CaseWriter:
         n["region"] += 1
         self._add(stem, k, image_rel, T.region_is(rng, asked, lab.name), region=rel, n=n,
                   extra={"region_mode": "freeform"})
+
+    def _region_is_pair(self, stem, k, image_rel, lab: SliceLabelFacts, names: list[str], plane: np.ndarray,
+                        n: Counter) -> None:
+        rng, others = self.rng, [x for x in names if x != lab.name]
+        rel = self._new_region(make_region("freeform", lab.largest.mask, lab.largest.bbox, rng), stem, n)
+        self._add(stem, k, image_rel, T.region_is(rng, lab.name, lab.name), region=rel, n=n,
+                  extra={"region_mode": "freeform", "pair": "yes"})
+        if others:  # the same region, another structure's name
+            self._add(stem, k, image_rel, T.region_is(rng, str(rng.choice(others)), lab.name), region=rel, n=n,
+                      extra={"region_mode": "freeform", "pair": "no"})
+            return
+        bg = background_square(plane != 0, rng)  # one structure in the case: the same name on no structure
+        if bg is not None:
+            self._add(stem, k, image_rel, T.region_is(rng, lab.name, None), region=self._new_region(bg, stem, n), n=n,
+                      extra={"region_mode": "background", "pair": "no"})
+
+    def _new_region(self, mask: np.ndarray, stem: str, n: Counter) -> str:
+        rel = self._mask(mask, f"{stem}--r{n['region']}")
+        n["region"] += 1
+        return rel
 
     def _mask(self, mask: np.ndarray, name: str) -> str:
         path = self.root / "masks" / f"{name}.png"

@@ -33,7 +33,8 @@ class LossWeights:
 
 
 class TrainModule(nn.Module):
-    def __init__(self, model, weights: LossWeights, *, region_mask_fn, cache_seg_states: bool = False) -> None:
+    def __init__(self, model, weights: LossWeights, *, region_mask_fn, cache_seg_states: bool = False,
+                 cache_router_inputs: bool = False) -> None:
         super().__init__()
         self.model = model
         self.weights = weights
@@ -41,6 +42,9 @@ class TrainModule(nn.Module):
         # a head-only run (the LLM and everything it reads frozen, no text or routing loss): each example's
         # <SEG> states never change, so the LLM runs once per example instead of once per step
         self.seg_state_cache: dict[int, torch.Tensor] | None = {} if cache_seg_states else None
+        # question-level routing trains the routers alone on the vision-language expert's states, which the routers
+        # do not change (every token is forced to that expert): each example's router inputs are computed once
+        self.router_input_cache: dict[int, list[torch.Tensor]] | None = {} if cache_router_inputs else None
         self.seg_id = model.token_ids["<SEG>"]
         self.im_end_id = model.token_ids["<im_end>"]  # the first turn's question starts after the image
         self.question_scores: list[tuple[float, bool]] = []  # (p(grounding), is a grounding question) per example
@@ -77,6 +81,8 @@ class TrainModule(nn.Module):
     def _forward(self, example: Example, embedding) -> tuple[torch.Tensor, dict[str, float]]:
         if self.seg_state_cache is not None:
             return self._forward_head_only(example, embedding)
+        if self.router_input_cache is not None:
+            return self._forward_routers_only(example, embedding)
         m = self.model
         pixel = embedding.image_embedding
         input_ids, labels, embeds = self._inputs(example, embedding)
@@ -120,6 +126,39 @@ class TrainModule(nn.Module):
             loss = loss + self._mask_loss(states, example, embedding, parts)
         parts["loss"] = float(loss.detach())
         return loss, parts
+
+    def _forward_routers_only(self, example: Example, embedding) -> tuple[torch.Tensor, dict[str, float]]:
+        """The routing loss of question-level routing from this example's cached router inputs (each
+        layer's ``N×D`` states at the question's tokens, computed on first use with the LLM in eval
+        mode, as at inference): the same loss as the full forward's, at the cost of 30 small matmuls."""
+        key = id(example)
+        if key not in self.router_input_cache:
+            self.router_input_cache[key] = self._router_inputs(example, embedding)
+        logits = [moe.router(x) for moe, x in zip(self.model.moe, self.router_input_cache[key])]
+        target = GROUND_EXPERT if example.masks else VL_EXPERT
+        route = routing_loss(logits, target)
+        n = logits[0].shape[0]
+        self.question_scores.append((ground_probability([[lg] for lg in logits], torch.arange(n)), bool(example.masks)))
+        loss = self.weights.route * self.weights.route_balance[target] * route
+        return loss, {"route": float(route.detach()), "loss": float(loss.detach())}
+
+    def _router_inputs(self, example: Example, embedding) -> list[torch.Tensor]:
+        """Every MoE layer's router input at the current question's tokens (``N×D`` each, detached)."""
+        llm, was_training = self.model.llm, self.model.llm.training
+        captured: list[torch.Tensor] = []
+        hooks = [moe.router.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+                 for moe in self.model.moe]
+        llm.eval()
+        try:
+            with torch.no_grad():
+                input_ids, labels, embeds = self._inputs(example, embedding)
+                llm.model(inputs_embeds=embeds)
+        finally:
+            llm.train(was_training)
+            for h in hooks:
+                h.remove()
+        at = self._routed_positions(input_ids[0], labels[0], example.turn_start)
+        return [x.reshape(-1, x.shape[-1])[at] for x in captured]
 
     def _mask_loss(self, seg_hidden: torch.Tensor, example: Example, embedding, parts: dict[str, float]) -> torch.Tensor:
         """BCE + Dice of the masks the ``N×D`` ``<SEG>`` states give against the example's masks."""

@@ -138,7 +138,7 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     cached = head_only(cfg, weights)
     module = TrainModule(model, weights, region_mask_fn=lambda region, emb: mask_to_model(region, emb.info,
                                                                                            grid * 4)[0, 0].to(device),
-                         cache_seg_states=cached)
+                         cache_seg_states=cached, cache_router_inputs=cfg.routing == "sequence")
     embed = embedder or _Embedder(model)
     fitted = _fit_input_stats(module, examples, embed, cfg)  # before wrapping: every process fits the same
     if cfg.align_region and not resumed_run:  # a checkpoint holds the aligned projection already
