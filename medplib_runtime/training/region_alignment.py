@@ -1,7 +1,7 @@
 """Region alignment (ours, ``TrainConfig.align_region``): the region encoder's projection fitted in
 closed form so that a region's token is the LLM's own input embedding of the structure it marks.
 
-Why (measured, docs/training.md "Region alignment"): the pooled LiteMedSAM features inside a region
+Why (measured, docs/region_alignment.md): the pooled LiteMedSAM features inside a region
 name its structure (a linear probe: 0.82–1.00 on the held-out phantoms), yet a region encoder
 trained through the frozen 30-layer LLM for 100 steps gave tokens the LLM did not read ("cyst" to
 32 of 32 boxes on an unseen phantom). Regressing the projection onto the name's embedding (the
