@@ -111,6 +111,24 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, extra):
     assert straight.losses[2:] == resumed.losses
 
 
+def test_a_moved_run_resumes_in_its_new_folder_and_another_config_is_refused(tmp_path):
+    """The run folder is not part of the run: a checkpoint moved elsewhere resumes there, and the
+    adapter's recipe names the folder it now lives in; a changed lr is still refused in one line."""
+    import shutil
+
+    cfg = dict(stage=2, data=("synthetic",), grad_accumulation=2, warmup_steps=1, lr=1e-2, save_every=2)
+    first = train(TrainConfig(out_dir=str(tmp_path / "a"), steps=2, **cfg), samples(), model=tiny_model(),
+                  embedder=FakeEmbedder(), progress=False)
+    shutil.move(tmp_path / "a", tmp_path / "moved")
+    resumed = train(TrainConfig(out_dir=str(tmp_path / "moved"), steps=4, **cfg), samples(), model=tiny_model(),
+                    embedder=FakeEmbedder(), progress=False)
+    assert first.resumed_from == 0 and resumed.resumed_from == 2 and len(resumed.losses) == 2
+    assert read_glue_metadata(resumed.adapter)["recipe"]["stages"][-1]["out_dir"] == str(tmp_path / "moved")
+    with pytest.raises(InputError, match="holds a run with another config"):
+        train(TrainConfig(out_dir=str(tmp_path / "moved"), steps=6, **{**cfg, "lr": 2e-2}), samples(),
+              model=tiny_model(), embedder=FakeEmbedder(), progress=False)
+
+
 def test_bad_configs_and_records(tmp_path):
     path = tmp_path / "c.json"
     path.write_text('{"stage": 5, "data": ["x.json"], "out_dir": "o"}')

@@ -149,7 +149,7 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     start = 0
     if (ckpt / "state.pt").is_file():
         state = torch.load(ckpt / "state.pt", weights_only=False, map_location=device)
-        if state["config"] != _fingerprint(cfg):
+        if not _same_run(state["config"], cfg):
             raise InputError(f"{ckpt} holds a run with another config: use a new --out-dir or delete it")
         distributed.load_optimizer_state(optimizer, state["optimizer"])
         torch.set_rng_state(distributed.own_rng_state(state))
@@ -302,10 +302,21 @@ def _route_balance(examples: list[Example]) -> tuple[float, float]:
 
 def _fingerprint(cfg: TrainConfig) -> str:
     # steps may grow on resume; ddp/fsdp checkpoints are the same file (full tensors)
-    keep = {k: v for k, v in cfg.resolved().items() if k not in ("steps", "save_every", "distributed", "device")
+    keep = {k: v for k, v in cfg.resolved().items() if k not in ("steps", "save_every", "distributed", "device", "out_dir")
             and not (k == "region_lr" and v is None) and not (k in ("fit_input_stats", "align_region") and not v)}
     # runs from before region_lr / fit_input_stats existed resume
     return json.dumps(keep, sort_keys=True, default=str)
+
+
+def _same_run(stored: str, cfg: TrainConfig) -> bool:
+    """Whether a checkpoint's fingerprint is this config's. The run folder is not part of the run: a
+    run moved or renamed resumes there (fingerprints written before 2026-12-01 hold ``out_dir``)."""
+    try:
+        held = json.loads(stored)
+    except ValueError:
+        return False
+    held.pop("out_dir", None)
+    return json.dumps(held, sort_keys=True, default=str) == _fingerprint(cfg)
 
 
 def _save_checkpoint(model, optimizer, cfg: TrainConfig, step: int, ckpt: Path, trained_parts: tuple[str, ...],
