@@ -405,6 +405,26 @@ def test_question_level_routing_reads_each_question_once_and_its_cached_loss_is_
         assert cached.question_scores[0] == pytest.approx(full_module.question_scores[0])
 
 
+def test_question_level_routing_with_an_extra_trained_part_runs_the_full_forward(tmp_path):
+    """extra_trains beside the routers: their states change every step, so nothing is cached and the
+    extra part learns through the routing loss."""
+    from medplib_runtime.training.trainer import routers_only
+
+    base = dict(stage=4, data=("synthetic",), out_dir=str(tmp_path), steps=3, grad_accumulation=2, warmup_steps=1,
+                routing="sequence", route_supervision=1.0, router_lr=5e-2)
+    assert routers_only(TrainConfig(**base))
+    cfg = TrainConfig(**base, extra_trains=("region_encoder",), region_lr=5e-2)
+    assert not routers_only(cfg) and cfg.trains == ("router", "region_encoder")
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.region_encoder.state_dict().items()}
+    llm_runs = []
+    hook = model.llm.model.register_forward_hook(lambda *args: llm_runs.append(1))
+    train(cfg, samples(2), model=model, embedder=FakeEmbedder(), progress=False)
+    hook.remove()
+    assert len(llm_runs) == 6  # every visit, not once per example
+    assert any(not torch.equal(before[k], v) for k, v in model.region_encoder.state_dict().items())
+
+
 def test_question_level_routing_is_a_stage_four_setting():
     with pytest.raises(InputError, match="routing 'sequence'"):
         TrainConfig(stage=3, data=("x",), out_dir="o", routing="sequence", route_supervision=1.0)

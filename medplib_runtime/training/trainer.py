@@ -138,7 +138,7 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     cached = head_only(cfg, weights)
     module = TrainModule(model, weights, region_mask_fn=lambda region, emb: mask_to_model(region, emb.info,
                                                                                            grid * 4)[0, 0].to(device),
-                         cache_seg_states=cached, cache_router_inputs=cfg.routing == "sequence")
+                         cache_seg_states=cached, cache_router_inputs=routers_only(cfg))
     embed = embedder or _Embedder(model)
     fitted = _fit_input_stats(module, examples, embed, cfg)  # before wrapping: every process fits the same
     if cfg.align_region and not resumed_run:  # a checkpoint holds the aligned projection already
@@ -298,6 +298,13 @@ def _route_balance(examples: list[Example]) -> tuple[float, float]:
     if not n_ground or not n_vl:
         return (1.0, 1.0)
     return (len(examples) / (2 * n_ground), len(examples) / (2 * n_vl))
+
+
+def routers_only(cfg: TrainConfig) -> bool:
+    """Question-level routing that trains the routers and nothing else: the states they read never
+    change, so each example's router inputs can be cached. With ``extra_trains`` (a region encoder,
+    say) the states move with each step and the full forward runs."""
+    return cfg.routing == "sequence" and cfg.trains == ("router",)
 
 
 def _fingerprint(cfg: TrainConfig) -> str:
