@@ -178,8 +178,7 @@ class _CaseWriter:
         if present and rng.random() < 0.5:  # a region on no structure: a "no" answer
             bg = background_square(plane != 0, rng)
             if bg is not None:
-                rel = self._mask(bg, f"{stem}--r{n['region']}")
-                n["region"] += 1
+                rel = self._new_region(bg, stem, n)
                 self._add(stem, k, image_rel, T.region_is(rng, str(rng.choice(names)), None), region=rel, n=n,
                           extra={"region_mode": "background"})
         pool = T.complex_questions(rng, self.vf, present, absent)
@@ -204,18 +203,14 @@ class _CaseWriter:
         else:  # a free-form region lies inside the structure, so "is it X?" has one true answer
             asked = lab.name if (not others or rng.random() < 0.5) else str(rng.choice(others))
             qa = T.region_is(rng, asked, lab.name)
-        region = make_region(mode, comp.mask, comp.bbox, rng)
-        rel = self._mask(region, f"{stem}--r{n['region']}")
-        n["region"] += 1
+        rel = self._new_region(make_region(mode, comp.mask, comp.bbox, rng), stem, n)
         self._add(stem, k, image_rel, qa, region=rel, n=n, extra={"region_mode": mode})
 
     def _region_is_question(self, stem, k, image_rel, lab: SliceLabelFacts, names: list[str], n: Counter) -> None:
         # "yes" 3 times in 4: the background squares of the slice add the "no" answers (about one per two slices)
         rng, others = self.rng, [x for x in names if x != lab.name]
         asked = lab.name if (not others or rng.random() < 0.75) else str(rng.choice(others))
-        region = make_region("freeform", lab.largest.mask, lab.largest.bbox, rng)
-        rel = self._mask(region, f"{stem}--r{n['region']}")
-        n["region"] += 1
+        rel = self._new_region(make_region("freeform", lab.largest.mask, lab.largest.bbox, rng), stem, n)
         self._add(stem, k, image_rel, T.region_is(rng, asked, lab.name), region=rel, n=n,
                   extra={"region_mode": "freeform"})
 
@@ -235,6 +230,7 @@ class _CaseWriter:
                       extra={"region_mode": "background", "pair": "no"})
 
     def _new_region(self, mask: np.ndarray, stem: str, n: Counter) -> str:
+        """Write a region mask under the slice's next region number; its path, relative to the dataset."""
         rel = self._mask(mask, f"{stem}--r{n['region']}")
         n["region"] += 1
         return rel
