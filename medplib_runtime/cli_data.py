@@ -31,6 +31,9 @@ def add_data_parsers(sub) -> None:
                    help="extra closed 'is the region the X?' questions per structure and slice (3 in 4 answered yes)")
     p.add_argument("--r-is-pairs", type=int, default=0,
                    help="'is the region the X?' pairs per labelled structure and slice, one 'yes' and one 'no'")
+    p.add_argument("--r-is-modes", default="freeform",
+                   help="comma-separated region kinds the pairs are asked on, one drawn per pair: point,box,freeform "
+                        "(default freeform)")
     p.add_argument("--c-per-slice", type=int, default=4, help="complex (whole-slice) questions per slice")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
     p.set_defaults(func=cmd_build_data)
@@ -66,6 +69,7 @@ def cmd_build_data(args: argparse.Namespace) -> int:
     config = BuildConfig(seed=args.seed, fractions=_fractions(args.split), max_slices_per_volume=args.max_slices,
                          empty_slices_per_volume=args.empty_slices, r_per_label=args.r_per_label,
                          r_is_per_label=args.r_is_per_label, r_is_pairs=args.r_is_pairs,
+                         r_is_modes=tuple(m.strip() for m in args.r_is_modes.split(",") if m.strip()),
                          c_per_slice=args.c_per_slice)
     cases = [c for path in args.cases for c in load_cases(path)]
     for i, (image, label, meta) in enumerate(args.case):

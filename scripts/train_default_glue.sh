@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The shipped glue's recipe, end to end on CPU: data → stages I–IV → assets → eval on held-out volumes.
-# Two to three hours on 2 cores. Re-running resumes a cut-off stage from its last checkpoint.
+# About four hours on 2 cores (docs/training.md has each stage's time). Re-running resumes a cut-off stage from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MEDPLIB=${MEDPLIB:-.venv/bin/medplib}
@@ -14,13 +14,19 @@ $MEDPLIB build-data --cases configs/data/default_glue_cases.json --mni152 --phan
 # and again with "is the region the X?" asked in pairs (the region's own name: yes; another's: no): stage2_align's
 $MEDPLIB build-data --cases configs/data/default_glue_cases.json --mni152 --phantoms 4 --seed 0 \
     --r-per-label 4 --r-is-pairs 1 --c-per-slice 6 --out build/glue-pairs --overwrite > build/glue-pairs.manifest.json
+# and with the pairs on points and boxes too (a napari user's regions): stage2_closed's and stage 4's
+$MEDPLIB build-data --cases configs/data/default_glue_cases.json --mni152 --phantoms 4 --seed 0 \
+    --r-per-label 4 --r-is-pairs 1 --r-is-modes point,box,freeform --c-per-slice 6 \
+    --out build/glue-pairs3 --overwrite > build/glue-pairs3.manifest.json
 # stage3_head: stage III's seg projector and ground head trained on, alone, from the frozen LLM's <SEG>
 # states (minutes: each state is computed once). stage2_more: the vision-language expert and region
 # encoder trained on, on build/glue-vqa, with everything the grounding path reads frozen. stage2_align: the
 # region encoder's projection fitted in closed form onto the structure names' embeddings, then the
-# vision-language expert trained on to read it (region encoder frozen), on build/glue-pairs. Stage 4 starts from it.
+# vision-language expert trained on to read it (region encoder frozen), on build/glue-pairs. stage2_closed: the
+# vision-language expert again, on build/glue-pairs3 with each closed-answer record 3 times (the yes/no readout;
+# docs/closed_answers.md). Stage 4 starts from it.
 # scripts/glue_report.py reads this line for the order.
-for step in 1 2 3 3_head 2_more 2_align 4; do
+for step in 1 2 3 3_head 2_more 2_align 2_closed 4; do
     echo "== stage $step ($(date +%T))" >&2
     $MEDPLIB train --stage "${step%%_*}" --config "$CFG/stage$step.json" --no-progress | tee "build/glue-stage$step.json"
 done

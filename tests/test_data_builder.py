@@ -280,3 +280,34 @@ def test_is_pairs_ask_one_region_with_both_answers(phantoms, tmp_path):
             assert r.turns[0].plain_answer == ("yes" if f["asked"] == f["truth"] else "no") == r.extra["pair"]
     with pytest.raises(InputError, match="non-negative"):
         BuildConfig(r_is_pairs=-1)
+
+
+def test_is_pairs_on_boxes_and_points_name_what_the_region_holds(phantoms, tmp_path):
+    """--r-is-modes point,box: pairs are asked on boxes and point squares too (a napari user's regions);
+    the "yes" region holds its structure, and the "no" name is one the region barely touches."""
+    build_dataset(phantoms, tmp_path / "p", BuildConfig(seed=3, max_slices_per_volume=4, empty_slices_per_volume=1,
+                                                         r_is_pairs=1, r_is_modes=("point", "box")))
+    seen = set()
+    for split, ds in _records(tmp_path / "p").items():
+        for rec in ds.records:
+            if not rec.extra.get("pair") or rec.extra["region_mode"] == "background":
+                continue
+            mode = rec.extra["region_mode"]
+            seen.add(mode)
+            assert mode in ("point", "box")
+            png = read_png(ds.root / rec.image, record=rec.id)
+            region, _ = load_masks(rec, ds.root, png.shape)
+
+            def structure(name: str) -> np.ndarray:  # the builder's mask of a structure on this slice (none: empty)
+                path = ds.root / "masks" / f"{Path(rec.image).stem}--{name}.png"
+                return read_png(path, record=rec.id) > 0 if path.exists() else np.zeros(png.shape, bool)
+
+            assert structure(rec.extra["facts"]["truth"])[region].any()  # the region marks the structure asked about
+            if mode == "box":
+                rows, cols = np.nonzero(region)
+                assert region[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()  # a rectangle
+            if rec.extra["pair"] == "no":
+                assert structure(rec.extra["facts"]["asked"])[region].mean() <= 0.1
+    assert seen == {"point", "box"}
+    with pytest.raises(InputError, match="r_is_modes"):
+        BuildConfig(r_is_modes=("lasso",))

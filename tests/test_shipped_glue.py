@@ -25,9 +25,9 @@ def test_the_glue_ships_with_its_recipe():
     assert {"vision_projector", "region_encoder", "seg_projector", "ground_head", "expert_ground", "expert_vl",
             "router", "new_token_rows"} <= set(trained_parts(GLUE))
     stages = read_glue_metadata(GLUE)["recipe"]["stages"]
-    # the second 3: the head-only run (stage3_head.json); the second and third 2: stage2_more.json and
-    # stage2_align.json, on build/glue-vqa and build/glue-pairs
-    assert [s["stage"] for s in stages] == [1, 2, 3, 3, 2, 2, 4]
+    # the second 3: the head-only run (stage3_head.json); the second to fourth 2: stage2_more.json,
+    # stage2_align.json and stage2_closed.json, on build/glue-vqa, build/glue-pairs and build/glue-pairs3
+    assert [s["stage"] for s in stages] == [1, 2, 3, 3, 2, 2, 2, 4]
     assert all(s["seed"] == 0 for s in stages)
     configs = ASSETS.parent.parent / "configs"
     recipes = [json.loads(p.read_text()) for p in sorted((configs / "training" / "default_glue").glob("*.json"))]

@@ -149,6 +149,26 @@ def test_bad_configs_and_records(tmp_path):
         train(cfg, [bad], model=tiny_model(), embedder=FakeEmbedder(), progress=False)
 
 
+def test_closed_repeats_sees_each_closed_answer_more_often(tmp_path):
+    """closed_repeats 3: each closed-answer example three times per pass, open ones once; a bad value is refused."""
+    from dataclasses import replace
+
+    from medplib_runtime.schemas import Turn
+
+    base = samples(4)
+    closed = [replace(s, turns=(Turn("is <region> the lesion?", "yes"),), masks=(), answer_type="closed")
+              for s in base[:2]]
+    data = closed + [replace(s, turns=s.turns[:1], masks=()) for s in base[2:]]  # 2 closed, 2 open examples
+    for repeats, expected in ((1, 4), (3, 2 * 3 + 2)):
+        cfg = TrainConfig(stage=2, data=("synthetic",), out_dir=str(tmp_path / f"r{repeats}"), steps=1,
+                          grad_accumulation=1, warmup_steps=1, closed_repeats=repeats)
+        report = train(cfg, data, model=tiny_model(), embedder=FakeEmbedder(), progress=False)
+        assert report.examples == expected
+    for bad in (0, 1.5, True):
+        with pytest.raises(InputError, match="closed_repeats must be"):
+            TrainConfig(stage=2, data=("x.json",), out_dir="o", closed_repeats=bad)
+
+
 def _moe_settings(model) -> set[tuple]:
     from medplib_runtime.modeling.moe import moe_layers
 

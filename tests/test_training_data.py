@@ -42,7 +42,11 @@ def test_records_become_samples(tmp_path):
     assert [t.question for t in sample.turns] == ["What is in <region>?", "Segment the lesion."]
     assert [t.answer for t in sample.turns] == ["A lesion.", "It is <SEG>."]
     assert sample.region.sum() == 80 and len(sample.masks) == 1 and sample.masks[0].sum() == 15 * 25
-    assert sample.modality == "MR"
+    assert sample.modality == "MR" and sample.answer_type == "open"
+    records = json.loads((tmp_path / "data.json").read_text())
+    records[0]["answer_type"] = "yes/no"  # MedPLIB's name for a closed answer
+    (closed,) = samples_from_json(_dataset(tmp_path / "c", records=records))
+    assert closed.answer_type == "closed"
 
 
 @pytest.mark.parametrize("records, message", [

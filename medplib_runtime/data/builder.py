@@ -50,6 +50,8 @@ class BuildConfig:
     r_is_pairs: int = 0  # "is the region the X?" asked twice per label and slice with opposite answers: on one
     # region inside the structure with its own name ("yes") and another structure's ("no"; with no other name
     # in the case, its own name on a background square) — so that only comparing the region with the name tells
+    r_is_modes: tuple[str, ...] = ("freeform",)  # the region kinds the pairs are asked on, one drawn per pair: a
+    # napari user marks a box or a point, and a model that saw "is" on free-form regions only reads a box otherwise
 
     def __post_init__(self) -> None:
         counts = {"max_slices_per_volume": self.max_slices_per_volume, "empty_slices_per_volume":
@@ -59,6 +61,9 @@ class BuildConfig:
         bad = {k: v for k, v in counts.items() if not isinstance(v, int) or v < 0}
         if bad:
             raise InputError(f"build config: counts must be non-negative integers, got {bad}")
+        wrong = [m for m in self.r_is_modes if m not in MODES]
+        if wrong or not self.r_is_modes:
+            raise InputError(f"build config: r_is_modes must name some of {', '.join(MODES)}, got {list(self.r_is_modes)}")
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,12 @@ def _rel(path: Path, root: Path) -> str:
 
 def _png8(plane: np.ndarray, window) -> np.ndarray:
     return np.round(apply_window(plane, window) * 255.0).astype(np.uint8)
+
+
+def _covers(region: np.ndarray, plane: np.ndarray, names: dict[int, str], name: str, share: float = 0.1) -> bool:
+    """Whether over ``share`` of ``region``'s pixels are structure ``name`` (in the label ``plane``)."""
+    labels = [lab for lab, n in names.items() if n == name]
+    return bool(np.isin(plane[region], labels).mean() > share) if region.any() else False
 
 
 def _pick_slices(labels: np.ndarray, names: dict[int, str], cfg: BuildConfig, rng,
@@ -216,15 +227,19 @@ class _CaseWriter:
 
     def _region_is_pair(self, stem, k, image_rel, lab: SliceLabelFacts, names: list[str], plane: np.ndarray,
                         n: Counter) -> None:
-        rng, others = self.rng, [x for x in names if x != lab.name]
-        rel = self._new_region(make_region("freeform", lab.largest.mask, lab.largest.bbox, rng), stem, n)
+        rng, modes = self.rng, self.cfg.r_is_modes
+        mode = modes[0] if len(modes) == 1 else modes[int(rng.integers(len(modes)))]  # one mode: no draw (old sets rebuild)
+        region = make_region(mode, lab.largest.mask, lab.largest.bbox, rng)
+        # a box or a point square may take in another structure: its name is then no clear "no"
+        others = [x for x in names if x != lab.name and not _covers(region, plane, self.case.labels, x)]
+        rel = self._new_region(region, stem, n)
         self._add(stem, k, image_rel, T.region_is(rng, lab.name, lab.name), region=rel, n=n,
-                  extra={"region_mode": "freeform", "pair": "yes"})
+                  extra={"region_mode": mode, "pair": "yes"})
         if others:  # the same region, another structure's name
             self._add(stem, k, image_rel, T.region_is(rng, str(rng.choice(others)), lab.name), region=rel, n=n,
-                      extra={"region_mode": "freeform", "pair": "no"})
+                      extra={"region_mode": mode, "pair": "no"})
             return
-        bg = background_square(plane != 0, rng)  # one structure in the case: the same name on no structure
+        bg = background_square(plane != 0, rng)  # no other name fits: the same name on no structure
         if bg is not None:
             self._add(stem, k, image_rel, T.region_is(rng, lab.name, None), region=self._new_region(bg, stem, n), n=n,
                       extra={"region_mode": "background", "pair": "no"})

@@ -80,6 +80,9 @@ class TrainConfig:
     # class-balanced question classifier on the vision-language expert's states: modeling/question_routing.py)
     dense_expert: int | None = None  # ablation (stage IV): this one expert for every token, no router
     question_types: tuple[str, ...] = ()  # only records of these types (G/R/C); () = all (MedPLIB's stage III: G)
+    closed_repeats: int = 1  # ours: each closed-answer example (yes/no, left/right, ...) this many times per pass:
+    # the states hold a yes/no answer well before the LM head says it (docs/closed_answers.md), and the readout
+    # learns from these examples only
     distributed: str = "ddp"  # under torchrun (WORLD_SIZE > 1): "ddp" or "fsdp" (FSDP2, ZeRO-2-like)
     device: str = "cpu"  # "cuda": each process on its LOCAL_RANK's GPU, bf16 autocast (devices.py)
 
@@ -90,6 +93,8 @@ class TrainConfig:
             raise InputError("steps and grad_accumulation must be at least 1")
         if not self.data:
             raise InputError("no training data: give at least one MeCoVQA JSON file")
+        if isinstance(self.closed_repeats, bool) or not isinstance(self.closed_repeats, int) or self.closed_repeats < 1:
+            raise InputError(f"closed_repeats must be a whole number >= 1; got {self.closed_repeats!r}")
         for name in ("router_lr", "region_lr"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value > 0):

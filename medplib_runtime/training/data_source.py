@@ -42,7 +42,8 @@ def samples_from_json(path: str | Path, *, image_folder: str | Path | None = Non
         region, masks = load_masks(rec, ds.root, png.shape)
         turns = tuple(Turn(t.plain_question, t.plain_answer) for t in rec.turns)
         out.append(TrainSample(name, image, turns, region=region, masks=masks, modality=rec.modality,
-                               region_name=region_name(rec) if region is not None else None))
+                               region_name=region_name(rec) if region is not None else None,
+                               answer_type=rec.answer_type))
     return out
 
 

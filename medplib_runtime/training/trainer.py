@@ -241,6 +241,8 @@ def _examples(model, samples: list[TrainSample], cfg: TrainConfig) -> list[Examp
                       seg_id=model.token_ids["<SEG>"], max_tokens=cfg.max_tokens)
     if not out:
         raise InputError("the training data holds no conversation turns")
+    if cfg.closed_repeats > 1:  # the extra copies sit after the rest: the seeded order per pass shuffles them in
+        out += [ex for ex in out if ex.sample.answer_type == "closed"] * (cfg.closed_repeats - 1)
     if cfg.stage in (3, 4) and not any(ex.masks for ex in out) and cfg.spec.dice_weight:
         print("medplib train: warning: no <SEG> answers in the data; the grounding losses stay at 0", file=sys.stderr)
     return out
@@ -310,7 +312,8 @@ def routers_only(cfg: TrainConfig) -> bool:
 def _fingerprint(cfg: TrainConfig) -> str:
     # steps may grow on resume; ddp/fsdp checkpoints are the same file (full tensors)
     keep = {k: v for k, v in cfg.resolved().items() if k not in ("steps", "save_every", "distributed", "device", "out_dir")
-            and not (k == "region_lr" and v is None) and not (k in ("fit_input_stats", "align_region") and not v)}
+            and not (k == "region_lr" and v is None) and not (k in ("fit_input_stats", "align_region") and not v)
+            and not (k == "closed_repeats" and v == 1)}
     # runs from before region_lr / fit_input_stats existed resume
     return json.dumps(keep, sort_keys=True, default=str)
 
