@@ -10,20 +10,21 @@ import time
 import numpy as np
 import torch
 
-from .conversation import build_prompt, history_text
+from .conversation import build_prompt, history_text, without_region
 from .devices import compute_precision
 from .glue import GLUE_PARTS, glue_status
 from .imaging.transforms import mask_to_model
 from .modeling.generation import greedy_generate
 from .modeling.ground_head import box_from_heat
 from .modeling.medplib import MedPLIB, build_medplib
-from .modeling.moe import VL_EXPERT, RoutingRecorder, force_expert
+from .modeling.moe import GROUND_EXPERT, VL_EXPERT, RoutingRecorder, force_expert
 from .modeling.question_routing import QuestionRoute, choose_expert, question_positions
 from .presets import EXPERT_NAMES, IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, MedPLIBConfig
 from .schemas import AskResult, Prompt, Turn
 from .segmenter import Embedding, SamSegmenter
 
 POINT_REGION_HALF = 20
+REGION_NOT_READ = "a grounding question: the grounding expert segments from the question alone (the region was not read)"
 INPUT_ONLY_TOKENS = (IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, "<im_start>", "<im_end>")  # MedPLIB's demo: a click becomes a 41×41 square
 
 
@@ -59,17 +60,20 @@ class Asker:
             region_tokens = None
             if region is not None:
                 region_tokens = m.region_token(embedding.image_embedding, self.region_mask(region, embedding))
-            text = build_prompt(question, system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens,
-                                history=history, region=region is not None)
-            ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
-            embeds = m.embed_inputs(ids, image_tokens=image_tokens, region_tokens=region_tokens)
+            ids, embeds = self._encode(question, history, image_tokens, region_tokens)
             recorder = RoutingRecorder(m.llm)
+            notes: tuple[str, ...] = ()
             try:
                 with recorder.record():
                     prefilled = None
                     if m.answer_routing == "sequence":  # one expert for the whole answer, chosen from the question
                         route = self._route_question(ids, embeds, history)
                         prefilled = route.prefilled
+                        if route.expert == GROUND_EXPERT and region_tokens is not None:
+                            # Grounding questions carry no region (MeCoVQA-G, and our data): reading one, the
+                            # grounding expert answered nothing (measured on brain1: no text, no mask).
+                            ids, embeds = self._encode(without_region(question), history, image_tokens, None)
+                            notes = (REGION_NOT_READ,)
                         if prefilled is None:
                             recorder.restart()  # the prompt is read again, by the chosen expert
                     gen = greedy_generate(m.llm, embeds, max_new_tokens=max_new_tokens, stop_ids=self.stop_ids,
@@ -86,7 +90,17 @@ class Asker:
         timings = {"prefill": gen.prefill_s * 1e3, "decode": gen.decode_s * 1e3,
                    "decode_tok_per_s": n_new / gen.decode_s if gen.decode_s else 0.0,
                    "total": (time.perf_counter() - t0) * 1e3}
-        return AskResult(text=answer, masks=masks, routing=routing, untrained_parts=self.untrained, timings_ms=timings)
+        return AskResult(text=answer, masks=masks, routing=routing, untrained_parts=self.untrained, timings_ms=timings,
+                         notes=notes)
+
+    def _encode(self, question: str, history: tuple[Turn, ...], image_tokens: torch.Tensor,
+                region_tokens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt's token ids and input embeddings (image and region features in place)."""
+        m = self.model
+        text = build_prompt(question, system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens,
+                            history=history, region=region_tokens is not None)
+        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
+        return ids, m.embed_inputs(ids, image_tokens=image_tokens, region_tokens=region_tokens)
 
     def _route_question(self, ids: torch.Tensor, embeds: torch.Tensor, history: tuple[Turn, ...]) -> QuestionRoute:
         """Question-level routing: the expert the routers pick from this turn's question (every layer

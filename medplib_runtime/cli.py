@@ -164,6 +164,8 @@ def cmd_ask(args) -> int:
     if result.untrained_parts:
         print("medplib: warning: untrained parts (" + ", ".join(result.untrained_parts)
               + "): this answer is not grounded in the image yet", file=sys.stderr)
+    for note in result.notes:
+        print(f"medplib: note: {note}", file=sys.stderr)
     measured = None
     if args.labels:
         from .cli_volume import measured_answer_for

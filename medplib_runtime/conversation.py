@@ -21,6 +21,11 @@ def region_question(question: str) -> str:
     return f"{question.rstrip()} {REGION_SPAN}"
 
 
+def without_region(question: str) -> str:
+    """The question for a reader that takes no region token: a written ``<region>`` becomes "the region"."""
+    return question.replace("<region>", "the region")
+
+
 def build_prompt(question: str, *, system: str, n_image_tokens: int, history: tuple[Turn, ...] = (),
                  region: bool = False) -> str:
     """The full prompt text ending in ``ASSISTANT:``; the image goes with the first user turn."""

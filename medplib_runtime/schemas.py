@@ -141,6 +141,7 @@ class AskResult:
     routing: RoutingStats | None
     untrained_parts: tuple[str, ...] = ()  # non-empty → the answer is not meaningful yet
     timings_ms: dict[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # what the runtime did that the user did not ask for (e.g. a region not read)
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,7 @@ def ask_result_to_wire(result: AskResult) -> dict:
                                            "per_token": [list(row) for row in r.per_token], "dropped": r.dropped},
         "untrained_parts": list(result.untrained_parts),
         "timings_ms": {k: float(v) for k, v in result.timings_ms.items()},
+        "notes": list(result.notes),
     }
 
 
@@ -140,7 +141,7 @@ def ask_result_from_wire(obj: dict) -> AskResult:
     return AskResult(text=str(obj["text"]), masks=tuple(decode_array(m).astype(np.uint8, copy=False)
                                                          for m in obj.get("masks") or ()),
                      routing=routing, untrained_parts=tuple(obj.get("untrained_parts") or ()),
-                     timings_ms=dict(obj.get("timings_ms") or {}))
+                     timings_ms=dict(obj.get("timings_ms") or {}), notes=tuple(obj.get("notes") or ()))
 
 
 def info_to_wire(info: RuntimeInfo) -> dict:

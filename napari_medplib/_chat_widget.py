@@ -171,6 +171,8 @@ class ChatDock(QWidget):
             if e.measured:
                 parts.append(f"<p><b>Measured</b><br><span style='color:#60c060'>{html.escape(e.measured)}</span></p>")
             parts.append(f"<p><b>MedPLIB</b><br>{answer}<br><small>{len(e.masks)} mask(s) · {e.routing}</small>")
+            for note in e.notes:
+                parts.append(f"<br><small style='color:#a0a0e0'>{html.escape(note)}</small>")
             if e.untrained:
                 parts.append("<br><span style='color:#e0a030'>untrained parts (" + ", ".join(e.untrained)
                              + "): this answer is not grounded in the image yet</span>")

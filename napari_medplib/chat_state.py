@@ -19,6 +19,7 @@ class ChatEntry:
     routing: str  # e.g. "grounding 40% · vision-language 60%"
     untrained: tuple[str, ...] = ()
     measured: str = ""  # a measured answer (numbers from a labels layer), if the question asked a quantity
+    notes: tuple[str, ...] = ()  # the runtime's notes on this answer (e.g. the region was not read)
 
 
 def routing_summary(stats: RoutingStats | None) -> str:
@@ -37,7 +38,8 @@ class ChatHistory:
     def add(self, image: str, question: str, result: AskResult, ref: SliceRef, region_kind: str,
             measured: str = "") -> ChatEntry:
         entry = ChatEntry(question, result.text, ref, region_kind, tuple(result.masks),
-                          routing_summary(result.routing), tuple(result.untrained_parts), measured)
+                          routing_summary(result.routing), tuple(result.untrained_parts), measured,
+                          tuple(result.notes))
         self._by_image.setdefault(image, []).append(entry)
         return entry
 
@@ -59,4 +61,5 @@ class ChatHistory:
             if e.measured:
                 lines.append(f"Measured: {e.measured}")
             lines.append(f"A: {e.answer or '(no text)'}  [{len(e.masks)} mask(s); {e.routing}]")
+            lines.extend(f"Note: {n}" for n in e.notes)
         return "\n".join(lines)

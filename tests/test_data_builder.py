@@ -311,3 +311,46 @@ def test_is_pairs_on_boxes_and_points_name_what_the_region_holds(phantoms, tmp_p
     assert seen == {"point", "box"}
     with pytest.raises(InputError, match="r_is_modes"):
         BuildConfig(r_is_modes=("lasso",))
+
+
+def test_region_after_writes_the_chats_form_and_keeps_the_questions(phantoms, tmp_path):
+    """--region-after 0.5: about half of the region questions say "the region" in words with the region
+    token after the question (as the chat sends them); the records, answers and regions stay the same."""
+    from medplib_runtime.conversation import region_question
+
+    base = dict(seed=3, max_slices_per_volume=4, empty_slices_per_volume=1, r_is_pairs=1)
+    build_dataset(phantoms, tmp_path / "inline", BuildConfig(**base))
+    build_dataset(phantoms, tmp_path / "after", BuildConfig(**base, region_after=0.5))
+    inline, after = _records(tmp_path / "inline"), _records(tmp_path / "after")
+    moved = kept = 0
+    for split in inline:
+        assert [r.id for r in inline[split].records] == [r.id for r in after[split].records]
+        for a, b in zip(inline[split].records, after[split].records):
+            assert a.turns[0].answer == b.turns[0].answer and a.extra["facts"] == b.extra["facts"]
+            qa, qb = a.turns[0].question, b.turns[0].question
+            if a.extra["question_type"] != "R":
+                assert qa == qb and "region_place" not in b.extra
+                continue
+            if b.extra.get("region_place") != "after":
+                assert qa == qb
+                kept += 1
+                continue
+            moved += 1
+            assert qb.rstrip().endswith("</region>")
+            words = re.sub(r"<region>.*?</region>", "<region>", qb).replace("<image>\n", "")
+            # the exact text the runtime writes for the question without <region>
+            plain = words.removesuffix(" <region>")
+            assert "<region>" not in plain and "region" in plain
+            assert region_question(plain) == region_question(words)
+            assert re.findall(r"<region>(.*?)</region>", qa) == re.findall(r"<region>(.*?)</region>", qb)
+    assert moved and kept and 0.3 < moved / (moved + kept) < 0.7, (moved, kept)
+    with pytest.raises(InputError, match="region_after"):
+        BuildConfig(region_after=1.5)
+
+
+def test_region_after_question_reads_naturally():
+    from medplib_runtime.data.templates import region_after_question
+
+    assert region_after_question("Is {region} the cyst?") == "Is the region the cyst? {region}"
+    assert region_after_question("What does the region {region} show?") == "What does the region show? {region}"
+    assert region_after_question("What is this {region}?") == "What is this region? {region}"

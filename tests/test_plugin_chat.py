@@ -36,7 +36,8 @@ class FakeAskRuntime:
         m2 = np.zeros((32, 40), np.uint8)
         m2[10:12, 10:20] = 1
         routing = RoutingStats(("grounding", "vision-language"), ("a", "b"), ((1.0, 0.0), (0.5, 0.5)))
-        return AskResult(f"about: {request.question}", (m1, m2), routing, ("seg_projector",), {"total": 5.0})
+        return AskResult(f"about: {request.question}", (m1, m2), routing, ("seg_projector",), {"total": 5.0},
+                         notes=("the region was not read",))
 
     def close(self):
         pass
@@ -63,7 +64,7 @@ def test_chat_transcript_history_routing_and_masks(make_napari_viewer, qtbot):
     assert dock._partial == "about: And its size?", "tokens were shown as they came"
     text = dock.transcript.toPlainText()
     assert "about: And its size?" in text and "2 mask(s)" in text and "grounding 75% · vision-language 25%" in text
-    assert "untrained parts (seg_projector)" in text
+    assert "untrained parts (seg_projector)" in text and "the region was not read" in text  # the runtime's note
     dock.on_add_masks()
     labels = viewer.layers["ct MedPLIB chat"]
     assert (labels.data[4] == 1).sum() == 16 and (labels.data[4] == 2).sum() == 20
@@ -72,6 +73,7 @@ def test_chat_transcript_history_routing_and_masks(make_napari_viewer, qtbot):
     from qtpy.QtWidgets import QApplication
 
     assert "Q (slice 4, region none): What is this?" in QApplication.clipboard().text()
+    assert "Note: the region was not read" in QApplication.clipboard().text()
     dock.on_clear()
     assert dock.history.entries("ct") == [] and "about" not in dock.transcript.toPlainText()
     assert dock.region_combo.currentText() == NO_REGION

@@ -74,6 +74,29 @@ def test_default_model_routes_each_question_to_one_expert(local_runtime, brain1_
 
 
 @pytest.mark.slow
+def test_a_grounding_question_with_a_region_is_grounded_from_the_question(local_runtime, brain1_paths):
+    """The chat sends the region picked with every question. Grounding data carries no region, and the
+    grounding expert that read one answered nothing (no text, no mask, measured on brain1): the runtime
+    gives it the question alone, says so in the result, and the answer is the one without a region."""
+    from medplib_runtime.asker import REGION_NOT_READ
+    from medplib_runtime.imaging.io import read_volume
+    from medplib_runtime.schemas import AskRequest, Box, Prompt, SliceRef
+
+    image, label = read_volume(brain1_paths[0]), read_volume(brain1_paths[1]).array == 1
+    k = int(label.sum((1, 2)).argmax())
+    rows, cols = np.nonzero(label[k])
+    box = Prompt(box=Box(int(rows.min()) - 3, int(cols.min()) - 3, int(rows.max()) + 3, int(cols.max()) + 3))
+    key = local_runtime.set_image(image.array)
+    plain = local_runtime.ask(AskRequest(key, SliceRef(0, k), "Segment the lesion.", max_new_tokens=16))
+    boxed = local_runtime.ask(AskRequest(key, SliceRef(0, k), "Segment the lesion.", region=box, max_new_tokens=16))
+    assert boxed.notes == (REGION_NOT_READ,) and not plain.notes
+    assert boxed.text == plain.text and "<SEG>" in boxed.text and len(boxed.masks) == len(plain.masks) >= 1
+    assert all(np.array_equal(a, b) for a, b in zip(boxed.masks, plain.masks))
+    asked = local_runtime.ask(AskRequest(key, SliceRef(0, k), "What is in <region>?", region=box, max_new_tokens=8))
+    assert asked.routing.overall() == (0.0, 1.0) and not asked.notes  # a region question reads its region
+
+
+@pytest.mark.slow
 def test_default_model_grounds_the_structure_asked_for_on_a_new_phantom(local_runtime, tmp_path):
     """On slices that hold both a nodule and a cyst (a phantom of a seed no training used), "Segment
     the nodule." and "Segment the cyst." each get a mask on the structure named. The glue before the

@@ -73,9 +73,10 @@ def test_prompts_and_results_round_trip():
 
     routing = RoutingStats(("grounding", "vision-language"), ("<prompt>", "a"), ((1.0, 0.0), (0.25, 0.75)), dropped=2)
     ask = AskResult(text="a lesion <SEG>", masks=(mask.astype(np.uint8),), routing=routing,
-                    untrained_parts=("projector",), timings_ms={"prefill": 1.5})
+                    untrained_parts=("projector",), timings_ms={"prefill": 1.5}, notes=("the region was not read",))
     ask2 = ask_result_from_wire(ask_result_to_wire(ask))
     assert ask2.text == ask.text and ask2.routing == routing and ask2.untrained_parts == ("projector",)
+    assert ask2.notes == ("the region was not read",)
     assert np.array_equal(ask2.masks[0], ask.masks[0])
 
 

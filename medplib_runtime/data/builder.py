@@ -52,6 +52,9 @@ class BuildConfig:
     # in the case, its own name on a background square) — so that only comparing the region with the name tells
     r_is_modes: tuple[str, ...] = ("freeform",)  # the region kinds the pairs are asked on, one drawn per pair: a
     # napari user marks a box or a point, and a model that saw "is" on free-form regions only reads a box otherwise
+    region_after: float = 0.0  # the share of region questions written with the region in words and its token after
+    # the question, as the chat and `medplib ask --box` send a question that does not say <region>; drawn per
+    # record from a hash of its id (not from the case's generator: the questions stay the same)
 
     def __post_init__(self) -> None:
         counts = {"max_slices_per_volume": self.max_slices_per_volume, "empty_slices_per_volume":
@@ -64,6 +67,8 @@ class BuildConfig:
         wrong = [m for m in self.r_is_modes if m not in MODES]
         if wrong or not self.r_is_modes:
             raise InputError(f"build config: r_is_modes must name some of {', '.join(MODES)}, got {list(self.r_is_modes)}")
+        if not 0.0 <= self.region_after <= 1.0:
+            raise InputError(f"build config: region_after must be a share between 0 and 1, got {self.region_after}")
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,10 @@ class _CaseWriter:
             self._add(stem, k, image_rel, T.region_is(rng, lab.name, None), region=self._new_region(bg, stem, n), n=n,
                       extra={"region_mode": "background", "pair": "no"})
 
+    def _region_after(self, rid: str) -> bool:
+        share = self.cfg.region_after
+        return share > 0 and zlib.crc32(f"{self.cfg.seed}:{rid}".encode()) < share * 2**32
+
     def _new_region(self, mask: np.ndarray, stem: str, n: Counter) -> str:
         """Write a region mask under the slice's next region number; its path, relative to the dataset."""
         rel = self._mask(mask, f"{stem}--r{n['region']}")
@@ -257,15 +266,19 @@ class _CaseWriter:
         return _rel(path, self.root)
 
     def _add(self, stem, k, image_rel, qa: T.QA, *, masks=(), region=None, n: Counter, extra=None) -> None:
-        question = qa.question.replace("{region}", f"<region>{region}</region>") if region else qa.question
+        rid = f"{stem}--{qa.question_type}{n[qa.question_type]}"
+        n[qa.question_type] += 1
+        question = qa.question
+        if region and self._region_after(rid):
+            question = T.region_after_question(question)
+            extra = {**(extra or {}), "region_place": "after"}
+        question = question.replace("{region}", f"<region>{region}</region>") if region else question
         answer = qa.answer
         if masks:
             parts = answer.split(SEG)
             if len(parts) - 1 != len(masks):
                 raise AssertionError(f"template {qa.answer!r} has {len(parts) - 1} <SEG> for {len(masks)} masks")
             answer = parts[0] + "".join(f"{SEG}<mask>{m}</mask>{p}" for m, p in zip(masks, parts[1:]))
-        rid = f"{stem}--{qa.question_type}{n[qa.question_type]}"
-        n[qa.question_type] += 1
         self.records.append(Record(rid, image_rel, (Turn(question, answer),), {
             "modality": self.case.modality, "body_region": self.case.body_region, "question_type": qa.question_type,
             "answer_type": qa.answer_type, "topic": qa.topic, "split": self.split, "case": self.case.id,

@@ -37,6 +37,13 @@ class QA:
     facts: dict = field(default_factory=dict, compare=False)
 
 
+def region_after_question(question: str) -> str:
+    """An R question as the chat sends it when the user writes no ``<region>``: the region said in words
+    ("the region"), its token after the question (``conversation.region_question``)."""
+    q = question.replace("the region {region}", "the region").replace("this {region}", "this region")
+    return f"{q.replace('{region}', 'the region').rstrip()} {{region}}"
+
+
 def _pick(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
