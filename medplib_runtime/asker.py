@@ -24,7 +24,14 @@ from .schemas import AskResult, Prompt, Turn
 from .segmenter import Embedding, SamSegmenter
 
 POINT_REGION_HALF = 20
-REGION_NOT_READ = "a grounding question: the grounding expert segments from the question alone (the region was not read)"
+REGION_NOT_READ = "the region"
+HISTORY_NOT_READ = "the earlier turns"
+
+
+def grounding_note(*, region: bool, history: bool) -> str:
+    """What a grounding answer left unread, in one line for the chat."""
+    unread = " and ".join(n for n, on in ((REGION_NOT_READ, region), (HISTORY_NOT_READ, history)) if on)
+    return f"a grounding question: the grounding expert segments from this question alone ({unread}: not read)"
 INPUT_ONLY_TOKENS = (IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, "<im_start>", "<im_end>")  # MedPLIB's demo: a click becomes a 41×41 square
 
 
@@ -67,13 +74,17 @@ class Asker:
                 with recorder.record():
                     prefilled = None
                     if m.answer_routing == "sequence":  # one expert for the whole answer, chosen from the question
-                        route = self._route_question(ids, embeds, history)
-                        prefilled = route.prefilled
-                        if route.expert == GROUND_EXPERT and region_tokens is not None:
-                            # Grounding questions carry no region (MeCoVQA-G, and our data): reading one, the
-                            # grounding expert answered nothing (measured on brain1: no text, no mask).
-                            ids, embeds = self._encode(without_region(question), history, image_tokens, None)
-                            notes = (REGION_NOT_READ,)
+                        # Routed on this turn alone: the routers learnt single-turn questions, and read after
+                        # earlier yes/no turns, "Segment the lesion." went to the vision-language expert ("Yes").
+                        route = self._route_question(*self._encode(question, (), image_tokens, region_tokens)) \
+                            if history else self._route_question(ids, embeds)
+                        prefilled = None if history else route.prefilled  # that cache holds no history
+                        if route.expert == GROUND_EXPERT and (region_tokens is not None or history):
+                            # Grounding questions are single-turn and carry no region (MeCoVQA-G, our data):
+                            # reading a region the grounding expert answered nothing, and after earlier turns
+                            # no <SEG> ("The lesion is inces."; measured on brain1). It reads the question alone.
+                            ids, embeds = self._encode(without_region(question), (), image_tokens, None)
+                            notes = (grounding_note(region=region_tokens is not None, history=bool(history)),)
                         if prefilled is None:
                             recorder.restart()  # the prompt is read again, by the chosen expert
                     gen = greedy_generate(m.llm, embeds, max_new_tokens=max_new_tokens, stop_ids=self.stop_ids,
@@ -102,11 +113,11 @@ class Asker:
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
         return ids, m.embed_inputs(ids, image_tokens=image_tokens, region_tokens=region_tokens)
 
-    def _route_question(self, ids: torch.Tensor, embeds: torch.Tensor, history: tuple[Turn, ...]) -> QuestionRoute:
-        """Question-level routing: the expert the routers pick from this turn's question (every layer
-        is left forced to it), with the prompt's KV cache when that expert is the one that read it."""
+    def _route_question(self, ids: torch.Tensor, embeds: torch.Tensor) -> QuestionRoute:
+        """Question-level routing: the expert the routers pick from the question of a single-turn prompt
+        (every layer is left forced to it), with the prompt's KV cache when that expert read it."""
         m = self.model
-        before = history_text(system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens, history=history)
+        before = history_text(system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens)
         turn_start = len(self.tokenizer(before, add_special_tokens=False)["input_ids"])
         at = question_positions(ids[0], turn_start=turn_start, im_end_id=self.im_end_id, end=ids.shape[1])
         return choose_expert(m.llm, embeds, at, threshold=m.question_threshold)

@@ -50,9 +50,9 @@ class ChatDock(QWidget):
         self.transcript = QTextBrowser()
         self.question = QLineEdit()
         self.question.setPlaceholderText("Ask about this slice, e.g. Is <region> the lesion?")
-        # the default glue reads a region where the question says <region>, as its training questions
-        # do; a question without it gets the region after it (docs/closed_answers.md)
-        self.question.setToolTip("write <region> where the region layer's shape belongs in the question")
+        # the region goes where the question says <region>, else after the question; the default glue
+        # was trained on both forms (docs/closed_answers.md)
+        self.question.setToolTip("the region layer's shape goes where you write <region>, else after the question")
         self.ask_button, self.masks_button = QPushButton("Ask"), QPushButton("Add masks")
         self.copy_button, self.clear_button = QPushButton("Copy"), QPushButton("Clear")
         self.status = QLabel("")

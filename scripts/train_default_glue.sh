@@ -14,16 +14,17 @@ $MEDPLIB build-data --cases configs/data/default_glue_cases.json --mni152 --phan
 # and again with "is the region the X?" asked in pairs (the region's own name: yes; another's: no): stage2_align's
 $MEDPLIB build-data --cases configs/data/default_glue_cases.json --mni152 --phantoms 4 --seed 0 \
     --r-per-label 4 --r-is-pairs 1 --c-per-slice 6 --out build/glue-pairs --overwrite > build/glue-pairs.manifest.json
-# and with the pairs on points and boxes too (a napari user's regions): stage2_closed's and stage 4's
+# and with the pairs on points and boxes too (a napari user's regions), half the region questions written
+# as the chat sends them (the region token after the question): stage2_closed's and stage 4's
 $MEDPLIB build-data --cases configs/data/default_glue_cases.json --mni152 --phantoms 4 --seed 0 \
-    --r-per-label 4 --r-is-pairs 1 --r-is-modes point,box,freeform --c-per-slice 6 \
-    --out build/glue-pairs3 --overwrite > build/glue-pairs3.manifest.json
+    --r-per-label 4 --r-is-pairs 1 --r-is-modes point,box,freeform --region-after 0.5 --c-per-slice 6 \
+    --out build/glue-pairs4 --overwrite > build/glue-pairs4.manifest.json
 # stage3_head: stage III's seg projector and ground head trained on, alone, from the frozen LLM's <SEG>
 # states (minutes: each state is computed once). stage2_more: the vision-language expert and region
 # encoder trained on, on build/glue-vqa, with everything the grounding path reads frozen. stage2_align: the
 # region encoder's projection fitted in closed form onto the structure names' embeddings, then the
 # vision-language expert trained on to read it (region encoder frozen), on build/glue-pairs. stage2_closed: the
-# vision-language expert again, on build/glue-pairs3 with each closed-answer record 3 times (the yes/no readout;
+# vision-language expert again, on build/glue-pairs4 with each closed-answer record 3 times (the yes/no readout;
 # docs/closed_answers.md). Stage 4 starts from it.
 # scripts/glue_report.py reads this line for the order.
 for step in 1 2 3 3_head 2_more 2_align 2_closed 4; do
@@ -31,7 +32,7 @@ for step in 1 2 3 3_head 2_more 2_align 2_closed 4; do
     $MEDPLIB train --stage "${step%%_*}" --config "$CFG/stage$step.json" --no-progress | tee "build/glue-stage$step.json"
 done
 mkdir -p medplib_runtime/assets
-cp build/glue-runs/stage4/adapter.safetensors medplib_runtime/assets/medplib-lite-glue.safetensors
+cp build/glue-runs/stage4-after/adapter.safetensors medplib_runtime/assets/medplib-lite-glue.safetensors
 echo "== eval on held-out volumes ($(date +%T))" >&2
 $MEDPLIB eval build/glue-data/test.json --max-new-tokens 32 --predictions build/glue-test.predictions.jsonl \
     --json > build/glue-test.eval.json

@@ -74,13 +74,14 @@ def test_default_model_routes_each_question_to_one_expert(local_runtime, brain1_
 
 
 @pytest.mark.slow
-def test_a_grounding_question_with_a_region_is_grounded_from_the_question(local_runtime, brain1_paths):
-    """The chat sends the region picked with every question. Grounding data carries no region, and the
-    grounding expert that read one answered nothing (no text, no mask, measured on brain1): the runtime
-    gives it the question alone, says so in the result, and the answer is the one without a region."""
-    from medplib_runtime.asker import REGION_NOT_READ
+def test_a_grounding_question_with_a_region_or_history_is_grounded_from_the_question(local_runtime, brain1_paths):
+    """The chat sends the region picked, and the earlier turns, with every question. Grounding data is
+    single-turn with no region, and the grounding expert that read one answered nothing (no text, no
+    mask, measured on brain1): the runtime gives it the question alone, says so in the result, and the
+    answer is the one the question gets alone."""
+    from medplib_runtime.asker import grounding_note
     from medplib_runtime.imaging.io import read_volume
-    from medplib_runtime.schemas import AskRequest, Box, Prompt, SliceRef
+    from medplib_runtime.schemas import AskRequest, Box, Prompt, SliceRef, Turn
 
     image, label = read_volume(brain1_paths[0]), read_volume(brain1_paths[1]).array == 1
     k = int(label.sum((1, 2)).argmax())
@@ -89,11 +90,17 @@ def test_a_grounding_question_with_a_region_is_grounded_from_the_question(local_
     key = local_runtime.set_image(image.array)
     plain = local_runtime.ask(AskRequest(key, SliceRef(0, k), "Segment the lesion.", max_new_tokens=16))
     boxed = local_runtime.ask(AskRequest(key, SliceRef(0, k), "Segment the lesion.", region=box, max_new_tokens=16))
-    assert boxed.notes == (REGION_NOT_READ,) and not plain.notes
+    assert boxed.notes == (grounding_note(region=True, history=False),) and not plain.notes
     assert boxed.text == plain.text and "<SEG>" in boxed.text and len(boxed.masks) == len(plain.masks) >= 1
     assert all(np.array_equal(a, b) for a, b in zip(boxed.masks, plain.masks))
     asked = local_runtime.ask(AskRequest(key, SliceRef(0, k), "What is in <region>?", region=box, max_new_tokens=8))
     assert asked.routing.overall() == (0.0, 1.0) and not asked.notes  # a region question reads its region
+    # in a chat, after a yes/no turn: routed on this turn alone (read after it, the question went to the
+    # vision-language expert: "Yes"), and grounded from it alone (after it, no <SEG>: "The lesion is inces.")
+    later = local_runtime.ask(AskRequest(key, SliceRef(0, k), "Segment the lesion.", region=box, max_new_tokens=16,
+                                         history=(Turn("Does <region> mark the lesion?", "No"),)))
+    assert later.routing.overall() == (1.0, 0.0) and later.notes == (grounding_note(region=True, history=True),)
+    assert later.text == plain.text and all(np.array_equal(a, b) for a, b in zip(later.masks, plain.masks))
 
 
 @pytest.mark.slow
