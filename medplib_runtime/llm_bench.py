@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
@@ -38,7 +39,7 @@ def _top_k(llm) -> int:
 
 def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
     from .devices import compute_precision
-    from .schemas import AskRequest
+    from .schemas import AskRequest, Turn
 
     t0 = time.perf_counter()
     # transformers' lazy imports dominate a cold load here: report them apart from the model build
@@ -51,6 +52,14 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
     req = AskRequest(image_key=key, slice=slice_ref, question="What is shown in this image?", max_new_tokens=16)
     runtime.ask(req)  # warm-up (first touch of the weights is slow)
     asks = [runtime.ask(req).timings_ms["total"] for _ in range(max(3, repeats // 2))]
+    # reading the prompt (one new token): alone, and as a chat turn, which is routed on its own question
+    # (one more prefill) and read after the earlier turn
+    first = replace(req, max_new_tokens=1)
+    chat = replace(first, history=(Turn("Is this an MRI image?", "yes"),))
+    first_asks, chat_asks = [], []
+    for _ in range(max(3, repeats // 2)):  # interleaved: a slow moment of the host hits both
+        first_asks.append(runtime.ask(first).timings_ms["total"])
+        chat_asks.append(runtime.ask(chat).timings_ms["total"])
 
     llm = asker.model.llm
     torch.manual_seed(0)
@@ -76,6 +85,9 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
         Row("import transformers + LLaMA modules (cold)", "ms", import_ms, float("nan"), 1),
         Row("MedPLIB LLM + glue load (cached folder)", "ms", load_ms, float("nan"), 1),
         row_ms("ask, 16 new tokens (cached slice)", asks),
+        row_ms("ask, 1 new token (the prompt read)", first_asks),
+        row_ms("the same after one earlier turn", chat_asks,
+               f"{statistics.median(chat_asks) / statistics.median(first_asks):.2f} x alone (routed on its own turn)"),
         row_ms(f"LLM prefill {PROMPT_TOKENS} tokens (MoE)", moe_prefill, f"{PROMPT_TOKENS / (m_pre / 1e3):.0f} tok/s"),
         Row("LLM decode (MoE, greedy, KV cache)", "tok/s", statistics.median(tok_s), tok_s[0], len(tok_s),
             "p90 column = slowest run"),
