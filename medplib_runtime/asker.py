@@ -23,7 +23,8 @@ from .presets import EXPERT_NAMES, IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, MedPLI
 from .schemas import AskResult, Prompt, Turn
 from .segmenter import Embedding, SamSegmenter
 
-POINT_REGION_HALF = 20
+POINT_REGION_HALF = 20  # MedPLIB's demo: a click becomes a 41×41 square
+INPUT_ONLY_TOKENS = (IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, "<im_start>", "<im_end>")
 REGION_NOT_READ = "the region"
 HISTORY_NOT_READ = "the earlier turns"
 
@@ -32,7 +33,6 @@ def grounding_note(*, region: bool, history: bool) -> str:
     """What a grounding answer left unread, in one line for the chat."""
     unread = " and ".join(n for n, on in ((REGION_NOT_READ, region), (HISTORY_NOT_READ, history)) if on)
     return f"a grounding question: the grounding expert segments from this question alone ({unread}: not read)"
-INPUT_ONLY_TOKENS = (IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, "<im_start>", "<im_end>")  # MedPLIB's demo: a click becomes a 41×41 square
 
 
 class Asker:
