@@ -151,8 +151,10 @@ def cmd_segment(args) -> int:
 def cmd_ask(args) -> int:
     from .imaging.io import check_writable
 
-    if not args.question.strip():
-        raise InputError("empty question: type what you want to know")
+    from .validation import check_question
+
+    # before the volume and the model load: a question that cannot be asked fails in a second
+    check_question(args.question, region=bool(args.box or args.point or args.region_mask))
     if args.out:
         check_writable(args.out)
     volume, ref = _load(args)

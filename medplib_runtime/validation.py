@@ -41,6 +41,12 @@ def slice_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
     return rest[0], rest[1]
 
 
-def check_question(question: str) -> None:
+def check_question(question: str, *, region: bool = False) -> None:
+    """An empty question, or a ``<region>`` that no region goes into (it would be read as a bare token)."""
     if not question or not question.strip():
         raise InputError("empty question: type what you want to know")
+    written = question.count("<region>")
+    if written and not region:
+        raise InputError("the question says <region> but no region was given: pick a region, or leave <region> out")
+    if written > 1:
+        raise InputError(f"the question says <region> {written} times: one region goes with a question")

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (QApplication, QComboBox, QFormLayout, QHBoxLayout, Q
 
 from medplib_runtime.errors import InputError, MedplibError
 from medplib_runtime.schemas import AskRequest
+from medplib_runtime.validation import check_question
 
 from ._workers import run_call
 from .chat_state import ChatHistory
@@ -101,8 +102,7 @@ class ChatDock(QWidget):
     def on_ask(self) -> None:
         question = self.question.text().strip()
         try:
-            if not question:
-                raise InputError("empty question: type what you want to know")
+            check_question(question, region=self.region_combo.currentText() not in ("", NO_REGION))
             name = self.image_combo.currentText()
             if not name:
                 raise InputError("no image layer: open a volume first")

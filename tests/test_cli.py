@@ -96,6 +96,8 @@ def test_region_mask_errors(capsys, tmp_path, brain1_image):
 def test_ask_empty_question(capsys, brain1_image):
     code, _, err = run_main(capsys, ["ask", brain1_image, "--slice", "12", "   "])
     assert code == 2 and "empty question" in err
+    code, _, err = run_main(capsys, ["ask", brain1_image, "--slice", "12", "Is <region> the lesion?"])
+    assert code == 2 and "no region was given" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -91,6 +91,10 @@ def test_greedy_answers_are_identical_and_stream(local_runtime, remote_runtime, 
     (lambda key: SegmentRequest(key, SliceRef(0, 16), Prompt(mask=np.zeros((3, 3), bool))), "shape"),
     (lambda key: SegmentRequest("0" * 32, SliceRef(0, 16), Prompt(box=BRAIN1_BOX)), "unknown image key"),
     (lambda key: AskRequest(key, SliceRef(0, 16), "   "), "empty question"),
+    # "<region>" with no region would be read as a bare token (the glue answered "yes")
+    (lambda key: AskRequest(key, SliceRef(0, 16), "Is <region> the lesion?"), "no region was given"),
+    (lambda key: AskRequest(key, SliceRef(0, 16), "Is <region> like <region>?", region=Prompt(box=BRAIN1_BOX)),
+     "2 times"),
 ])
 def test_bad_input_is_refused_alike(runtime, brain1, make, message):
     key = runtime.set_image(brain1, modality="MR")

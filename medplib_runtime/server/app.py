@@ -198,7 +198,7 @@ def create_app(config: ServerConfig, *, runtime=None) -> FastAPI:
                                                      "{type: result, result} or {type: error, code, message}"}})
     async def ask(body: AskIn, request: Request) -> StreamingResponse:
         stored = service.stored(_client_id(request), body.slice_key)
-        check_question(body.question)
+        check_question(body.question, region=body.region is not None)
         if body.max_new_tokens > config.max_new_tokens:
             raise InputError(f"max_new_tokens {body.max_new_tokens} is over this server's limit of"
                              f" {config.max_new_tokens}")
