@@ -18,6 +18,7 @@ from medplib_runtime.data.sources import write_phantom_case
 from medplib_runtime.errors import InputError
 from medplib_runtime.imaging.io import Volume, read_volume, write_labels, write_volume
 
+ROOT = Path(__file__).resolve().parents[1]
 CFG = BuildConfig(seed=3, max_slices_per_volume=4, empty_slices_per_volume=1)
 
 
@@ -112,6 +113,26 @@ def test_deterministic_for_a_seed(phantoms, tmp_path):
     assert a.counts == b.counts
     c = build_dataset(phantoms[:2], tmp_path / "c", BuildConfig(seed=4, max_slices_per_volume=4))
     assert (tmp_path / "c" / "train.json").read_text() != (tmp_path / "a" / "train.json").read_text()
+
+
+
+def test_a_case_pinned_to_train_leaves_the_other_cases_records_and_split_as_they_were(phantoms, tmp_path):
+    """What `configs/data/default_glue_cases_extra.json` relies on: each case draws from its own
+    seeded generator, so adding a volume adds its records and changes no other one."""
+    extra_case = CaseSpec(**{**vars(phantoms[3]), "id": "extra", "split": "train"})
+    build_dataset(phantoms[:3], tmp_path / "a", CFG)
+    build_dataset(phantoms[:3] + [extra_case], tmp_path / "b", CFG)
+    for s in ("train", "val", "test"):
+        a = json.loads((tmp_path / "a" / f"{s}.json").read_text())
+        b = json.loads((tmp_path / "b" / f"{s}.json").read_text())
+        assert [r for r in b if r["case"] != "extra"] == a, s
+        assert any(r["case"] == "extra" for r in b) == (s == "train")
+
+    extra = json.loads((ROOT / "configs/data/default_glue_cases_extra.json").read_text())
+    shipped = json.loads((ROOT / "configs/data/default_glue_cases.json").read_text())
+    assert {c["split"] for c in extra} == {"train"} and not {c["id"] for c in extra} & {c["id"] for c in shipped}
+    fetched = re.search(r"FILES = \(([^)]*)\)", (ROOT / "scripts/fetch_pyradiomics_cases.py").read_text()).group(1)
+    assert all(Path(c[k]).name in fetched for c in extra for k in ("image", "label")), "the fetch script writes them"
 
 
 def test_assign_splits_stratified_and_pinned():
