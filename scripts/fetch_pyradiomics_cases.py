@@ -27,7 +27,13 @@ def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     archive = out / "pyradiomics-3.1.0.tar.gz"
     if not archive.exists():
-        urllib.request.urlretrieve(URL, archive)
+        part = archive.with_suffix(".part")
+        try:  # into a .part first: a cut-off download never passes for the archive
+            urllib.request.urlretrieve(URL, part)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            sys.exit(f"fetch_pyradiomics_cases: cannot download {URL}: {getattr(exc, 'reason', exc)}")
+        part.rename(archive)
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     if digest != SHA256:
         archive.unlink()
