@@ -122,7 +122,7 @@ class LocalRuntime:
 
     def ask(self, request: AskRequest, *, on_token: Callable[[str], None] | None = None) -> AskResult:
         """``on_token`` gets each answer token's text as it is generated (it may raise to stop)."""
-        check_question(request.question, region=request.region is not None)
+        check_question(request.question, region=request.region is not None, history=request.history)
         img = self._image(request.image_key)
         ref = self._normalise(img, request.slice)
         shape = slice_shape(img.array.shape, ref.axis)

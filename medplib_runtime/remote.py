@@ -120,7 +120,7 @@ class RemoteRuntime:
 
     def ask(self, request: AskRequest, *, on_token: Callable[[str], None] | None = None) -> AskResult:
         """Streams the answer: ``on_token`` gets each token's text as the server generates it."""
-        check_question(request.question, region=request.region is not None)
+        check_question(request.question, region=request.region is not None, history=request.history)
         img = self._image(request.image_key)
         ref = normalise_slice(img.array.shape, img.was_2d, request.slice)
         shape = slice_shape(img.array.shape, ref.axis)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import InputError
-from .schemas import SliceRef
+from .presets import IMAGE_PLACEHOLDER, REGION_PLACEHOLDER
+from .schemas import SliceRef, Turn
 
 
 def check_image(array: np.ndarray) -> None:
@@ -41,10 +42,22 @@ def slice_shape(shape: tuple[int, ...], axis: int) -> tuple[int, int]:
     return rest[0], rest[1]
 
 
-def check_question(question: str, *, region: bool = False) -> None:
-    """An empty question, or a ``<region>`` that no region goes into (it would be read as a bare token)."""
+# tokens the prompt itself places (the image's, the region's feature slot, a region's close): typed into a question
+# they would shift the image features or the routed span, or fail deep in the model with a message about internals
+RESERVED_TOKENS = (IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, "<im_start>", "<im_end>", "</region>")
+
+
+def check_question(question: str, *, region: bool = False, history: tuple[Turn, ...] = ()) -> None:
+    """An empty question, a token the prompt reserves (in it or in an earlier turn's question), or a
+    ``<region>`` that no region goes into (it would be read as a bare token)."""
     if not question or not question.strip():
         raise InputError("empty question: type what you want to know")
+    for where, text in [("the question", question)] + [(f"earlier turn {i + 1}'s question", t.question)
+                                                        for i, t in enumerate(history)]:
+        reserved = next((tok for tok in RESERVED_TOKENS if tok in text), None)
+        if reserved:
+            raise InputError(f"{where} holds {reserved}, a token the prompt reserves: leave it out "
+                             f"(write <region> where the region goes)")
     written = question.count("<region>")
     if written and not region:
         raise InputError("the question says <region> but no region was given: pick a region, or leave <region> out")

@@ -98,6 +98,8 @@ def test_ask_empty_question(capsys, brain1_image):
     assert code == 2 and "empty question" in err
     code, _, err = run_main(capsys, ["ask", brain1_image, "--slice", "12", "Is <region> the lesion?"])
     assert code == 2 and "no region was given" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_main(capsys, ["ask", brain1_image, "--slice", "12", "What is <image> here?"])
+    assert code == 2 and "holds <image>" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

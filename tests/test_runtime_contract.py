@@ -95,6 +95,11 @@ def test_greedy_answers_are_identical_and_stream(local_runtime, remote_runtime, 
     (lambda key: AskRequest(key, SliceRef(0, 16), "Is <region> the lesion?"), "no region was given"),
     (lambda key: AskRequest(key, SliceRef(0, 16), "Is <region> like <region>?", region=Prompt(box=BRAIN1_BOX)),
      "2 times"),
+    # a token the prompt places itself: "<image>" failed deep in the model ("image placeholders (65) and image
+    # features (64) do not match"), "<im_end>" silently moved where the routers read the question
+    (lambda key: AskRequest(key, SliceRef(0, 16), "What is <image> here?"), "holds <image>, a token the prompt"),
+    (lambda key: AskRequest(key, SliceRef(0, 16), "Is it the lesion?", history=(Turn("What <im_end> is it?", "A"),)),
+     "earlier turn 1's question holds <im_end>"),
 ])
 def test_bad_input_is_refused_alike(runtime, brain1, make, message):
     key = runtime.set_image(brain1, modality="MR")

@@ -126,6 +126,7 @@ def test_malformed_requests_and_no_paths(authed, uploaded):
         authed.post("/v1/segment", json={"slice_key": uploaded, "prompt": {"box": [0, 0, 500, 500]}}),
         authed.post("/v1/ask", json={"slice_key": uploaded, "question": "", "max_new_tokens": 10**6}),
         authed.post("/v1/ask", json={"slice_key": uploaded, "question": "Is <region> the lesion?"}),  # no region
+        authed.post("/v1/ask", json={"slice_key": uploaded, "question": "Is <region_feat> the lesion?"}),  # reserved
         authed.put("/v1/slices", params={"dtype": "int16", "rows": 64, "cols": 80, "lo": 1, "hi": 0, "modality": "MR"},
                    content=b"x"),
         authed.put("/v1/slices", params={"dtype": "object", "rows": 4, "cols": 4, "lo": 0, "hi": 1, "modality": "MR"},
@@ -139,6 +140,7 @@ def test_malformed_requests_and_no_paths(authed, uploaded):
     assert cases[5].json()["error"]["message"].startswith("box (0,0,500,500) lies outside the 64×80 slice")
     assert cases[-1].json()["error"]["code"] == "unknown_slice"
     assert "no region was given" in cases[7].json()["error"]["message"]
+    assert "holds <region_feat>, a token the prompt reserves" in cases[8].json()["error"]["message"]
 
 
 def test_timeout_then_busy_then_recovers(exposed, uploaded):

@@ -198,13 +198,14 @@ def create_app(config: ServerConfig, *, runtime=None) -> FastAPI:
                                                      "{type: result, result} or {type: error, code, message}"}})
     async def ask(body: AskIn, request: Request) -> StreamingResponse:
         stored = service.stored(_client_id(request), body.slice_key)
-        check_question(body.question, region=body.region is not None)
+        history = tuple(Turn(t.question, t.answer) for t in body.history)
+        check_question(body.question, region=body.region is not None, history=history)
         if body.max_new_tokens > config.max_new_tokens:
             raise InputError(f"max_new_tokens {body.max_new_tokens} is over this server's limit of"
                              f" {config.max_new_tokens}")
         region = None if body.region is None else _prompt(body.region, stored.shape)
         req = AskRequest(image_key=body.slice_key, slice=SliceRef(0, 0), question=body.question, region=region,
-                         history=tuple(Turn(t.question, t.answer) for t in body.history),
+                         history=history,
                          max_new_tokens=body.max_new_tokens, threshold=body.threshold)
         return _stream_answer(service, req)
 
