@@ -57,6 +57,9 @@ def test_chat_transcript_history_routing_and_masks(make_napari_viewer, qtbot):
     dock.question.setText("Is <region> the lesion?")  # region: none
     dock.on_ask()
     assert not fake.requests and dock.question.text() == "Is <region> the lesion?", "refused, the question kept"
+    dock.question.setText("What is <image>?")
+    dock.on_ask()
+    assert not fake.requests and dock.question.text() == "What is <image>?", "a reserved token: refused, kept"
     dock.question.setText("What is this?")
     dock.on_ask()
     dock.question.setText("And its size?")
