@@ -48,4 +48,8 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "build/pyradiomics-extra"))
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "build/pyradiomics-extra")
+    try:
+        main(target)
+    except (OSError, tarfile.TarError) as exc:  # a folder that cannot be written, a disk that is full
+        sys.exit(f"fetch_pyradiomics_cases: cannot write {target}: {exc}")
