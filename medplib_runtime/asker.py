@@ -14,7 +14,7 @@ from .conversation import build_prompt, history_text, without_region
 from .devices import compute_precision
 from .glue import GLUE_PARTS, glue_status
 from .imaging.transforms import mask_to_model
-from .modeling.generation import greedy_generate
+from .modeling.generation import Prefill, extend_prefill, greedy_generate, shared_prefix
 from .modeling.ground_head import box_from_heat
 from .modeling.medplib import MedPLIB, build_medplib
 from .modeling.moe import GROUND_EXPERT, VL_EXPERT, RoutingRecorder, force_expert
@@ -49,6 +49,9 @@ class Asker:
         self.untrained = tuple(n for n, (_, ok) in status.items() if not ok)
         # input-only tokens the model must never emit
         self.suppress_ids = tuple(model.token_ids[t] for t in INPUT_ONLY_TOKENS)
+        # a chat turn continues its routing prefill's cache over the shared start (off: read it all again;
+        # for measuring the difference, ``medplib bench``)
+        self.reuse_routing_prefix = True
         for moe in model.moe:  # exact: folds LoRA into per-expert weights for inference
             merge = getattr(moe, "merge_for_inference", None)
             if merge is not None:
@@ -76,9 +79,14 @@ class Asker:
                     if m.answer_routing == "sequence":  # one expert for the whole answer, chosen from the question
                         # Routed on this turn alone: the routers learnt single-turn questions, and read after
                         # earlier yes/no turns, "Segment the lesion." went to the vision-language expert ("Yes").
-                        route = self._route_question(*self._encode(question, (), image_tokens, region_tokens)) \
-                            if history else self._route_question(ids, embeds)
-                        prefilled = None if history else route.prefilled  # that cache holds no history
+                        single = self._encode(question, (), image_tokens, region_tokens) if history else (ids, embeds)
+                        route = self._route_question(*single)
+                        prefilled = route.prefilled
+                        if history and prefilled is not None:
+                            # that cache holds no history, but the system line and the image are the chat
+                            # prompt's too: keep them, read the rest (the earlier turns and this question)
+                            recorder.restart()  # routing counts the positions read for this answer
+                            prefilled = self._continue(prefilled, single, (ids, embeds))
                         if route.expert == GROUND_EXPERT and (region_tokens is not None or history):
                             # Grounding questions are single-turn and carry no region (MeCoVQA-G, our data):
                             # reading a region the grounding expert answered nothing, and after earlier turns
@@ -95,7 +103,8 @@ class Asker:
         masks = self.masks_for(gen.token_ids, gen.hidden, embedding, threshold)
         answer_ids = [t for t in gen.token_ids if t not in self.stop_ids]
         answer = self.tokenizer.decode(answer_ids, skip_special_tokens=False).strip()
-        token_texts = ["<prompt>"] * gen.prefill_tokens + [self.tokenizer.decode([t]) for t in gen.token_ids]
+        token_texts = ["<prompt>"] * (gen.prefill_tokens - gen.prefill_reused) + \
+            [self.tokenizer.decode([t]) for t in gen.token_ids]
         routing = recorder.stats(token_texts, EXPERT_NAMES)
         n_new = max(len(gen.token_ids), 1)
         timings = {"prefill": gen.prefill_s * 1e3, "decode": gen.decode_s * 1e3,
@@ -112,6 +121,15 @@ class Asker:
                             history=history, region=region_tokens is not None)
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
         return ids, m.embed_inputs(ids, image_tokens=image_tokens, region_tokens=region_tokens)
+
+    def _continue(self, routed: Prefill, single: tuple[torch.Tensor, torch.Tensor],
+                  chat: tuple[torch.Tensor, torch.Tensor]) -> Prefill | None:
+        """The chat prompt ``chat`` (ids, inputs) read on from the routing prefill of its single-turn
+        prompt ``single``: their shared start is not run again. None when they share nothing."""
+        shared = min(shared_prefix(*single, *chat), chat[0].shape[1] - 1)
+        if shared <= 0 or not self.reuse_routing_prefix:
+            return None
+        return extend_prefill(self.model.llm, routed, chat[1], shared=shared)
 
     def _route_question(self, ids: torch.Tensor, embeds: torch.Tensor) -> QuestionRoute:
         """Question-level routing: the expert the routers pick from the question of a single-turn prompt

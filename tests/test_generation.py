@@ -46,3 +46,37 @@ def test_continuing_from_a_prefill_gives_the_same_answer_and_states():
     assert continued.prefill_s == read.seconds and continued.prefill_tokens == 5
     with pytest.raises(ValueError, match="prefilled prompt has 5 tokens, this one 4"):
         greedy_generate(llm, embeds[:, :4], max_new_tokens=2, stop_ids=set(), prefilled=prefill(llm, embeds))
+
+
+@torch.inference_mode()
+def test_a_prompt_read_on_from_another_prompts_shared_start_gives_the_full_prefills_answer():
+    """A chat turn keeps its single-turn routing prefill's cache over the start both prompts share
+    (system line, image) and reads only the rest: answer and states as if read whole."""
+    import pytest
+
+    from medplib_runtime.modeling.generation import extend_prefill, prefill, shared_prefix
+
+    llm = _tiny_llama()
+    embed = llm.get_input_embeddings()
+    single_ids = torch.tensor([[1, 5, 9, 12, 3, 7]])  # shares 1, 5, 9 with the chat prompt below
+    chat_ids = torch.tensor([[1, 5, 9, 40, 41, 42, 43, 12, 3, 7]])
+    single, chat = embed(single_ids), embed(chat_ids)
+    assert shared_prefix(single_ids, single, chat_ids, chat) == 3
+    other = chat.clone()
+    other[0, 1] += 1.0  # same id, another input vector (an image feature behind a placeholder)
+    assert shared_prefix(single_ids, single, chat_ids, other) == 1
+    fresh = greedy_generate(llm, chat, max_new_tokens=6, stop_ids=set())
+    read_on = extend_prefill(llm, prefill(llm, single), chat, shared=3)
+    assert read_on.reused == 3 and read_on.tokens == 10
+    continued = greedy_generate(llm, chat, max_new_tokens=6, stop_ids=set(), prefilled=read_on)
+    assert continued.token_ids == fresh.token_ids and len(fresh.token_ids) == 6
+    assert torch.allclose(continued.hidden, fresh.hidden, atol=1e-5)
+    assert continued.prefill_reused == 3 and continued.prefill_tokens == 10
+    # a prompt that is the other's start plus more: the whole other prompt is kept
+    longer = embed(torch.tensor([[1, 5, 9, 12, 3, 7, 8, 2]]))
+    whole = greedy_generate(llm, longer, max_new_tokens=4, stop_ids=set(),
+                            prefilled=extend_prefill(llm, prefill(llm, single), longer, shared=6))
+    assert whole.token_ids == greedy_generate(llm, longer, max_new_tokens=4, stop_ids=set()).token_ids
+    for bad in (0, 10, 7):  # nothing shared; nothing left to read; more than the first prompt holds
+        with pytest.raises(ValueError, match="shared prefix"):
+            extend_prefill(llm, prefill(llm, single), chat, shared=bad)

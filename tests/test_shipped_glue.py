@@ -104,6 +104,33 @@ def test_a_grounding_question_with_a_region_or_history_is_grounded_from_the_ques
 
 
 @pytest.mark.slow
+def test_a_chat_turn_read_on_from_its_routing_prefill_answers_as_read_whole(local_runtime, brain1_paths):
+    """A chat turn is routed on its own question first; the chat prompt then reuses that prefill's
+    cache over what both share (system line, image) and reads only the earlier turns and the question.
+    The answer, its routing and its masks are those of reading the chat prompt whole."""
+    from medplib_runtime.imaging.io import read_volume
+    from medplib_runtime.schemas import AskRequest, SliceRef, Turn
+
+    key = local_runtime.set_image(read_volume(brain1_paths[0]).array)
+    asker = local_runtime._get_asker()
+    history = (Turn("What is shown in this image?", "A brain MRI slice."), Turn("Is this a CT image?", "no"))
+    try:
+        for question in ("What is the modality of this image?", "Is this an MRI image?"):
+            answers = []
+            for reuse in (True, False):
+                asker.reuse_routing_prefix = reuse
+                answers.append(local_runtime.ask(AskRequest(key, SliceRef(0, 16), question, history=history,
+                                                            max_new_tokens=12)))
+            read_on, whole = answers
+            assert read_on.text == whole.text and read_on.text
+            assert read_on.routing.overall() == whole.routing.overall() == (0.0, 1.0)
+            # the routing record counts the positions read for the answer: the shared start was not read again
+            assert len(read_on.routing.tokens) < len(whole.routing.tokens)
+    finally:
+        asker.reuse_routing_prefix = True
+
+
+@pytest.mark.slow
 def test_default_model_grounds_the_structure_asked_for_on_a_new_phantom(local_runtime, tmp_path):
     """On slices that hold both a nodule and a cyst (a phantom of a seed no training used), "Segment
     the nodule." and "Segment the cyst." each get a mask on the structure named. The glue before the

@@ -22,6 +22,7 @@ class Prefill:
     last_hidden: torch.Tensor  # 1×D: the last-layer state at the prompt's last position
     tokens: int
     seconds: float
+    reused: int = 0  # leading positions whose keys and values came from an earlier prefill (``extend_prefill``)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class GenerationOutput:
     token_ids: tuple[int, ...]
     hidden: torch.Tensor  # len(token_ids)×D: last-layer state where token i was the input
     prefill_tokens: int
+    prefill_reused: int  # of them, read by an earlier prefill whose cache was continued (not run again)
     prefill_s: float
     decode_s: float
 
@@ -53,6 +55,36 @@ def prefill(llm, inputs_embeds: torch.Tensor) -> Prefill:
     if inputs_embeds.device.type == "cuda":  # GPU work is asynchronous: the prefill's time is its own
         torch.cuda.synchronize(inputs_embeds.device)
     return Prefill(cache, last, inputs_embeds.shape[1], time.perf_counter() - t0)
+
+
+@torch.inference_mode()
+def extend_prefill(llm, start: Prefill, inputs_embeds: torch.Tensor, *, shared: int) -> Prefill:
+    """The prompt ``inputs_embeds`` ``1×T×D`` whose first ``shared`` positions equal those ``start`` read
+    (same inputs, same weights and routing): ``start``'s cache is cut back to them and only the rest is
+    run. Causal attention makes the result the full prefill's (a chat turn shares the system line and
+    the image with its single-turn routing prompt). ``start`` is used up."""
+    if not 0 < shared < inputs_embeds.shape[1] or shared > start.tokens:
+        raise ValueError(f"shared prefix {shared} must be in 1..{min(start.tokens, inputs_embeds.shape[1] - 1)}")
+    body = llm.model
+    cache = start.cache
+    if start.tokens > shared:  # a negative count: "remove that many" in every transformers that has crop
+        cache.crop(shared - start.tokens)
+    t0 = time.perf_counter()
+    out = body(inputs_embeds=inputs_embeds[:, shared:], **{_cache_keyword(body): cache, "use_cache": True})
+    last = out.last_hidden_state[:, -1]
+    if inputs_embeds.device.type == "cuda":
+        torch.cuda.synchronize(inputs_embeds.device)
+    return Prefill(cache, last, inputs_embeds.shape[1], time.perf_counter() - t0, reused=shared)
+
+
+def shared_prefix(ids_a: torch.Tensor, embeds_a: torch.Tensor, ids_b: torch.Tensor, embeds_b: torch.Tensor) -> int:
+    """How many leading positions two prompts (``1×T`` ids, ``1×T×D`` inputs) have in common: equal ids
+    and equal input vectors (an image or region feature stands behind a placeholder id)."""
+    n = min(ids_a.shape[1], ids_b.shape[1])
+    differ = (ids_a[0, :n] != ids_b[0, :n]).nonzero()
+    n = int(differ[0, 0]) if len(differ) else n
+    differ = (embeds_a[0, :n] != embeds_b[0, :n]).any(-1).nonzero()
+    return int(differ[0, 0]) if len(differ) else n
 
 
 @torch.inference_mode()
@@ -99,4 +131,4 @@ def greedy_generate(llm, inputs_embeds: torch.Tensor, *, max_new_tokens: int, st
         torch.cuda.synchronize(device)
     t2 = time.perf_counter()
     h = torch.stack(hidden) if hidden else torch.empty(0, llm.config.hidden_size, device=device)
-    return GenerationOutput(tuple(tokens), h, inputs_embeds.shape[1], start.seconds, t2 - t1)
+    return GenerationOutput(tuple(tokens), h, inputs_embeds.shape[1], start.reused, start.seconds, t2 - t1)
