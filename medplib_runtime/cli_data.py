@@ -50,6 +50,9 @@ def add_data_parsers(sub) -> None:
     p.add_argument("--threshold", type=float, default=None, help="mask probability threshold (preset default)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out records that cannot be asked (missing or unreadable files, reserved tokens in a "
+                        "question, ...) and list them in the report, instead of stopping at the first")
     _add_remote_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -95,21 +98,30 @@ def cmd_build_data(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .cli import _runtime
-    from .data.mecovqa import read_dataset
     from .evaluation.runner import evaluate
+    from .evaluation.screening import screen_dataset
 
-    dataset = read_dataset(args.data, image_folder=args.image_folder)  # fail on bad data before loading a model
+    # every record checked before a model loads: a bad one stops the run now, or is left out with --skip-bad
+    screened = screen_dataset(args.data, image_folder=args.image_folder, limit=args.limit)
+    if screened.skipped and not args.skip_bad:
+        raise InputError(screened.refusal())
+    if not screened.dataset.records:
+        raise InputError(f"dataset {args.data}: no record can be asked")
     out = args.predictions or f"{Path(args.data).stem}.predictions.jsonl"
     if not Path(out).resolve().parent.is_dir():
         raise InputError(f"cannot write predictions {out}: its folder does not exist")
     runtime = _runtime(args)
     try:
-        report = evaluate(runtime, dataset, predictions=out, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                          threshold=args.threshold, model_id=args.preset,
+        report = evaluate(runtime, screened.dataset, predictions=out, max_new_tokens=args.max_new_tokens,
+                          threshold=args.threshold, model_id=args.preset, skip_bad=args.skip_bad,
+                          skipped=screened.skipped,
                           progress=lambda i, n: print(f"\r{i + 1}/{n}", end="", file=sys.stderr))
     finally:
         runtime.close()
     print(file=sys.stderr)
+    if report.skipped:
+        print(f"medplib: warning: {len(report.skipped)} record(s) left out (listed in the report): "
+              f"{report.skipped[0].reason}", file=sys.stderr)
     if report.untrained_parts:
         print(f"medplib: warning: untrained parts {', '.join(report.untrained_parts)}: these numbers are not"
               " meaningful yet", file=sys.stderr)

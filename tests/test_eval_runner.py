@@ -172,3 +172,85 @@ def test_region_naming_is_scored_on_what_and_choice_questions(dataset, tmp_path)
     assert (row.n_named, row.named) == (2, 0.5)  # "where" is not a naming question
     lines = [json.loads(x) for x in (tmp_path / "n.jsonl").read_text().splitlines()]
     assert [x["metadata"].get("named") for x in lines] == [False, True, None]
+
+
+def _bad_records(root: Path) -> list[dict]:
+    """Four records no model can be asked, each for its own reason, between two good ones."""
+    write_png(np.zeros((10, 10), np.uint8), root / "masks" / "small.png")
+    (root / "broken.png").write_bytes(b"not a png")
+    return [
+        _record("gone", "missing.png", "Is this a CT image?", "no", answer_type="closed"),
+        _record("unreadable", "broken.png", "Is this a CT image?", "no", answer_type="closed"),
+        _record("shape", "mr_00--t--a--z_0001.png", "Segment the lesion.", "<SEG><mask>masks/small.png</mask>"),
+        _record("reserved", "mr_00--t--a--z_0001.png", "What is <im_end> here?", "nothing"),
+        {"id": "malformed", "image": "mr_00--t--a--z_0001.png", "conversations": [{"from": "human", "value": "?"}]},
+    ]
+
+
+def test_screening_finds_every_record_that_cannot_be_asked_before_a_model_loads(dataset):
+    from medplib_runtime.evaluation.screening import screen_dataset
+
+    root = dataset.parent
+    good = json.loads(dataset.read_text())
+    mixed = good[:2] + _bad_records(root) + good[2:]
+    (root / "mixed.json").write_text(json.dumps(mixed))
+    screened = screen_dataset(root / "mixed.json")
+    assert [r.id for r in screened.dataset.records] == [r["id"] for r in good]
+    reasons = {s.record: s.reason for s in screened.skipped}
+    assert list(reasons) == ["gone", "unreadable", "shape", "reserved", "malformed"]
+    assert "file missing.png not found" in reasons["gone"]
+    assert "cannot read image" in reasons["unreadable"]
+    assert "mask masks/small.png is (10, 10), the image (24, 24)" in reasons["shape"]
+    assert "turn 0: the question holds <im_end>" in reasons["reserved"]
+    assert "human/gpt pairs" in reasons["malformed"]
+    assert all("\n" not in r for r in reasons.values())
+    refusal = screened.refusal()
+    assert refusal.startswith("record mixed.json#2 (gone)") and "(4 more records cannot be asked either)" in refusal
+    assert [r.id for r in screen_dataset(root / "mixed.json", limit=3).dataset.records] == ["g-mr", "g-ct"]
+
+
+def test_a_record_the_runtime_refuses_is_left_out_whole_with_skip_bad(dataset, tmp_path):
+    """A two-turn record whose second question the runtime refuses: with ``skip_bad`` neither turn is
+    scored or written (no half-scored record); without, the run stops with the record's one-line error."""
+    from medplib_runtime.errors import InputError
+
+    root = dataset.parent
+    two_turns = {"id": "two", "image": "mr_00--t--a--z_0001.png", "answer_type": "closed", "conversations": [
+        {"from": "human", "value": "<image>\nIn which plane is this slice?"}, {"from": "gpt", "value": "axial"},
+        {"from": "human", "value": "Refused?"}, {"from": "gpt", "value": "no"}]}
+    (root / "two.json").write_text(json.dumps(json.loads(dataset.read_text())[3:] + [two_turns]))
+
+    class Refusing(FakeRuntime):
+        def ask(self, request, *, on_token=None):
+            if request.question == "Refused?":
+                raise InputError("the runtime refuses this")
+            return super().ask(request)
+
+    fake = Refusing({"In which plane is this slice?": ("axial", ()),
+                     "What is the area of the lesion?": ("lesion 12.0 mm²", ())})
+    report = evaluate(fake, root / "two.json", predictions=tmp_path / "p.jsonl", skip_bad=True)
+    assert report.records == 2 and report.turns == 2  # c-closed and c-open; "two" left out whole
+    assert report.row("all", "all").n_closed == 1 and report.row("all", "all").accuracy == 1.0
+    assert [s.record for s in report.skipped] == ["two"] and "the runtime refuses this" in report.skipped[0].reason
+    assert "skipped 1 record that cannot be asked (first: record two: the runtime refuses this)" in report.table()
+    assert report.as_dict()["skipped"] == [{"record": "two", "reason": "record two: the runtime refuses this"}]
+    assert [json.loads(x)["answer_id"] for x in (tmp_path / "p.jsonl").read_text().splitlines()] == \
+        ["c-closed#0", "c-open#0"]
+    with pytest.raises(InputError, match=r"^record two: the runtime refuses this$"):
+        evaluate(fake, root / "two.json")
+
+
+def test_medplib_eval_refuses_bad_records_in_one_line_before_loading_a_model(dataset, capsys):
+    from medplib_runtime.cli import main
+
+    root = dataset.parent
+    (root / "mixed.json").write_text(json.dumps(json.loads(dataset.read_text())[:1] + _bad_records(root)))
+    code = main(["eval", str(root / "mixed.json"), "--predictions", str(root / "p.jsonl")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("medplib: error: record mixed.json#1 (gone): file missing.png not found")
+    assert err.endswith("(4 more records cannot be asked either); --skip-bad evaluates the rest and lists them")
+    assert not (root / "p.jsonl").exists()
+    (root / "none.json").write_text(json.dumps(_bad_records(root)[:1]))
+    assert main(["eval", str(root / "none.json"), "--skip-bad"]) == 2
+    assert "no record can be asked" in capsys.readouterr().err

@@ -146,6 +146,24 @@ def read_dataset(path: str | os.PathLike, *, image_folder: str | os.PathLike | N
                  check_files: bool = True) -> Dataset:
     """Read and validate a MeCoVQA/LLaVA JSON list. ``check_files``: every image/region/mask exists."""
     path = Path(path)
+    data = read_record_list(path)
+    root = Path(image_folder) if image_folder is not None else path.parent
+    records = tuple(record_from_json(obj, f"{path.name}#{i}") for i, obj in enumerate(data))
+    if check_files:
+        for i, rec in enumerate(records):
+            check_record_files(rec, root, f"{path.name}#{i}")
+    return Dataset(path, root, records)
+
+
+def check_record_files(rec: Record, root: Path, where: str) -> None:
+    """Every file the record names (image, regions, masks) exists under ``root``."""
+    for rel in (rec.image, *(p for t in rec.turns for p in (*t.region_paths, *t.mask_paths))):
+        if not (root / rel).is_file():
+            raise InputError(f"record {where} ({rec.id}): file {rel} not found under {root}")
+
+
+def read_record_list(path: Path) -> list:
+    """The JSON list of a dataset file, unvalidated (one-line errors for the file as a whole)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -156,14 +174,7 @@ def read_dataset(path: str | os.PathLike, *, image_folder: str | os.PathLike | N
         raise InputError(f"dataset {path} is not valid JSON: {exc}") from None
     if not isinstance(data, list):
         raise InputError(f"dataset {path} must be a JSON list of records, got {type(data).__name__}")
-    root = Path(image_folder) if image_folder is not None else path.parent
-    records = tuple(record_from_json(obj, f"{path.name}#{i}") for i, obj in enumerate(data))
-    if check_files:
-        for i, rec in enumerate(records):
-            for rel in (rec.image, *(p for t in rec.turns for p in (*t.region_paths, *t.mask_paths))):
-                if not (root / rel).is_file():
-                    raise InputError(f"record {path.name}#{i} ({rec.id}): file {rel} not found under {root}")
-    return Dataset(path, root, records)
+    return data
 
 
 def write_dataset(records: list[Record] | tuple[Record, ...], path: str | os.PathLike) -> Path:

@@ -27,6 +27,7 @@ from ..errors import InputError, MedplibError
 from ..protocol import Runtime
 from ..schemas import AskRequest, Prompt, SliceRef
 from ..schemas import Turn as HistoryTurn
+from .screening import SkippedRecord
 from .metrics import balanced_accuracy, closed_correct, dice_from_iou, mask_iou, names_structure, open_score, summarize_seg
 
 
@@ -58,6 +59,7 @@ class EvalReport:
     predictions: Path | None
     seconds: float
     untrained_parts: tuple[str, ...] = ()
+    skipped: tuple[SkippedRecord, ...] = ()  # records left out (``skip_bad``), each with its one-line reason
 
     def row(self, group: str, key: str) -> Row:
         return next(r for r in self.rows if r.group == group and r.key == key)
@@ -71,12 +73,16 @@ class EvalReport:
             lines.append(f"{name:<24} {r.n_seg:>5} {r.miou:>6.3f} {r.mdice:>6.3f} {r.n_open:>6} {r.precision:>6.3f}"
                          f" {r.recall:>6.3f} {r.f1:>6.3f} {r.n_closed:>8} {r.accuracy:>6.3f} {r.balanced:>6.3f}"
                          f" {r.n_named:>7} {r.named:>6.3f}")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} record{'s' if len(self.skipped) > 1 else ''} that cannot be"
+                         f" asked (first: {self.skipped[0].reason})")
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
         return {"records": self.records, "turns": self.turns, "seconds": round(self.seconds, 2),
                 "predictions": str(self.predictions) if self.predictions else None,
-                "untrained_parts": list(self.untrained_parts), "rows": [r.__dict__ for r in self.rows]}
+                "untrained_parts": list(self.untrained_parts), "rows": [r.__dict__ for r in self.rows],
+                "skipped": [s.__dict__ for s in self.skipped]}
 
 
 @dataclass
@@ -86,6 +92,15 @@ class _Scores:
     closed: list[bool] = field(default_factory=list)
     closed_refs: list[str] = field(default_factory=list)
     named: list[bool] = field(default_factory=list)
+
+    def add(self, answer: "_Answer") -> None:
+        if answer.ious:
+            self.ious.extend(answer.ious)
+        elif answer.closed is not None:
+            self.closed.append(answer.closed[0])
+            self.closed_refs.append(answer.closed[1])
+        elif answer.open is not None:
+            self.open.append(answer.open)
 
     def row(self, group: str, key: str) -> Row:
         seg = summarize_seg(self.ious)
@@ -98,9 +113,14 @@ class _Scores:
 
 def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: str | Path | None = None,
              predictions: str | Path | None = None, limit: int | None = None, max_new_tokens: int = 64,
-             threshold: float | None = None, model_id: str = "medplib",
+             threshold: float | None = None, model_id: str = "medplib", skip_bad: bool = False,
+             skipped: tuple[SkippedRecord, ...] = (),
              progress: Callable[[int, int], None] | None = None) -> EvalReport:
-    """Ask ``runtime`` every question of ``dataset`` and score the answers (module doc)."""
+    """Ask ``runtime`` every question of ``dataset`` and score the answers (module doc).
+
+    ``skip_bad``: a record the runtime refuses (a one-line error) is left out whole — none of its turns
+    is scored or written — and listed in the report; otherwise the error stops the run. ``skipped``:
+    records already left out before (``screening.screen_dataset``), listed first."""
     t0 = time.perf_counter()
     ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset, image_folder=image_folder)
     records = ds.records[:limit] if limit is not None else ds.records
@@ -109,76 +129,105 @@ def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: s
     out = Path(predictions) if predictions else None
     sink = out.open("w", encoding="utf-8") if out else None
     untrained: tuple[str, ...] = ()
-    qid = 0
+    left_out = list(skipped)
+    qid = asked = 0
     try:
         for i, rec in enumerate(records):
             if progress:
                 progress(i, len(records))
-            image = read_png(ds.root / rec.image, record=rec.id)
-            region, gt_masks = load_masks(rec, ds.root, image.shape)
             try:
-                key = runtime.set_image(image.astype(np.float32) / 255.0, modality="other")
-            except MedplibError as exc:
-                raise InputError(f"record {rec.id}: {exc}") from None
-            history: list[HistoryTurn] = []
-            mask_cursor = 0
-            for t, turn in enumerate(rec.turns):
-                question = turn.plain_question
-                request = AskRequest(key, SliceRef(0, 0), question,
-                                     region=Prompt(mask=region) if turn.region_paths else None,
-                                     history=tuple(history), max_new_tokens=max_new_tokens, threshold=threshold)
-                try:
-                    result = runtime.ask(request)
-                except MedplibError as exc:
-                    raise InputError(f"record {rec.id}: {exc}") from None
-                untrained = untrained or tuple(result.untrained_parts)
-                meta = {"id": rec.id, "turn": t, "modality": rec.modality, "question_type": rec.question_type,
-                        "topic": rec.extra.get("topic"), "pred_masks": len(result.masks)}
-                if result.routing is not None:  # share of the answer's tokens per expert (MedPLIB's routing plots)
-                    meta["routing"] = dict(zip(result.routing.expert_names, map(float, result.routing.overall())))
+                scored = _ask_record(runtime, ds.root, rec, max_new_tokens=max_new_tokens, threshold=threshold)
+            except InputError as exc:
+                if not skip_bad:
+                    raise
+                left_out.append(SkippedRecord(rec.id, str(exc)))
+                continue
+            asked += 1
+            for answer in scored:
+                untrained = untrained or answer.untrained_parts
+                meta = answer.meta
                 keys = [("all", "all"), ("modality", rec.modality), ("question_type", rec.question_type)]
                 if isinstance(rec.extra.get("case"), str):
                     keys.append(("case", rec.extra["case"]))
                 targets: list[_Scores] = [groups.setdefault(g, _Scores()) for g in keys]
-                n_ref = len(turn.mask_paths)
-                if n_ref:
-                    refs = gt_masks[mask_cursor:mask_cursor + n_ref]
-                    mask_cursor += n_ref
-                    ious = [mask_iou(result.masks[j] if j < len(result.masks) else None, ref)
-                            for j, ref in enumerate(refs)]
-                    meta.update(iou=ious, dice=[dice_from_iou(v) for v in ious])
-                    for s in targets:
-                        s.ious.extend(ious)
-                elif rec.answer_type == "closed":
-                    ok = closed_correct(result.text, turn.plain_answer)
-                    meta["correct"] = ok
-                    for s in targets:
-                        s.closed.append(ok)
-                        s.closed_refs.append(turn.plain_answer)
-                else:
-                    score = open_score(result.text, turn.plain_answer)
-                    meta.update(precision=score.precision, recall=score.recall, f1=score.f1)
-                    for s in targets:
-                        s.open.append(score)
+                for s in targets:
+                    s.add(answer)
                 name = _asked_name(rec)
                 if name:
-                    meta["named"] = names_structure(result.text, name, structures)
+                    meta["named"] = names_structure(answer.text, name, structures)
                     for s in targets:
                         s.named.append(meta["named"])
                 if sink:
                     sink.write(json.dumps({
-                        "question_id": qid, "image_path": rec.image, "prompt": question, "gt": turn.plain_answer,
-                        "text": result.text, "answer_id": f"{rec.id}#{t}", "model_id": model_id,
+                        "question_id": qid, "image_path": rec.image, "prompt": answer.question, "gt": answer.reference,
+                        "text": answer.text, "answer_id": f"{rec.id}#{meta['turn']}", "model_id": model_id,
                         "answer_type": "closed" if rec.answer_type == "closed" else "open", "metadata": meta}) + "\n")
                     sink.flush()
                 qid += 1
-                history.append(HistoryTurn(question, turn.plain_answer))
     finally:
         if sink:
             sink.close()
     order = sorted(groups, key=lambda g: (("all", "modality", "question_type", "case").index(g[0]), g[1]))
     rows = tuple(groups[g].row(*g) for g in order)
-    return EvalReport(rows, len(records), qid, out, time.perf_counter() - t0, untrained)
+    return EvalReport(rows, asked, qid, out, time.perf_counter() - t0, untrained, tuple(left_out))
+
+
+@dataclass
+class _Answer:
+    """One turn asked and scored, kept until its whole record has been asked."""
+
+    question: str
+    reference: str
+    text: str
+    meta: dict
+    untrained_parts: tuple[str, ...]
+    ious: list[float] = field(default_factory=list)
+    closed: tuple[bool, str] | None = None  # (correct, the reference answer)
+    open: object | None = None  # metrics.OpenScore
+
+
+def _ask_record(runtime: Runtime, root: Path, rec, *, max_new_tokens: int, threshold: float | None) -> list[_Answer]:
+    """Every turn of ``rec`` asked (earlier turns as history, with their reference answers) and scored;
+    a refusal is an InputError naming the record."""
+    image = read_png(root / rec.image, record=rec.id)
+    region, gt_masks = load_masks(rec, root, image.shape)
+    try:
+        key = runtime.set_image(image.astype(np.float32) / 255.0, modality="other")
+    except MedplibError as exc:
+        raise InputError(f"record {rec.id}: {exc}") from None
+    history: list[HistoryTurn] = []
+    mask_cursor = 0
+    answers = []
+    for t, turn in enumerate(rec.turns):
+        question = turn.plain_question
+        request = AskRequest(key, SliceRef(0, 0), question, region=Prompt(mask=region) if turn.region_paths else None,
+                             history=tuple(history), max_new_tokens=max_new_tokens, threshold=threshold)
+        try:
+            result = runtime.ask(request)
+        except MedplibError as exc:
+            raise InputError(f"record {rec.id}: {exc}") from None
+        meta = {"id": rec.id, "turn": t, "modality": rec.modality, "question_type": rec.question_type,
+                "topic": rec.extra.get("topic"), "pred_masks": len(result.masks)}
+        if result.routing is not None:  # share of the answer's tokens per expert (MedPLIB's routing plots)
+            meta["routing"] = dict(zip(result.routing.expert_names, map(float, result.routing.overall())))
+        answer = _Answer(question, turn.plain_answer, result.text, meta, tuple(result.untrained_parts))
+        n_ref = len(turn.mask_paths)
+        if n_ref:
+            refs = gt_masks[mask_cursor:mask_cursor + n_ref]
+            mask_cursor += n_ref
+            answer.ious = [mask_iou(result.masks[j] if j < len(result.masks) else None, ref)
+                           for j, ref in enumerate(refs)]
+            meta.update(iou=answer.ious, dice=[dice_from_iou(v) for v in answer.ious])
+        elif rec.answer_type == "closed":
+            ok = closed_correct(result.text, turn.plain_answer)
+            meta["correct"] = ok
+            answer.closed = (ok, turn.plain_answer)
+        else:
+            answer.open = open_score(result.text, turn.plain_answer)
+            meta.update(precision=answer.open.precision, recall=answer.open.recall, f1=answer.open.f1)
+        answers.append(answer)
+        history.append(HistoryTurn(question, turn.plain_answer))
+    return answers
 
 
 def _asked_name(rec) -> str | None:
