@@ -133,6 +133,7 @@ def test_a_case_pinned_to_train_leaves_the_other_cases_records_and_split_as_they
     assert {c["split"] for c in extra} == {"train"} and not {c["id"] for c in extra} & {c["id"] for c in shipped}
     fetched = re.search(r"FILES = \(([^)]*)\)", (ROOT / "scripts/fetch_pyradiomics_cases.py").read_text()).group(1)
     assert all(Path(c[k]).name in fetched for c in extra for k in ("image", "label")), "the fetch script writes them"
+    assert all((ROOT / c["fetch"].split()[-1]).is_file() for c in extra), "a missing volume names the script"
 
 
 def test_assign_splits_stratified_and_pinned():
@@ -200,7 +201,12 @@ def test_bad_cases_files(tmp_path):
     data = json.loads(path.read_text())
     data[0]["image"] = "missing.nrrd"
     path.write_text(json.dumps(data))
-    with pytest.raises(InputError, match=r"case cases.json#0 \(bad\): image file .*missing.nrrd not found"):
+    with pytest.raises(InputError, match=r"case cases.json#0 \(bad\): image file .*missing.nrrd not found$"):
+        load_cases(path)
+    data[0]["fetch"] = "python scripts/fetch_pyradiomics_cases.py"  # volumes that are not shipped: say how to get them
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r"missing.nrrd not found \(get it with: python scripts/fetch_pyradiomics_"
+                                         r"cases.py\)$"):
         load_cases(path)
 
 

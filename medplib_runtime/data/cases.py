@@ -5,7 +5,8 @@ Metadata (a JSON object, in its own file or inline in the cases list)::
     {"modality": "MR", "body_region": "brain", "labels": {"1": "lesion"}, "dataset": "pyradiomics"}
 
 A cases file is a JSON list of ``{"id": ..., "image": ..., "label": ..., "meta": "meta.json"}`` or
-the same with the metadata fields inline; an optional ``"split"`` (train/val/test) pins a case.
+the same with the metadata fields inline; an optional ``"split"`` (train/val/test) pins a case, and
+an optional ``"fetch"`` (a command) says how to get volumes that are not shipped when they are missing.
 Relative paths start at the cases file's folder. Errors name the case.
 """
 
@@ -63,9 +64,11 @@ def case_from_dict(obj, *, base: Path, where: str) -> CaseSpec:
     image, label = base / str(meta["image"]), base / str(meta["label"])
     case_id = str(meta.get("id") or Path(str(meta["image"])).name.split(".")[0])
     name = f"{where} ({case_id})"
+    fetch = meta.get("fetch")  # how to get files that are not shipped (a command), said when they are missing
     for what, p in (("image", image), ("label", label)):
         if not p.exists():
-            raise InputError(f"case {name}: {what} file {p} not found")
+            hint = f" (get it with: {fetch})" if isinstance(fetch, str) and fetch.strip() else ""
+            raise InputError(f"case {name}: {what} file {p} not found{hint}")
     if not isinstance(meta["modality"], str) or not meta["modality"].strip():
         raise InputError(f"case {name}: 'modality' must be a non-empty string such as CT or MR")
     labels = meta["labels"]
