@@ -29,6 +29,10 @@ REGION_NOT_READ = "the region"
 HISTORY_NOT_READ = "the earlier turns"
 
 
+SINGLE_TURN_NOTE = (f"answered on its own: this model was trained on single questions, and reading "
+                    f"earlier turns made its answers worse ({HISTORY_NOT_READ}: not read)")
+
+
 def grounding_note(*, region: bool, history: bool) -> str:
     """What a grounding answer left unread, in one line for the chat."""
     unread = " and ".join(n for n, on in ((REGION_NOT_READ, region), (HISTORY_NOT_READ, history)) if on)
@@ -70,19 +74,21 @@ class Asker:
             region_tokens = None
             if region is not None:
                 region_tokens = m.region_token(embedding.image_embedding, self.region_mask(region, embedding))
-            ids, embeds = self._encode(question, history, image_tokens, region_tokens)
+            # a glue trained on single questions answers each one on its own (measured: README, "The model")
+            read = history if m.reads_history else ()
+            ids, embeds = self._encode(question, read, image_tokens, region_tokens)
             recorder = RoutingRecorder(m.llm)
-            notes: tuple[str, ...] = ()
+            notes: tuple[str, ...] = (SINGLE_TURN_NOTE,) if history and not read else ()
             try:
                 with recorder.record():
                     prefilled = None
                     if m.answer_routing == "sequence":  # one expert for the whole answer, chosen from the question
                         # Routed on this turn alone: the routers learnt single-turn questions, and read after
                         # earlier yes/no turns, "Segment the lesion." went to the vision-language expert ("Yes").
-                        single = self._encode(question, (), image_tokens, region_tokens) if history else (ids, embeds)
+                        single = self._encode(question, (), image_tokens, region_tokens) if read else (ids, embeds)
                         route = self._route_question(*single)
                         prefilled = route.prefilled
-                        if history and prefilled is not None:
+                        if read and prefilled is not None:
                             # that cache holds no history, but the system line and the image are the chat
                             # prompt's too: keep them, read the rest (the earlier turns and this question)
                             recorder.restart()  # routing counts the positions read for this answer

@@ -69,6 +69,7 @@ def read_glue_metadata(path: str | Path) -> dict:
         out[key] = tuple(value) if key == "trained_parts" else value
     try:
         out["routing"] = trained_routing(out["recipe"])
+        out["reads_history"] = trained_on_history(out["recipe"])
     except ModelError as exc:
         raise ModelError(f"glue file {path}: {exc}") from None
     check_standardisation(path)
@@ -125,6 +126,18 @@ def trained_routing(recipe: dict) -> TrainedRouting | None:
     return TrainedRouting("token", 0.5, forced, top_k)
 
 
+def trained_on_history(recipe: dict) -> bool:
+    """Whether any stage trained on answers that follow earlier turns (``history_examples`` > 0, which
+    ``medplib train`` records). A glue trained on single questions only answers worse when it reads a
+    chat's earlier turns (the shipped lite glue: closed accuracy 0.806 → 0.667 on the test split with
+    two earlier questions and their reference answers before each; README), so the runtime then answers
+    each question on its own. Recipes from before the field: single-turn (our builder writes no other)."""
+    stages = recipe.get("stages") or []
+    if not isinstance(stages, list):
+        raise ModelError("recipe's stages are not a list of stage configs")
+    return any(_recipe_number(st, "history_examples", 0, int) > 0 for st in stages if isinstance(st, dict))
+
+
 def _recipe_number(stage: dict, key: str, default, kind: type):
     value = stage.get(key)
     if value is None:
@@ -136,4 +149,4 @@ def _recipe_number(stage: dict, key: str, default, kind: type):
 
 
 __all__ = ["FORMAT", "GROUND_EXPERT", "STAGE_EXPERT", "TrainedRouting", "VL_EXPERT", "read_glue_metadata",
-           "read_header", "trained_routing"]
+           "read_header", "trained_on_history", "trained_routing"]

@@ -52,21 +52,25 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
     req = AskRequest(image_key=key, slice=slice_ref, question="What is shown in this image?", max_new_tokens=16)
     runtime.ask(req)  # warm-up (first touch of the weights is slow)
     asks = [runtime.ask(req).timings_ms["total"] for _ in range(max(3, repeats // 2))]
-    # reading the prompt (one new token): alone, and as a chat turn, which is routed on its own question
-    # first and then read on from that prefill's shared start (system line, image); and, for the ratio,
-    # the same turn with the chat prompt read whole after the routing prefill
+    # reading the prompt (one new token): alone, and as a chat turn after one earlier turn — as this glue
+    # answers it (a glue trained on single questions does not read the earlier turns), and read: routed
+    # on its own question first, then read on from that prefill's shared start (system line, image), or,
+    # for the ratio, the chat prompt read whole after the routing prefill
     first = replace(req, max_new_tokens=1)
     chat = replace(first, history=(Turn("Is this an MRI image?", "yes"),))
-    first_asks, chat_asks, whole_asks = [], [], []
+    first_asks, chat_asks, read_on_asks, whole_asks = [], [], [], []
+    reads_history = asker.model.reads_history
     try:
-        for _ in range(max(3, repeats // 2)):  # interleaved: a slow moment of the host hits all three
+        for _ in range(max(3, repeats // 2)):  # interleaved: a slow moment of the host hits all four
             first_asks.append(runtime.ask(first).timings_ms["total"])
             chat_asks.append(runtime.ask(chat).timings_ms["total"])
+            asker.model.reads_history = True
+            read_on_asks.append(runtime.ask(chat).timings_ms["total"])
             asker.reuse_routing_prefix = False
             whole_asks.append(runtime.ask(chat).timings_ms["total"])
-            asker.reuse_routing_prefix = True
+            asker.reuse_routing_prefix, asker.model.reads_history = True, reads_history
     finally:
-        asker.reuse_routing_prefix = True
+        asker.reuse_routing_prefix, asker.model.reads_history = True, reads_history
 
     llm = asker.model.llm
     torch.manual_seed(0)
@@ -94,9 +98,12 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
         row_ms("ask, 16 new tokens (cached slice)", asks),
         row_ms("ask, 1 new token (the prompt read)", first_asks),
         row_ms("the same after one earlier turn", chat_asks,
-               f"{statistics.median(chat_asks) / statistics.median(first_asks):.2f} x alone (routed on its own turn)"),
-        row_ms("  ... the chat prompt read whole", whole_asks,
-               f"{statistics.median(whole_asks) / statistics.median(chat_asks):.2f} x reading on from the routing prefill"),
+               f"{statistics.median(chat_asks) / statistics.median(first_asks):.2f} x alone (earlier turns "
+               f"{'read' if reads_history else 'not read: a single-question glue'})"),
+        row_ms("  ... earlier turn read (routing prefill reused)", read_on_asks,
+               f"{statistics.median(read_on_asks) / statistics.median(first_asks):.2f} x alone"),
+        row_ms("  ... earlier turn read, prompt read whole", whole_asks,
+               f"{statistics.median(whole_asks) / statistics.median(read_on_asks):.2f} x reusing the routing prefill"),
         row_ms(f"LLM prefill {PROMPT_TOKENS} tokens (MoE)", moe_prefill, f"{PROMPT_TOKENS / (m_pre / 1e3):.0f} tok/s"),
         Row("LLM decode (MoE, greedy, KV cache)", "tok/s", statistics.median(tok_s), tok_s[0], len(tok_s),
             "p90 column = slowest run"),

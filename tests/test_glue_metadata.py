@@ -23,6 +23,17 @@ def test_routing_follows_the_last_stage():
     assert trained_routing({}) is None  # no stage: the routing stays as built
 
 
+def test_a_glue_reads_a_chats_earlier_turns_only_when_it_was_trained_on_some():
+    from medplib_runtime.glue_recipe import trained_on_history
+
+    assert not trained_on_history({"stages": [{"stage": 2}, SEQUENCE_STAGE]})  # recipes before the field
+    assert not trained_on_history({"stages": [{"stage": 2, "history_examples": 0}, SEQUENCE_STAGE]})
+    assert trained_on_history({"stages": [{"stage": 2, "history_examples": 12}, SEQUENCE_STAGE]})
+    assert not trained_on_history({})
+    with pytest.raises(ModelError, match="history_examples 'many' is not an integer"):
+        trained_on_history({"stages": [{"stage": 2, "history_examples": "many"}]})
+
+
 @pytest.mark.parametrize("stage, message", [
     ({**SEQUENCE_STAGE, "question_threshold": "high"}, "question_threshold 'high' is not a number"),
     ({**SEQUENCE_STAGE, "question_threshold": 1.7}, "question_threshold 1.7 is not a probability"),

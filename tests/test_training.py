@@ -50,6 +50,8 @@ def test_each_stage_changes_exactly_its_parameters(stage, tmp_path):
     assert len(report.losses) == 3 and all(l == l for l in report.losses)
     meta = read_glue_metadata(report.adapter)
     assert meta["recipe"]["stages"][-1]["stage"] == stage and set(meta["trained_parts"]) == set(cfg.trains)
+    # each sample's second answer follows a first turn: the glue then reads a chat's earlier turns
+    assert meta["recipe"]["stages"][-1]["history_examples"] == 4 and meta["reads_history"]
     if stage == 4:
         assert len(report.routing) == 2 and abs(sum(report.routing) - 1) < 1e-6
     else:

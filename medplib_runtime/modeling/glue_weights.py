@@ -113,6 +113,7 @@ def load_glue(model, path: str | Path) -> dict:
     if decoder:
         model.sam.mask_decoder.load_state_dict(decoder)
     apply_routing(model, meta["routing"])
+    model.reads_history = meta["reads_history"]
     return meta
 
 

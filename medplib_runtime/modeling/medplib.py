@@ -42,6 +42,9 @@ class MedPLIB(nn.Module):
         self.glue_file: Path | None = None  # the glue loaded into this model (None: random-init glue)
         self.answer_routing = "token"  # or "sequence": one expert per answer (question_routing.py), set by the glue
         self.question_threshold = 0.5  # sequence: p(grounding) above which the grounding expert answers
+        # whether an answer reads the chat's earlier turns (MedPLIB's multi-turn template); a glue trained on
+        # single questions only sets False (glue_recipe.trained_on_history)
+        self.reads_history = True
         self.token_ids: dict[str, int] = {}
         torch.manual_seed(GLUE_SEED)  # untrained glue is reproducible
         self.vision_projector = VisionProjector(cfg.vision_feature_dim, cfg.llm_hidden)

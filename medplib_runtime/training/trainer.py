@@ -129,6 +129,8 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     model.train()
     model.sam.eval()  # the frozen SAM parts keep eval behaviour; only the trained glue is in train mode
     resolved = cfg.resolved()
+    # answers that follow earlier turns: a glue trained on none answers each chat question on its own
+    resolved["history_examples"] = sum(max(0, len(s.turns) - 1) for s in samples)
     recipe = {"stages": list(history["recipe"].get("stages", [])) + [resolved]}
     examples = _examples(model, samples, cfg)
     weights = LossWeights(resolved["ce_weight"], resolved["bce_weight"], resolved["dice_weight"], cfg.route_supervision,
