@@ -1,6 +1,7 @@
 """The MedPLIB chat dock: ask about the current slice (optionally a drawn region), read the answer.
 
-History is kept per image and sent back as earlier turns. Each answer shows which region it
+History is kept per image and sent back as earlier turns (the runtime reads them only for a glue
+trained on multi-turn answers, and notes it under the answer otherwise). Each answer shows which region it
 referred to, how many masks came back and how the experts were routed; "Add masks" writes
 the last answer's masks (one label per ``<SEG>``) into a Labels layer. While the glue is
 untrained every answer carries a warning.
