@@ -29,8 +29,7 @@ REGION_NOT_READ = "the region"
 HISTORY_NOT_READ = "the earlier turns"
 
 
-SINGLE_TURN_NOTE = (f"answered on its own: this model was trained on single questions, and reading "
-                    f"earlier turns made its answers worse ({HISTORY_NOT_READ}: not read)")
+SINGLE_TURN_NOTE = f"answered on its own ({HISTORY_NOT_READ}: not read): this model was trained on single questions"
 
 
 def grounding_note(*, region: bool, history: bool) -> str:
