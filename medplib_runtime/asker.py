@@ -143,6 +143,8 @@ class Asker:
         before = history_text(system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens)
         turn_start = len(self.tokenizer(before, add_special_tokens=False)["input_ids"])
         at = question_positions(ids[0], turn_start=turn_start, im_end_id=self.im_end_id, end=ids.shape[1])
+        if m.question_pool == "last":  # the prompt's last position has read the whole question
+            at = at[-1:]
         return choose_expert(m.llm, embeds, at, threshold=m.question_threshold)
 
     def text_callback(self, on_text):

@@ -31,6 +31,7 @@ class TrainedRouting:
     question_threshold: float = 0.5
     forced_expert: int | None = None  # every token to this expert; None: the router decides
     top_k: int = 1
+    question_pool: str = "mean"  # "sequence": the question's positions averaged, or the prompt's "last" one
 
 
 def read_header(path: str | Path) -> dict:
@@ -116,7 +117,10 @@ def trained_routing(recipe: dict) -> TrainedRouting | None:
         threshold = _recipe_number(last, "question_threshold", 0.5, float)
         if not 0.0 <= threshold <= 1.0:
             raise ModelError(f"recipe's question_threshold {threshold!r} is not a probability in [0, 1]")
-        return TrainedRouting("sequence", threshold, VL_EXPERT)
+        pool = last.get("question_pool", "mean")
+        if pool not in ("mean", "last"):
+            raise ModelError(f"recipe's question_pool {pool!r} is not 'mean' or 'last'")
+        return TrainedRouting("sequence", threshold, VL_EXPERT, question_pool=pool)
     forced = last.get("dense_expert") if STAGE_EXPERT[stage] is None else STAGE_EXPERT[stage]
     if forced is not None and forced not in (0, 1):
         raise ModelError(f"recipe's dense_expert {forced!r} is not an expert (0 or 1)")

@@ -142,3 +142,43 @@ def test_best_threshold_separates_hand_made_scores():
     t = best_threshold([(0.55, False), (0.56, False), (0.60, True), (0.61, True), (0.70, False)])
     assert 0.56 < t < 0.60
     assert best_threshold([(0.9, True), (0.8, True)]) == 0.5  # one kind only: no information
+
+
+def test_question_pool_last_trains_and_routes_on_the_prompts_last_position_only(tmp_path):
+    """``question_pool: "last"``: the routers learn from, and decide on, the prompt's last position, whose
+    state has read the whole question (the per-token mean cannot tell "Describe this image." from a
+    grounding question: docs/training.md). The adapter says so and reloads that way."""
+    from medplib_runtime.errors import ModelError
+    from medplib_runtime.glue_recipe import trained_routing
+    from medplib_runtime.imaging.transforms import mask_to_model
+    from medplib_runtime.training.forward import LossWeights, TrainModule
+    from medplib_runtime.training.trainer import _examples
+
+    model = tiny_model()
+    cfg = TrainConfig(stage=4, data=("synthetic",), out_dir=str(tmp_path), steps=6, grad_accumulation=2,
+                      warmup_steps=1, routing="sequence", route_supervision=1.0, router_lr=5e-2,
+                      question_pool="last")
+    report = train(cfg, samples(4), model=model, embedder=FakeEmbedder(), progress=False)
+    meta = read_glue_metadata(report.adapter)
+    assert meta["recipe"]["stages"][-1]["question_pool"] == "last" and meta["routing"].question_pool == "last"
+    fresh = tiny_model()
+    assert fresh.question_pool == "mean"
+    load_glue(fresh, report.adapter)
+    assert fresh.question_pool == "last"
+
+    fn = lambda region, e: mask_to_model(region, e.info, 256)[0, 0]  # noqa: E731
+    for pool, rows in (("last", 1), ("mean", None)):
+        module = TrainModule(model, LossWeights(0.0, route=1.0, route_span="question", question_pool=pool),
+                             region_mask_fn=fn, cache_router_inputs=True)
+        ex = _examples(model, samples(1), cfg)[0]
+        module(ex, FakeEmbedder()(ex.sample))
+        (inputs,) = module.router_input_cache.values()
+        n = {x.shape[0] for x in inputs}
+        assert n == {rows} if rows else n.pop() > 5  # one position, or the whole question
+
+    with pytest.raises(InputError, match="question_pool must be"):
+        TrainConfig(stage=4, data=("x",), out_dir="o", routing="sequence", route_supervision=1.0, question_pool="max")
+    with pytest.raises(InputError, match="'last' only with routing 'sequence'"):
+        TrainConfig(stage=4, data=("x",), out_dir="o", question_pool="last")
+    with pytest.raises(ModelError, match="question_pool 'first' is not"):
+        trained_routing({"stages": [{"stage": 4, "routing": "sequence", "question_pool": "first"}]})

@@ -42,6 +42,7 @@ class MedPLIB(nn.Module):
         self.glue_file: Path | None = None  # the glue loaded into this model (None: random-init glue)
         self.answer_routing = "token"  # or "sequence": one expert per answer (question_routing.py), set by the glue
         self.question_threshold = 0.5  # sequence: p(grounding) above which the grounding expert answers
+        self.question_pool = "mean"  # sequence: the question's positions averaged, or the prompt's "last" one
         # whether an answer reads the chat's earlier turns (MedPLIB's multi-turn template); a glue trained on
         # single questions only sets False (glue_recipe.trained_on_history)
         self.reads_history = True

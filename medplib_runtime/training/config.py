@@ -75,6 +75,10 @@ class TrainConfig:
     # the answer) or "turn" (the current question's text and its answer: a grounding question is then read by the
     # grounding expert, as in stage III, before its <SEG> is written)
     frozen: tuple[str, ...] = field(default_factory=tuple)  # glue parts the stage would train, kept as they are
+    question_pool: str = "mean"  # routing "sequence", ours: which positions decide — "mean": every token of the
+    # question (and " ASSISTANT:"), their p(grounding) averaged; "last": the prompt's last position only, whose
+    # state has read the whole question (per-token routers cannot tell "Describe this image." from "Segment
+    # ...": docs/training.md, "Misrouted phrasings")
     routing: str = "token"  # stage IV: "token" (MedPLIB: the router picks an expert per token) or "sequence" (ours,
     # medplib-lite: one expert per answer, chosen from the question; stage IV then trains only the routers, as a
     # class-balanced question classifier on the vision-language expert's states: modeling/question_routing.py)
@@ -121,6 +125,9 @@ class TrainConfig:
             raise InputError(f"route_span must be 'answer', 'turn' or 'question'; got {self.route_span!r}")
         if self.routing not in ("token", "sequence"):
             raise InputError(f"routing must be 'token' or 'sequence'; got {self.routing!r}")
+        if self.question_pool not in ("mean", "last") or (self.question_pool != "mean" and self.routing != "sequence"):
+            raise InputError(f"question_pool must be 'mean' or 'last', and 'last' only with routing 'sequence'; "
+                             f"got {self.question_pool!r}")
         if self.routing == "sequence" and (self.stage != 4 or self.dense_expert is not None
                                            or not self.route_supervision):
             raise InputError("routing 'sequence' is a stage-IV setting that needs route_supervision > 0 "

@@ -30,6 +30,7 @@ class LossWeights:
     route_span: str = "answer"  # "answer": the positions whose outputs are the answer; "turn": the question too;
     # "question": the current question's tokens only (question-level routing decides from those)
     route_balance: tuple[float, float] = (1.0, 1.0)  # CE weight of (grounding, VL) targets: class balance
+    question_pool: str = "mean"  # route_span "question": "last" keeps only the prompt's last position
 
 
 class TrainModule(nn.Module):
@@ -182,7 +183,8 @@ class TrainModule(nn.Module):
             return (labels[1:] != -100).nonzero()[:, 0]
         answer0 = int((labels != -100).nonzero()[0, 0])
         end = answer0 if self.weights.route_span == "question" else len(input_ids)
-        return question_positions(input_ids, turn_start=turn_start, im_end_id=self.im_end_id, end=end)
+        at = question_positions(input_ids, turn_start=turn_start, im_end_id=self.im_end_id, end=end)
+        return at[-1:] if self.weights.route_span == "question" and self.weights.question_pool == "last" else at
 
     def _decode(self, pixel: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Differentiable ``<SEG>`` → logits (SamSegmenter.decode_tokens without inference_mode)."""

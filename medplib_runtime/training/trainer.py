@@ -134,7 +134,8 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     recipe = {"stages": list(history["recipe"].get("stages", [])) + [resolved]}
     examples = _examples(model, samples, cfg)
     weights = LossWeights(resolved["ce_weight"], resolved["bce_weight"], resolved["dice_weight"], cfg.route_supervision,
-                          resolved["route_span"], _route_balance(examples) if cfg.routing == "sequence" else (1.0, 1.0))
+                          resolved["route_span"], _route_balance(examples) if cfg.routing == "sequence" else (1.0, 1.0),
+                          cfg.question_pool)
     grid = model.sam.prompt_encoder.image_embedding_size[0]
     examples = _examples_with_a_loss(examples, weights, cfg)
     cached = head_only(cfg, weights)
