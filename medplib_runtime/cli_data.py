@@ -118,7 +118,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           progress=lambda i, n: print(f"\r{i + 1}/{n}", end="", file=sys.stderr))
     finally:
         runtime.close()
-    print(file=sys.stderr)
+        print(file=sys.stderr)  # end the progress line, also before an error's line
     if report.skipped:
         print(f"medplib: warning: {len(report.skipped)} record(s) left out (listed in the report): "
               f"{report.skipped[0].reason}", file=sys.stderr)

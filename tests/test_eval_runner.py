@@ -212,7 +212,7 @@ def test_screening_finds_every_record_that_cannot_be_asked_before_a_model_loads(
 def test_a_record_the_runtime_refuses_is_left_out_whole_with_skip_bad(dataset, tmp_path):
     """A two-turn record whose second question the runtime refuses: with ``skip_bad`` neither turn is
     scored or written (no half-scored record); without, the run stops with the record's one-line error."""
-    from medplib_runtime.errors import InputError
+    from medplib_runtime.errors import InputError, RemoteError
 
     root = dataset.parent
     two_turns = {"id": "two", "image": "mr_00--t--a--z_0001.png", "answer_type": "closed", "conversations": [
@@ -238,6 +238,13 @@ def test_a_record_the_runtime_refuses_is_left_out_whole_with_skip_bad(dataset, t
         ["c-closed#0", "c-open#0"]
     with pytest.raises(InputError, match=r"^record two: the runtime refuses this$"):
         evaluate(fake, root / "two.json")
+
+    class Unreachable(FakeRuntime):  # not the record's fault: skipping it would skip every record
+        def ask(self, request, *, on_token=None):
+            raise RemoteError("cannot reach the medplib server", code="unreachable")
+
+    with pytest.raises(RemoteError, match="cannot reach"):
+        evaluate(Unreachable({}), root / "two.json", skip_bad=True)
 
 
 def test_medplib_eval_refuses_bad_records_in_one_line_before_loading_a_model(dataset, capsys):

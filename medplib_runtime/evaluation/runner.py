@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.mecovqa import Dataset, load_masks, read_dataset, read_png
-from ..errors import InputError, MedplibError
+from ..errors import InputError
 from ..protocol import Runtime
 from ..schemas import AskRequest, Prompt, SliceRef
 from ..schemas import Turn as HistoryTurn
@@ -118,8 +118,9 @@ def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: s
              progress: Callable[[int, int], None] | None = None) -> EvalReport:
     """Ask ``runtime`` every question of ``dataset`` and score the answers (module doc).
 
-    ``skip_bad``: a record the runtime refuses (a one-line error) is left out whole — none of its turns
-    is scored or written — and listed in the report; otherwise the error stops the run. ``skipped``:
+    ``skip_bad``: a record the runtime refuses as bad input (a one-line error) is left out whole — none of its turns
+    is scored or written — and listed in the report; otherwise the error stops the run, as any
+    other failure (server unreachable, model error) always does. ``skipped``:
     records already left out before (``screening.screen_dataset``), listed first."""
     t0 = time.perf_counter()
     ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset, image_folder=image_folder)
@@ -193,7 +194,7 @@ def _ask_record(runtime: Runtime, root: Path, rec, *, max_new_tokens: int, thres
     region, gt_masks = load_masks(rec, root, image.shape)
     try:
         key = runtime.set_image(image.astype(np.float32) / 255.0, modality="other")
-    except MedplibError as exc:
+    except InputError as exc:
         raise InputError(f"record {rec.id}: {exc}") from None
     history: list[HistoryTurn] = []
     mask_cursor = 0
@@ -204,7 +205,7 @@ def _ask_record(runtime: Runtime, root: Path, rec, *, max_new_tokens: int, thres
                              history=tuple(history), max_new_tokens=max_new_tokens, threshold=threshold)
         try:
             result = runtime.ask(request)
-        except MedplibError as exc:
+        except InputError as exc:  # the record's fault; an unreachable server or a model failure is not
             raise InputError(f"record {rec.id}: {exc}") from None
         meta = {"id": rec.id, "turn": t, "modality": rec.modality, "question_type": rec.question_type,
                 "topic": rec.extra.get("topic"), "pred_masks": len(result.masks)}
