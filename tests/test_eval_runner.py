@@ -175,14 +175,16 @@ def test_region_naming_is_scored_on_what_and_choice_questions(dataset, tmp_path)
 
 
 def _bad_records(root: Path) -> list[dict]:
-    """Four records no model can be asked, each for its own reason, between two good ones."""
+    """Six records no model can be asked, each for its own reason."""
     write_png(np.zeros((10, 10), np.uint8), root / "masks" / "small.png")
+    write_png(np.zeros((24, 24), np.uint8), root / "masks" / "blank.png")
     (root / "broken.png").write_bytes(b"not a png")
     return [
         _record("gone", "missing.png", "Is this a CT image?", "no", answer_type="closed"),
         _record("unreadable", "broken.png", "Is this a CT image?", "no", answer_type="closed"),
         _record("shape", "mr_00--t--a--z_0001.png", "Segment the lesion.", "<SEG><mask>masks/small.png</mask>"),
         _record("reserved", "mr_00--t--a--z_0001.png", "What is <im_end> here?", "nothing"),
+        _record("blank", "mr_00--t--a--z_0001.png", "What is in <region>masks/blank.png</region>?", "nothing"),
         {"id": "malformed", "image": "mr_00--t--a--z_0001.png", "conversations": [{"from": "human", "value": "?"}]},
     ]
 
@@ -197,7 +199,8 @@ def test_screening_finds_every_record_that_cannot_be_asked_before_a_model_loads(
     screened = screen_dataset(root / "mixed.json")
     assert [r.id for r in screened.dataset.records] == [r["id"] for r in good]
     reasons = {s.record: s.reason for s in screened.skipped}
-    assert list(reasons) == ["gone", "unreadable", "shape", "reserved", "malformed"]
+    assert list(reasons) == ["gone", "unreadable", "shape", "reserved", "blank", "malformed"]
+    assert reasons["blank"].endswith("(blank): its region mask is empty")
     assert "file missing.png not found" in reasons["gone"]
     assert "cannot read image" in reasons["unreadable"]
     assert "mask masks/small.png is (10, 10), the image (24, 24)" in reasons["shape"]
@@ -205,7 +208,7 @@ def test_screening_finds_every_record_that_cannot_be_asked_before_a_model_loads(
     assert "human/gpt pairs" in reasons["malformed"]
     assert all("\n" not in r for r in reasons.values())
     refusal = screened.refusal()
-    assert refusal.startswith("record mixed.json#2 (gone)") and "(4 more records cannot be asked either)" in refusal
+    assert refusal.startswith("record mixed.json#2 (gone)") and "(5 more records cannot be asked either)" in refusal
     assert [r.id for r in screen_dataset(root / "mixed.json", limit=3).dataset.records] == ["g-mr", "g-ct"]
 
 
@@ -256,7 +259,7 @@ def test_medplib_eval_refuses_bad_records_in_one_line_before_loading_a_model(dat
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("medplib: error: record mixed.json#1 (gone): file missing.png not found")
-    assert err.endswith("(4 more records cannot be asked either); --skip-bad evaluates the rest and lists them")
+    assert err.endswith("(5 more records cannot be asked either); --skip-bad evaluates the rest and lists them")
     assert not (root / "p.jsonl").exists()
     (root / "none.json").write_text(json.dumps(_bad_records(root)[:1]))
     assert main(["eval", str(root / "none.json"), "--skip-bad"]) == 2

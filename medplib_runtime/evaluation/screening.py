@@ -1,7 +1,7 @@
 """Which records of a MeCoVQA file can be asked, found before any model loads (``medplib eval``).
 
 A researcher's own MeCoVQA/LLaVA file may hold records no model can be asked: a missing or
-unreadable PNG, a mask of another shape than its image, a malformed conversation, a question that
+unreadable PNG, a mask of another shape than its image, an empty region mask, a malformed conversation, a question that
 writes a token the prompt places itself (``<image>`` mid-question, ``<im_end>``). Each is found here,
 with the one-line reason the record would have failed with; ``medplib eval`` stops on the first
 (naming how many more there are) or, with ``--skip-bad``, evaluates the rest and reports them.
@@ -54,7 +54,9 @@ def screen_dataset(path: str | os.PathLike, *, image_folder: str | os.PathLike |
             rec = record_from_json(obj, where)
             check_record_files(rec, root, where)
             image = read_png(root / rec.image, record=rec.id)
-            load_masks(rec, root, image.shape)
+            region, _ = load_masks(rec, root, image.shape)
+            if region is not None and not region.any():  # the runtime refuses it, after the model has loaded
+                raise InputError(f"record {where} ({rec.id}): its region mask is empty")
             _check_questions(rec, where)
         except InputError as exc:
             name = obj.get("id", where) if isinstance(obj, dict) else where
