@@ -55,10 +55,6 @@ class Asker:
         # a chat turn continues its routing prefill's cache over the shared start (off: read it all again;
         # for measuring the difference, ``medplib bench``)
         self.reuse_routing_prefix = True
-        for moe in model.moe:  # exact: folds LoRA into per-expert weights for inference
-            merge = getattr(moe, "merge_for_inference", None)
-            if merge is not None:
-                merge()
 
     @torch.inference_mode()
     def ask(self, embedding: Embedding, question: str, *, region: Prompt | None = None, history: tuple[Turn, ...] = (),

@@ -21,15 +21,9 @@ import numpy as np
 
 from medplib_runtime.data.mecovqa import load_masks, read_dataset, read_png
 from medplib_runtime.evaluation.metrics import closed_correct, names_structure, open_score
+from medplib_runtime.evaluation.runner import asked_name
 from medplib_runtime.local import LocalRuntime
 from medplib_runtime.schemas import AskRequest, Prompt, SliceRef, Turn
-
-
-def _asked_name(rec) -> str | None:
-    facts = rec.extra.get("facts")
-    if rec.question_type != "R" or rec.extra.get("topic") not in ("what", "choice") or not isinstance(facts, dict):
-        return None
-    return facts.get("name")
 
 
 def main() -> None:
@@ -45,7 +39,7 @@ def main() -> None:
     by_image = collections.defaultdict(list)
     for rec in ds.records:
         by_image[rec.image].append(rec)
-    structures = sorted({n for n in map(_asked_name, ds.records) if n})
+    structures = sorted({n for n in map(asked_name, ds.records) if n})
     rng = random.Random(args.seed)
     scores = {mode: collections.defaultdict(list) for mode in ("alone", "history")}
     sink = open(args.out, "w", encoding="utf-8") if args.out else None
@@ -71,7 +65,7 @@ def main() -> None:
                     s["closed"].append(closed_correct(result.text, turn.plain_answer))
                 else:
                     s["open F1"].append(open_score(result.text, turn.plain_answer).f1)
-                if name := _asked_name(rec):
+                if name := asked_name(rec):
                     s["named"].append(names_structure(result.text, name, structures))
             if sink:
                 sink.write(json.dumps(row) + "\n")

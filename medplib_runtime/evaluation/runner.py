@@ -125,7 +125,7 @@ def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: s
     t0 = time.perf_counter()
     ds = dataset if isinstance(dataset, Dataset) else read_dataset(dataset, image_folder=image_folder)
     records = ds.records[:limit] if limit is not None else ds.records
-    structures = sorted({n for n in map(_asked_name, records) if n})  # an answer naming two of them is wrong
+    structures = sorted({n for n in map(asked_name, records) if n})  # an answer naming two of them is wrong
     groups: dict[tuple[str, str], _Scores] = {}
     out = Path(predictions) if predictions else None
     sink = out.open("w", encoding="utf-8") if out else None
@@ -153,7 +153,7 @@ def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: s
                 targets: list[_Scores] = [groups.setdefault(g, _Scores()) for g in keys]
                 for s in targets:
                     s.add(answer)
-                name = _asked_name(rec)
+                name = asked_name(rec)
                 if name:
                     meta["named"] = names_structure(answer.text, name, structures)
                     for s in targets:
@@ -231,7 +231,7 @@ def _ask_record(runtime: Runtime, root: Path, rec, *, max_new_tokens: int, thres
     return answers
 
 
-def _asked_name(rec) -> str | None:
+def asked_name(rec) -> str | None:
     """The structure a region question asks to name (our builder's R ``what``/``choice`` records)."""
     if rec.question_type != "R" or rec.extra.get("topic") not in ("what", "choice"):
         return None
