@@ -37,6 +37,9 @@ def add_data_parsers(sub) -> None:
     p.add_argument("--region-after", type=float, default=0.0,
                    help="share (0-1) of region questions written with the region token after the question, as the "
                         "chat sends a question without <region> (default 0)")
+    p.add_argument("--g-region", type=float, default=0.0,
+                   help="share (0-1) of single-structure grounding questions asked again with a region on the "
+                        "structure after the question, as the chat sends them with a region picked (default 0)")
     p.add_argument("--c-per-slice", type=int, default=4, help="complex (whole-slice) questions per slice")
     p.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
     p.set_defaults(func=cmd_build_data)
@@ -76,7 +79,8 @@ def cmd_build_data(args: argparse.Namespace) -> int:
                          empty_slices_per_volume=args.empty_slices, r_per_label=args.r_per_label,
                          r_is_per_label=args.r_is_per_label, r_is_pairs=args.r_is_pairs,
                          r_is_modes=tuple(m.strip() for m in args.r_is_modes.split(",") if m.strip()),
-                         region_after=args.region_after, c_per_slice=args.c_per_slice)
+                         region_after=args.region_after, g_region=args.g_region,
+                         c_per_slice=args.c_per_slice)
     cases = [c for path in args.cases for c in load_cases(path)]
     for i, (image, label, meta) in enumerate(args.case):
         cases.append(case_from_dict({"image": image, "label": label, "meta": meta}, base=Path.cwd(),

@@ -165,14 +165,15 @@ class ChatDock(QWidget):
 
     def render(self) -> None:
         parts = []
-        for e in self.history.entries(self.image_combo.currentText()):
+        image = self.image_combo.currentText()
+        for e, notes in zip(self.history.entries(image), self.history.new_notes(image)):
             parts.append(f"<p><b>You</b> <i>(slice {e.slice.index}, region: {e.region_kind})</i><br>"
                          f"{html.escape(e.question)}</p>")
             answer = html.escape(e.answer) if e.answer.strip() else "<i>(no answer text)</i>"
             if e.measured:
                 parts.append(f"<p><b>Measured</b><br><span style='color:#60c060'>{html.escape(e.measured)}</span></p>")
             parts.append(f"<p><b>MedPLIB</b><br>{answer}<br><small>{len(e.masks)} mask(s) · {e.routing}</small>")
-            for note in e.notes:
+            for note in notes:  # each note once per transcript
                 parts.append(f"<br><small style='color:#a0a0e0'>{html.escape(note)}</small>")
             if e.untrained:
                 parts.append("<br><span style='color:#e0a030'>untrained parts (" + ", ".join(e.untrained)

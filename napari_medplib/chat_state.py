@@ -51,15 +51,25 @@ class ChatHistory:
         return tuple(Turn(e.question, e.measured.split(" [measured from")[0] if e.measured else e.answer)
                      for e in self._by_image.get(image, ()))
 
+    def new_notes(self, image: str) -> list[tuple[str, ...]]:
+        """Per entry, its notes that no earlier entry of the transcript carried: the same note (e.g. "answered
+        on its own") is said once, under the first answer it applies to, not under every answer after it."""
+        seen: set[str] = set()
+        out = []
+        for e in self.entries(image):
+            out.append(tuple(n for n in e.notes if n not in seen))
+            seen.update(e.notes)
+        return out
+
     def clear(self, image: str) -> None:
         self._by_image.pop(image, None)
 
     def as_text(self, image: str) -> str:
         lines = []
-        for e in self.entries(image):
+        for e, notes in zip(self.entries(image), self.new_notes(image)):
             lines.append(f"Q (slice {e.slice.index}, region {e.region_kind}): {e.question}")
             if e.measured:
                 lines.append(f"Measured: {e.measured}")
             lines.append(f"A: {e.answer or '(no text)'}  [{len(e.masks)} mask(s); {e.routing}]")
-            lines.extend(f"Note: {n}" for n in e.notes)
+            lines.extend(f"Note: {n}" for n in notes)
         return "\n".join(lines)

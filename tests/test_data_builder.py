@@ -375,6 +375,36 @@ def test_region_after_writes_the_chats_form_and_keeps_the_questions(phantoms, tm
         BuildConfig(region_after=1.5)
 
 
+def test_g_region_asks_grounding_again_with_a_region_on_the_structure(phantoms, tmp_path):
+    """--g-region 0.5: about half of the single-structure G questions come again with a region on their
+    structure after the question (the chat's form); every other record stays the same."""
+    base = dict(seed=3, max_slices_per_volume=4, empty_slices_per_volume=1, r_is_pairs=1, region_after=0.5)
+    build_dataset(phantoms, tmp_path / "plain", BuildConfig(**base))
+    build_dataset(phantoms, tmp_path / "with", BuildConfig(**base, g_region=0.5))
+    plain, withg = _records(tmp_path / "plain"), _records(tmp_path / "with")
+    added = singles = 0
+    for split in plain:
+        others = [r for r in withg[split].records if not (r.extra["question_type"] == "G" and "region_mode" in r.extra)]
+        strip = lambda recs: [(r.image, r.turns, r.extra["question_type"]) for r in recs]  # ids of later G shift
+        assert strip(others) == strip(plain[split].records)
+        singles += sum(1 for r in plain[split].records if r.extra["question_type"] == "G" and len(r.extra["targets"]) == 1)
+        for r in withg[split].records:
+            if r.extra["question_type"] != "G" or "region_mode" not in r.extra:
+                continue
+            added += 1
+            q, a = r.turns[0].question, r.turns[0].answer
+            assert q.rstrip().endswith("</region>") and r.extra["region_place"] == "after"
+            # the same question and answer as a record without the region
+            twins = {p.turns[0].question for p in plain[split].records if p.image == r.image and p.turns[0].answer == a}
+            assert re.sub(r" <region>.*?</region>$", "", q) in twins
+            region = read_png(tmp_path / "with" / re.search(r"<region>(.*?)</region>", q).group(1)) > 0
+            target = read_png(tmp_path / "with" / re.search(r"<mask>(.*?)</mask>", a).group(1)) > 0
+            assert region.any() and (region & target).any()  # the region marks the structure it asks for
+    assert added and 0.3 < added / singles < 0.7, (added, singles)
+    with pytest.raises(InputError, match="g_region"):
+        BuildConfig(g_region=-0.1)
+
+
 def test_region_after_question_reads_naturally():
     from medplib_runtime.data.templates import region_after_question
 

@@ -5,6 +5,7 @@ Output folder::
     images/{mod}_00--{dataset}--{case}--z_{k:04d}.png   windowed 8-bit slice (axis 0), MedPLIB's naming
     masks/{image stem}--{label}.png                      ground truth of a <SEG> (0/255)
     masks/{image stem}--r{j}.png                         region prompt of an R question (0/255)
+    masks/{image stem}--g-{label}.png                    region of a G question asked with one (--g-region)
     train.json, val.json, test.json                      records (data/mecovqa.py)
     manifest.json                                        config, cases with their split and facts, counts
 
@@ -21,7 +22,7 @@ import re
 import time
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,10 @@ class BuildConfig:
     region_after: float = 0.0  # the share of region questions written with the region in words and its token after
     # the question, as the chat and `medplib ask --box` send a question that does not say <region>; drawn per
     # record from a hash of its id (not from the case's generator: the questions stay the same)
+    g_region: float = 0.0  # the share of single-structure G questions asked a second time with a region on that
+    # structure after the question, as the napari chat sends "Segment the lesion." with a box picked: the answer is
+    # the same mask, so the router learns that a region does not make a question a region question. Drawn from a
+    # hash of the slice and structure, with its own generator: every other record stays the same
 
     def __post_init__(self) -> None:
         counts = {"max_slices_per_volume": self.max_slices_per_volume, "empty_slices_per_volume":
@@ -67,8 +72,10 @@ class BuildConfig:
         wrong = [m for m in self.r_is_modes if m not in MODES]
         if wrong or not self.r_is_modes:
             raise InputError(f"build config: r_is_modes must name some of {', '.join(MODES)}, got {list(self.r_is_modes)}")
-        if not 0.0 <= self.region_after <= 1.0:
-            raise InputError(f"build config: region_after must be a share between 0 and 1, got {self.region_after}")
+        for name in ("region_after", "g_region"):
+            share = getattr(self, name)
+            if not 0.0 <= share <= 1.0:
+                raise InputError(f"build config: {name} must be a share between 0 and 1, got {share}")
 
 
 @dataclass(frozen=True)
@@ -176,7 +183,9 @@ class _CaseWriter:
         rng, n = self.rng, Counter()
         for lab in present:
             mask_rel = self._mask(plane == lab.label, f"{stem}--{_slug(lab.name)}")
-            self._add(stem, k, image_rel, T.grounding(rng, lab, self.case.modality), masks=[mask_rel], n=n)
+            qa = T.grounding(rng, lab, self.case.modality)
+            self._add(stem, k, image_rel, qa, masks=[mask_rel], n=n)
+            self._grounding_with_region(stem, k, image_rel, lab, qa, mask_rel, n)
         if len(present) >= 2:
             chosen = present[:3]
             masks = [f"masks/{stem}--{_slug(lab.name)}.png" for lab in chosen]
@@ -249,6 +258,21 @@ class _CaseWriter:
             self._add(stem, k, image_rel, T.region_is(rng, lab.name, None), region=self._new_region(bg, stem, n), n=n,
                       extra={"region_mode": "background", "pair": "no"})
 
+    def _grounding_with_region(self, stem, k, image_rel, lab: SliceLabelFacts, qa: T.QA, mask_rel: str,
+                               n: Counter) -> None:
+        """``qa`` again with a region on the structure (a point, box or free-form part) after the question
+        (``BuildConfig.g_region``); the mask answer is the same."""
+        key = f"{self.cfg.seed}:{stem}:{lab.name}:g-region"
+        if not self.cfg.g_region or zlib.crc32(key.encode()) >= self.cfg.g_region * 2**32:
+            return
+        rng = np.random.default_rng([self.cfg.seed, zlib.crc32(key.encode())])  # not the case's: others stay
+        mode = MODES[int(rng.integers(len(MODES)))]
+        region = make_region(mode, lab.largest.mask, lab.largest.bbox, rng)
+        rel = self._mask(region, f"{stem}--g-{_slug(lab.name)}")
+        asked = replace(qa, question=f"{qa.question.rstrip()} {{region}}")
+        self._add(stem, k, image_rel, asked, masks=[mask_rel], region=rel, n=n, place_after=False,
+                  extra={"region_mode": mode, "region_place": "after"})
+
     def _region_after(self, rid: str) -> bool:
         share = self.cfg.region_after
         return share > 0 and zlib.crc32(f"{self.cfg.seed}:{rid}".encode()) < share * 2**32
@@ -265,11 +289,13 @@ class _CaseWriter:
             write_png(mask.astype(np.uint8) * 255, path)
         return _rel(path, self.root)
 
-    def _add(self, stem, k, image_rel, qa: T.QA, *, masks=(), region=None, n: Counter, extra=None) -> None:
+    def _add(self, stem, k, image_rel, qa: T.QA, *, masks=(), region=None, n: Counter, extra=None,
+             place_after: bool = True) -> None:
+        """One record; ``place_after`` False: the question already places its region (not drawn again)."""
         rid = f"{stem}--{qa.question_type}{n[qa.question_type]}"
         n[qa.question_type] += 1
         question = qa.question
-        if region and self._region_after(rid):
+        if region and place_after and self._region_after(rid):
             question = T.region_after_question(question)
             extra = {**(extra or {}), "region_place": "after"}
         question = question.replace("{region}", f"<region>{region}</region>") if region else question
