@@ -48,7 +48,8 @@ def add_data_parsers(sub) -> None:
     p.add_argument("data", help="MeCoVQA/LLaVA-format JSON list")
     p.add_argument("--image-folder", default=None, help="where record paths start (default: the JSON's folder)")
     p.add_argument("--predictions", default=None, help="JSONL output (default: DATA_STEM.predictions.jsonl here)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N records")
+    p.add_argument("--limit", type=int, default=None,
+                   help="only the first N records of the file (with --skip-bad, the bad ones among them are left out)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threshold", type=float, default=None, help="mask probability threshold (preset default)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
