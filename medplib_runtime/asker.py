@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from .conversation import build_prompt, history_text, without_region
+from .conversation import build_prompt, history_text, question_for_routing, without_region
 from .devices import compute_precision
 from .glue import GLUE_PARTS, glue_status
 from .imaging.transforms import mask_to_model
@@ -81,8 +81,15 @@ class Asker:
                         # Routed on this turn alone: the routers learnt single-turn questions, and read after
                         # earlier yes/no turns, "Segment the lesion." went to the vision-language expert ("Yes").
                         single = self._encode(question, (), image_tokens, region_tokens) if read else (ids, embeds)
-                        route = self._route_question(*single)
+                        routed = single
+                        q, has_region = question_for_routing(question, region_tokens is not None)
+                        if not m.route_trailing_region and not has_region and region_tokens is not None:
+                            routed = self._encode(q, (), image_tokens, None)  # as the routers were trained
+                        route = self._route_question(*routed)
                         prefilled = route.prefilled
+                        if prefilled is not None and routed is not single:  # the region still to read
+                            recorder.restart()
+                            prefilled = self._continue(prefilled, routed, single)
                         if read and prefilled is not None:
                             # that cache holds no history, but the system line and the image are the chat
                             # prompt's too: keep them, read the rest (the earlier turns and this question)

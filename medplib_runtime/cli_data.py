@@ -22,6 +22,8 @@ def add_data_parsers(sub) -> None:
                    help="one case: image, label volume and metadata JSON; repeatable")
     p.add_argument("--phantoms", type=int, default=0, metavar="N", help="add N CT and N MR ellipsoid phantoms")
     p.add_argument("--mni152", action="store_true", help="add nilearn's MNI152 with grey/white matter labels")
+    p.add_argument("--mni152-lesions", type=int, default=0, metavar="N",
+                   help="add N copies of MNI152, each with a synthetic lesion labelled \"lesion\" alone (training split)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions of volumes (per modality)")
     p.add_argument("--max-slices", type=int, default=12, help="labelled slices per volume")
@@ -74,7 +76,7 @@ def _fractions(text: str) -> tuple[float, float, float]:
 def cmd_build_data(args: argparse.Namespace) -> int:
     from .data.builder import BuildConfig, build_dataset
     from .data.cases import case_from_dict, load_cases
-    from .data.sources import write_mni152_case, write_phantom_case
+    from .data.sources import write_mni152_case, write_mni152_lesion_case, write_phantom_case
 
     config = BuildConfig(seed=args.seed, fractions=_fractions(args.split), max_slices_per_volume=args.max_slices,
                          empty_slices_per_volume=args.empty_slices, r_per_label=args.r_per_label,
@@ -92,8 +94,10 @@ def cmd_build_data(args: argparse.Namespace) -> int:
             cases.append(write_phantom_case(sources, i, modality=modality, seed=args.seed))
     if args.mni152:
         cases.append(write_mni152_case(sources))
+    for i in range(args.mni152_lesions):  # one template, so never a held-out patient
+        cases.append(write_mni152_lesion_case(sources, i, seed=args.seed, split="train"))
     if not cases:
-        raise InputError("no cases: give --cases FILE, --case IMAGE LABEL META, --phantoms N or --mni152")
+        raise InputError("no cases: give --cases FILE, --case IMAGE LABEL META, --phantoms N, --mni152 or --mni152-lesions N")
     report = build_dataset(cases, args.out, config, overwrite=args.overwrite,
                            progress=lambda cid: print(f"building {cid}", file=sys.stderr))
     print(json.dumps({"out": str(report.out_dir), "splits": report.splits, "counts": report.counts,

@@ -21,6 +21,19 @@ def region_question(question: str) -> str:
     return f"{question.rstrip()} {REGION_SPAN}"
 
 
+def question_for_routing(question: str, region: bool) -> tuple[str, bool]:
+    """(question, region) as routers that skip a region placed after the question read it: a region
+    the chat appends, or a ``<region>`` written last, is left out; one inside the sentence stays.
+    Why: routers on the prompt's last position, which sits right after such a region, read "a region
+    question" and sent "Segment the lesion." with a box to the vision-language expert (docs/training.md)."""
+    if not region or "<region>" not in question:
+        return question, False
+    head = question.rstrip()
+    if head.endswith("<region>") and head.count("<region>") == 1:
+        return head[: -len("<region>")].rstrip(), False
+    return question, True
+
+
 def without_region(question: str) -> str:
     """The question for a reader that takes no region token: a written ``<region>`` becomes "the region"."""
     return question.replace("<region>", "the region")

@@ -32,6 +32,7 @@ class TrainedRouting:
     forced_expert: int | None = None  # every token to this expert; None: the router decides
     top_k: int = 1
     question_pool: str = "mean"  # "sequence": the question's positions averaged, or the prompt's "last" one
+    route_trailing_region: bool = True  # "sequence": False — routed on the question without a region after it
 
 
 def read_header(path: str | Path) -> dict:
@@ -120,7 +121,10 @@ def trained_routing(recipe: dict) -> TrainedRouting | None:
         pool = last.get("question_pool", "mean")
         if pool not in ("mean", "last"):
             raise ModelError(f"recipe's question_pool {pool!r} is not 'mean' or 'last'")
-        return TrainedRouting("sequence", threshold, VL_EXPERT, question_pool=pool)
+        trailing = last.get("route_trailing_region", True)  # recipes from before the field: read
+        if not isinstance(trailing, bool):
+            raise ModelError(f"recipe's route_trailing_region {trailing!r} is not true or false")
+        return TrainedRouting("sequence", threshold, VL_EXPERT, question_pool=pool, route_trailing_region=trailing)
     forced = last.get("dense_expert") if STAGE_EXPERT[stage] is None else STAGE_EXPERT[stage]
     if forced is not None and forced not in (0, 1):
         raise ModelError(f"recipe's dense_expert {forced!r} is not an expert (0 or 1)")

@@ -411,3 +411,32 @@ def test_region_after_question_reads_naturally():
     assert region_after_question("Is {region} the cyst?") == "Is the region the cyst? {region}"
     assert region_after_question("What does the region {region} show?") == "What does the region show? {region}"
     assert region_after_question("What is this {region}?") == "What is this region? {region}"
+
+
+def test_mni152_lesions_put_one_lesion_in_one_hemisphere_of_the_template_in_training(tmp_path):
+    from medplib_runtime.data.sources import write_mni152_lesion_case
+
+    cases = [write_mni152_lesion_case(tmp_path / "src", i, seed=0, split="train") for i in range(2)]
+    again = write_mni152_lesion_case(tmp_path / "again", 0, seed=0)
+    from nilearn import datasets
+
+    brain = np.asarray(datasets.load_mni152_brain_mask(resolution=2).dataobj) > 0
+    plain = np.asarray(datasets.load_mni152_template(resolution=2).dataobj, dtype=np.float32)
+    import nibabel as nib
+
+    for case in cases:
+        assert case.labels == {1: "lesion"} and case.modality == "MR" and case.body_region == "brain"
+        label = np.asarray(nib.load(case.label).dataobj)
+        image = np.asarray(nib.load(case.image).dataobj)
+        lesion = label == 1
+        assert 30 < lesion.sum() < 20000 and not (lesion & ~brain).any()
+        xs = np.nonzero(lesion)[0]
+        assert (xs > brain.shape[0] / 2).all() or (xs < brain.shape[0] / 2).all()  # one hemisphere
+        assert np.array_equal(image[~lesion], plain[~lesion])  # the template untouched outside the lesion
+        assert float(np.abs(image[lesion] - plain[lesion]).mean()) > 0.1  # visible against the tissue it replaced
+    assert not np.array_equal(nib.load(cases[0].label).dataobj, nib.load(cases[1].label).dataobj)
+    assert np.array_equal(nib.load(again.image).dataobj, nib.load(cases[0].image).dataobj)  # deterministic
+    assert main(["build-data", "--mni152-lesions", "1", "--max-slices", "2", "--out", str(tmp_path / "o")]) == 0
+    records = read_dataset(tmp_path / "o" / "train.json").records
+    assert records and {r.extra["case"] for r in records} == {"mni152lesion00"}
+    assert not read_dataset(tmp_path / "o" / "test.json").records

@@ -182,3 +182,56 @@ def test_question_pool_last_trains_and_routes_on_the_prompts_last_position_only(
         TrainConfig(stage=4, data=("x",), out_dir="o", question_pool="last")
     with pytest.raises(ModelError, match="question_pool 'first' is not"):
         trained_routing({"stages": [{"stage": 4, "routing": "sequence", "question_pool": "first"}]})
+
+
+def test_routers_can_read_a_question_without_the_region_that_follows_it(tmp_path):
+    """``route_trailing_region: false``: a region after the question (the chat appends the picked one)
+    is left out of what the routers read — in training (each such example's routing twin) and in the
+    adapter's recipe, which the Asker follows; a region inside the sentence stays."""
+    from medplib_runtime.conversation import question_for_routing
+    from medplib_runtime.errors import ModelError
+    from medplib_runtime.glue_recipe import trained_routing
+    from medplib_runtime.imaging.transforms import mask_to_model
+    from medplib_runtime.schemas import Turn
+    from medplib_runtime.training.examples import TrainSample, encode
+    from medplib_runtime.training.forward import LossWeights, TrainModule
+
+    assert question_for_routing("Segment the lesion.", True) == ("Segment the lesion.", False)  # the chat's form
+    assert question_for_routing("Segment the lesion. <region> ", True) == ("Segment the lesion.", False)
+    assert question_for_routing("What is in <region>?", True) == ("What is in <region>?", True)
+    assert question_for_routing("Describe this image.", False) == ("Describe this image.", False)
+
+    model = tiny_model()
+    base = samples(1)[0]
+    trailing = TrainSample("s0", base.image, (Turn("segment the lesion <region>", "it is here <SEG>"),
+                                              Turn("what is in the <region> ?", "a lesion")),
+                           region=base.region, masks=base.masks)
+    plain = TrainSample("s0", base.image, (Turn("segment the lesion", "it is here <SEG>"),), masks=base.masks)
+    kw = dict(system=model.cfg.system_prompt, n_image_tokens=model.n_image_tokens, seg_id=model.token_ids["<SEG>"],
+              max_tokens=512)
+    assert all(ex.route is None for ex in encode(trailing, model.tokenizer, **kw))  # the default: read as written
+    seg, what = encode(trailing, model.tokenizer, route_trailing_region=False, **kw)
+    (alone,) = encode(plain, model.tokenizer, **kw)
+    assert what.route is None and seg.region and not seg.route.region
+    assert torch.equal(seg.route.input_ids, alone.input_ids) and torch.equal(seg.route.labels, alone.labels)
+    fn = lambda region, e: mask_to_model(region, e.info, 256)[0, 0]  # noqa: E731
+    module = TrainModule(model, LossWeights(0.0, route=1.0, route_span="question", question_pool="last"),
+                         region_mask_fn=fn, cache_router_inputs=True)
+    emb = FakeEmbedder()(base)
+    for a, b in zip(module._router_inputs(seg, emb), module._router_inputs(alone, emb)):
+        assert torch.equal(a, b)  # the routers read the question as if no region followed it
+
+    cfg = TrainConfig(stage=4, data=("synthetic",), out_dir=str(tmp_path), steps=4, grad_accumulation=2,
+                      warmup_steps=1, routing="sequence", route_supervision=1.0, router_lr=5e-2,
+                      question_pool="last", route_trailing_region=False)
+    report = train(cfg, [trailing] * 2, model=model, embedder=FakeEmbedder(), progress=False)
+    meta = read_glue_metadata(report.adapter)
+    assert meta["recipe"]["stages"][-1]["route_trailing_region"] is False
+    fresh = tiny_model()
+    assert fresh.route_trailing_region
+    load_glue(fresh, report.adapter)
+    assert not fresh.route_trailing_region
+    with pytest.raises(InputError, match="route_trailing_region false"):
+        TrainConfig(stage=4, data=("x",), out_dir="o", route_trailing_region=False)
+    with pytest.raises(ModelError, match="route_trailing_region 'no' is not"):
+        trained_routing({"stages": [{"stage": 4, "routing": "sequence", "route_trailing_region": "no"}]})

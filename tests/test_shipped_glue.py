@@ -133,6 +133,40 @@ def test_a_chat_turn_read_on_from_its_routing_prefill_answers_as_read_whole(loca
 
 
 @pytest.mark.slow
+def test_a_question_routed_without_its_trailing_region_reads_the_region_on_from_that_prefill(local_runtime,
+                                                                                             brain1_paths):
+    """A glue whose routers read the question without the region after it (``route_trailing_region``
+    false) routes on that prompt, then reads only the region and " ASSISTANT:" on from its cache (and
+    the earlier turns, for a glue that reads them): the answer and routing of reading it all whole."""
+    from medplib_runtime.imaging.io import read_volume
+    from medplib_runtime.schemas import AskRequest, Box, Prompt, SliceRef, Turn
+
+    image, label = read_volume(brain1_paths[0]), read_volume(brain1_paths[1]).array == 1
+    k = int(label.sum((1, 2)).argmax())
+    rows, cols = np.nonzero(label[k])
+    box = Prompt(box=Box(int(rows.min()) - 3, int(cols.min()) - 3, int(rows.max()) + 3, int(cols.max()) + 3))
+    key = local_runtime.set_image(image.array)
+    asker = local_runtime._get_asker()
+    model, kept = asker.model, (asker.model.route_trailing_region, asker.model.reads_history)
+    try:
+        model.route_trailing_region = False
+        for history in ((), (Turn("Is this an MRI image?", "yes"),)):
+            model.reads_history = bool(history)
+            answers = []
+            for reuse in (True, False):
+                asker.reuse_routing_prefix = reuse
+                answers.append(local_runtime.ask(AskRequest(key, SliceRef(0, k), "What is this structure?",
+                                                            region=box, history=history, max_new_tokens=12)))
+            read_on, whole = answers
+            assert read_on.text == whole.text and read_on.text and "<SEG>" not in read_on.text
+            assert read_on.routing.overall() == whole.routing.overall() == (0.0, 1.0)
+            assert len(read_on.routing.tokens) < len(whole.routing.tokens)  # the question was not read again
+    finally:
+        asker.reuse_routing_prefix = True
+        model.route_trailing_region, model.reads_history = kept
+
+
+@pytest.mark.slow
 def test_the_shipped_glue_answers_each_chat_question_on_its_own(local_runtime, brain1_paths):
     """It was trained on single questions; read after two earlier questions and their reference answers,
     its closed accuracy on the test split fell 0.806 -> 0.667 (README). A chat turn gets the answer the

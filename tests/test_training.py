@@ -398,3 +398,15 @@ def test_head_only_run_trains_the_head_from_states_computed_once(tmp_path):
         train(cfg, [samples()[0].__class__("q", samples()[0].image, samples()[0].turns[:1],
                                            region=samples()[0].region)],
               model=tiny_model(), embedder=FakeEmbedder(), progress=False)
+
+
+def test_every_committed_training_config_loads_and_writes_its_own_run_folder():
+    """configs/training (the shipped recipe and the tried ones docs/training.md tells how to rerun): each one
+    loads as a TrainConfig, so a renamed or dropped field cannot leave a recipe that no longer runs."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "configs" / "training"
+    paths = sorted(root.rglob("*.json"))
+    assert len(paths) >= 8 and any("tried" in p.parts for p in paths)
+    out_dirs = [load_config(path).out_dir for path in paths]
+    assert len(set(out_dirs)) == len(paths), "two recipes would write (and resume) the same run folder"

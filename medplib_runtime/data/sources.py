@@ -75,3 +75,50 @@ def write_mni152_case(folder: str | Path, *, split: str | None = None) -> CaseSp
     nib.save(nib.Nifti1Image(np.asarray(template.dataobj, dtype=np.float32), template.affine), img_path)
     nib.save(nib.Nifti1Image(labels, template.affine), lab_path)
     return CaseSpec("mni152", img_path, lab_path, "MR", "brain", dict(MNI_LABELS), "nilearn", split)
+
+
+LESION_LABELS = {1: "lesion"}
+
+
+def write_mni152_lesion_case(folder: str | Path, index: int, *, seed: int = 0,
+                             split: str | None = None) -> CaseSpec:
+    """MNI152 with a synthetic lesion (``index``-th, deterministic for (seed, index)), labelled
+    "lesion" alone, as a real lesion case is: a blob of 2–3 overlapping ellipsoids (6–16 mm radii) in
+    one hemisphere's brain, solid bright, ring (bright rim, dark core) or dark against the template,
+    with noise. Why: the real volumes hold two lesions (breast, lung) and no brain one, so a brain
+    lesion on a held-out MR read as the phantoms' bright "nodule" or dark "cyst"."""
+    import nibabel as nib
+    from nilearn import datasets
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, index, 152])
+    template = datasets.load_mni152_template(resolution=2)
+    image = np.asarray(template.dataobj, dtype=np.float32).copy()
+    brain = np.asarray(datasets.load_mni152_brain_mask(resolution=2).dataobj) > 0
+    inner = np.argwhere(brain)
+    side = rng.choice([-1, 1])
+    mid = image.shape[0] / 2
+    candidates = inner[(inner[:, 0] - mid) * side > 8]  # array axis 0 is x: one hemisphere, off the midline
+    centre = candidates[rng.integers(len(candidates))].astype(float)
+    blob = np.zeros(image.shape, bool)
+    for _ in range(rng.integers(2, 4)):
+        offset = rng.normal(0, 2.0, 3)
+        blob |= _ellipsoid(image.shape, centre + offset, rng.uniform(3.0, 8.0, 3))
+    blob &= brain
+    kind = rng.choice(["bright", "ring", "dark"])
+    wm = float(np.median(image[brain]))
+    if kind == "dark":
+        value = np.full(image.shape, wm * rng.uniform(0.35, 0.55), np.float32)
+    else:
+        value = np.full(image.shape, wm * rng.uniform(1.25, 1.6), np.float32)
+    if kind == "ring":  # a dark core inside the bright rim: the blob shrunk by its own distance
+        from scipy.ndimage import binary_erosion
+        value[binary_erosion(blob, iterations=2)] = wm * rng.uniform(0.35, 0.55)
+    image[blob] = value[blob] + rng.normal(0, 0.04 * wm, int(blob.sum()))
+    labels = blob.astype(np.uint8)
+    cid = f"mni152lesion{index:02d}"
+    img_path, lab_path = folder / f"{cid}_image.nii.gz", folder / f"{cid}_label.nii.gz"
+    nib.save(nib.Nifti1Image(image, template.affine), img_path)
+    nib.save(nib.Nifti1Image(labels, template.affine), lab_path)
+    return CaseSpec(cid, img_path, lab_path, "MR", "brain", dict(LESION_LABELS), "synthetic", split)

@@ -131,10 +131,12 @@ def apply_routing(model, routing: TrainedRouting | None) -> None:
 
     if routing is None:
         model.answer_routing, model.question_threshold, model.question_pool = "token", 0.5, "mean"
+        model.route_trailing_region = True
         return
     model.answer_routing = routing.answer_routing  # "sequence": the Asker picks the expert per question
     model.question_threshold = routing.question_threshold
     model.question_pool = routing.question_pool
+    model.route_trailing_region = routing.route_trailing_region
     force_expert(model.llm, routing.forced_expert)
     if routing.forced_expert is None:
         set_routing(model.llm, top_k=routing.top_k)

@@ -43,6 +43,7 @@ class MedPLIB(nn.Module):
         self.answer_routing = "token"  # or "sequence": one expert per answer (question_routing.py), set by the glue
         self.question_threshold = 0.5  # sequence: p(grounding) above which the grounding expert answers
         self.question_pool = "mean"  # sequence: the question's positions averaged, or the prompt's "last" one
+        self.route_trailing_region = True  # sequence: False — routed on the question without a region after it
         # whether an answer reads the chat's earlier turns (MedPLIB's multi-turn template); a glue trained on
         # single questions only sets False (glue_recipe.trained_on_history)
         self.reads_history = True

@@ -79,6 +79,8 @@ class TrainConfig:
     # question (and " ASSISTANT:"), their p(grounding) averaged; "last": the prompt's last position only, whose
     # state has read the whole question (per-token routers cannot tell "Describe this image." from "Segment
     # ...": docs/training.md, "Misrouted phrasings")
+    route_trailing_region: bool = True  # routing "sequence", ours: False — the routers read a question whose region
+    # comes after it (the chat's form) without that region (conversation.question_for_routing); the Asker does the same
     routing: str = "token"  # stage IV: "token" (MedPLIB: the router picks an expert per token) or "sequence" (ours,
     # medplib-lite: one expert per answer, chosen from the question; stage IV then trains only the routers, as a
     # class-balanced question classifier on the vision-language expert's states: modeling/question_routing.py)
@@ -128,6 +130,9 @@ class TrainConfig:
         if self.question_pool not in ("mean", "last") or (self.question_pool != "mean" and self.routing != "sequence"):
             raise InputError(f"question_pool must be 'mean' or 'last', and 'last' only with routing 'sequence'; "
                              f"got {self.question_pool!r}")
+        if not self.route_trailing_region and (self.routing != "sequence" or self.trains != ("router",)):
+            raise InputError("route_trailing_region false is for a stage-IV run with routing 'sequence' that "
+                             "trains the routers alone (their inputs are then read from the question without it)")
         if self.routing == "sequence" and (self.stage != 4 or self.dense_expert is not None
                                            or not self.route_supervision):
             raise InputError("routing 'sequence' is a stage-IV setting that needs route_supervision > 0 "

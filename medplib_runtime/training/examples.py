@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..conversation import build_prompt, history_text
+from ..conversation import build_prompt, history_text, question_for_routing
 from ..errors import InputError
 from ..schemas import Turn
 
@@ -44,11 +44,14 @@ class Example:
     region: bool
     masks: tuple[np.ndarray, ...]  # one per <SEG> in this answer
     turn_start: int = 0  # where this turn's ``USER:`` begins (after the system line and earlier turns)
+    route: "Example | None" = None  # what question-level routers read, where it differs (a trailing region left out)
 
 
 def encode(sample: TrainSample, tokenizer, *, system: str, n_image_tokens: int, seg_id: int,
-           max_tokens: int) -> list[Example]:
-    """Every turn of ``sample`` as one Example; InputError (naming the record) when it cannot be."""
+           max_tokens: int, route_trailing_region: bool = True) -> list[Example]:
+    """Every turn of ``sample`` as one Example; InputError (naming the record) when it cannot be.
+    ``route_trailing_region`` False: a turn whose region comes after its question also gets the
+    prompt without it as ``route`` (``question_for_routing``; the Asker routes the same way)."""
     out: list[Example] = []
     masks = list(sample.masks)
     eos = tokenizer.eos_token_id
@@ -70,7 +73,15 @@ def encode(sample: TrainSample, tokenizer, *, system: str, n_image_tokens: int, 
         labels = torch.tensor([[IGNORE] * len(p_ids) + a_ids])
         before = history_text(system=system, n_image_tokens=n_image_tokens, history=sample.turns[:i])
         turn_start = len(tokenizer(before, add_special_tokens=False)["input_ids"])
-        out.append(Example(sample, ids, labels, region, turn_masks, turn_start))
+        route = None
+        routed_question, routed_region = question_for_routing(turn.question, region)
+        if not route_trailing_region and routed_question != turn.question:
+            r_ids = tokenizer(build_prompt(routed_question, system=system, n_image_tokens=n_image_tokens,
+                                           history=sample.turns[:i], region=routed_region),
+                              add_special_tokens=False)["input_ids"]
+            route = Example(sample, torch.tensor([r_ids + a_ids]), torch.tensor([[IGNORE] * len(r_ids) + a_ids]),
+                            routed_region, turn_masks, turn_start)
+        out.append(Example(sample, ids, labels, region, turn_masks, turn_start, route))
     if masks:
         raise InputError(f"record {sample.key}: {len(masks)} masks but no <SEG> left to use them")
     return out

@@ -149,6 +149,7 @@ class TrainModule(nn.Module):
         captured: list[torch.Tensor] = []
         hooks = [moe.router.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
                  for moe in self.model.moe]
+        example = example.route or example  # the prompt the Asker routes on
         llm.eval()
         try:
             with torch.no_grad():

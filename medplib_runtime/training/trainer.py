@@ -241,7 +241,8 @@ def _examples(model, samples: list[TrainSample], cfg: TrainConfig) -> list[Examp
     out: list[Example] = []
     for sample in samples:
         out += encode(sample, model.tokenizer, system=model.cfg.system_prompt, n_image_tokens=model.n_image_tokens,
-                      seg_id=model.token_ids["<SEG>"], max_tokens=cfg.max_tokens)
+                      seg_id=model.token_ids["<SEG>"], max_tokens=cfg.max_tokens,
+                      route_trailing_region=cfg.route_trailing_region)
     if not out:
         raise InputError("the training data holds no conversation turns")
     if cfg.closed_repeats > 1:  # the extra copies sit after the rest: the seeded order per pass shuffles them in
