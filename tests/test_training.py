@@ -410,3 +410,25 @@ def test_every_committed_training_config_loads_and_writes_its_own_run_folder():
     assert len(paths) >= 8 and any("tried" in p.parts for p in paths)
     out_dirs = [load_config(path).out_dir for path in paths]
     assert len(set(out_dirs)) == len(paths), "two recipes would write (and resume) the same run folder"
+
+
+@pytest.mark.parametrize("recipe", ["default_glue", "hour_glue"])
+def test_a_recipe_folder_chains_its_stages_in_order_from_stage_one(recipe):
+    """The recipe scripts run each folder's configs in their order: every run but stage I starts from an adapter
+    that an earlier config of the same folder writes, so a renamed run folder cannot start a stage from nothing
+    (or from another recipe's run)."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "configs" / "training" / recipe
+    script = {"default_glue": "train_default_glue.sh", "hour_glue": "train_hour_glue.sh"}[recipe]
+    text = (folder.parent.parent.parent / "scripts" / script).read_text()
+    order = next(line for line in text.splitlines() if line.startswith("for step in")).split(" in ")[1]
+    steps = order.split(";")[0].split()
+    configs = [load_config(folder / f"stage{step}.json") for step in steps]
+    assert sorted(f"stage{s}.json" for s in steps) == sorted(p.name for p in folder.glob("*.json"))
+    assert configs[0].stage == 1 and configs[0].init_glue is None
+    written = [configs[0].out_dir]
+    for cfg in configs[1:]:
+        assert cfg.init_glue == f"{written[-1]}/adapter.safetensors", cfg.out_dir
+        written.append(cfg.out_dir)
+    assert configs[-1].stage == 4
