@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The one-hour recipe (docs/training.md, "The one-hour recipe"): the shipped recipe's data and losses with
-# one run per stage instead of seven, for a researcher's laptop: data → stages I, II, III, III head-only,
-# IV → eval on held-out volumes, in build/hour-runs. It writes no asset: `medplib eval --glue` reads its
+# The one-hour recipe (docs/training.md, "The one-hour recipe"): the shipped recipe's data and losses in
+# five runs instead of its eight (one stage-II run, not four), for a researcher's laptop: data → stages I,
+# II, III, III head-only, IV → eval on held-out volumes, in build/hour-runs (41–81 min on 2 cores). It writes no asset: `medplib eval --glue` reads its
 # adapter. Re-running resumes a cut-off stage from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
