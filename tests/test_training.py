@@ -4,6 +4,7 @@ adapter file holds only the glue."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -432,3 +433,54 @@ def test_a_recipe_folder_chains_its_stages_in_order_from_stage_one(recipe):
         assert cfg.init_glue == f"{written[-1]}/adapter.safetensors", cfg.out_dir
         written.append(cfg.out_dir)
     assert configs[-1].stage == 4
+    # every data set a stage reads is one the script builds (scripts/build_glue_data.sh), and that script knows it
+    built = next(line for line in text.splitlines() if "build_glue_data.sh" in line).split("build_glue_data.sh")[1].split()
+    known = re.findall(r"^\s+([\w-]+)\) flags=", (folder.parent.parent.parent / "scripts" / "build_glue_data.sh").read_text(), re.M)
+    read = {Path(d).parent.name for cfg in configs for d in cfg.data}
+    assert read <= set(built) <= set(known), (sorted(read), built, known)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_new_token_rows_as_a_delta_train_as_the_rows_themselves(stage, tmp_path, monkeypatch):
+    """The added tokens' rows trained as a small delta (new_rows.py; one process, DDP) give the losses
+    and rows of training them through the whole tied embedding (FSDP's way), and leave no hook behind."""
+    from medplib_runtime.training import params, trainer
+
+    def run(delta: bool):
+        monkeypatch.setattr(trainer, "prepare_stage", lambda m, t, f, rows_as_delta=False:
+                            params.prepare_stage(m, t, f, rows_as_delta=delta))
+        model = tiny_model()
+        hooks = len(model.llm.get_input_embeddings()._forward_hooks), len(model.llm.lm_head._forward_hooks)
+        cfg = TrainConfig(stage=stage, data=("synthetic",), out_dir=str(tmp_path / str(delta)), steps=3,
+                          grad_accumulation=2, warmup_steps=1, lr=1e-2, save_every=2)
+        report = train(cfg, samples(), model=model, embedder=FakeEmbedder(), progress=False)
+        assert not hasattr(model, "new_rows_delta")
+        assert (len(model.llm.get_input_embeddings()._forward_hooks), len(model.llm.lm_head._forward_hooks)) == hooks
+        return report, glue_state(model)["new_token_rows"], model
+
+    whole, rows_whole, _ = run(False)
+    delta, rows_delta, model = run(True)
+    assert delta.losses == pytest.approx(whole.losses, rel=1e-5)
+    assert torch.allclose(rows_delta, rows_whole, atol=1e-5) and not torch.equal(rows_delta, glue_state(tiny_model())["new_token_rows"])
+    assert delta.trainable_parameters < whole.trainable_parameters  # n_new × D, not the vocabulary × D
+    saved = tiny_model()
+    load_glue(saved, delta.adapter)
+    assert torch.equal(glue_state(saved)["new_token_rows"], rows_delta)  # the file holds the folded rows
+
+
+def test_text_loss_runs_the_lm_head_only_where_a_token_is_supervised():
+    from medplib_runtime.training.examples import IGNORE
+    from medplib_runtime.training.losses import text_loss
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 11, bias=False)
+    hidden = torch.randn(1, 5, 6)
+    labels = torch.tensor([[IGNORE, IGNORE, 3, 7, 2]])
+    logits = head(hidden)[0]
+    # position t predicts label t+1: positions 1, 2, 3 predict 3, 7, 2
+    by_hand = -(logits[1].log_softmax(-1)[3] + logits[2].log_softmax(-1)[7] + logits[3].log_softmax(-1)[2]) / 3
+    assert text_loss(hidden, labels, head).item() == pytest.approx(by_hand.item(), rel=1e-6)
+    calls = []
+    head.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    text_loss(hidden, labels, head)
+    assert calls == [3]

@@ -36,6 +36,9 @@ def test_fsdp_matches_ddp_and_resumes(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     for stage in (2, 3):
         fsdp = tmp_path / f"fsdp{stage}"
-        _close(fsdp / "adapter.safetensors", tmp_path / f"ddp{stage}" / "adapter.safetensors", atol=1e-5)
+        # DDP trains the new token rows as a delta (new_rows.py), FSDP through the whole embedding: the same
+        # gradients summed in another order, which 3 Adam steps at lr 1e-2 (weights move up to 3e-2) turn
+        # into differences up to 3e-5 (measured); a missing gradient would differ by ~1e-2
+        _close(fsdp / "adapter.safetensors", tmp_path / f"ddp{stage}" / "adapter.safetensors", atol=1e-4)
         _close(fsdp / "adapter.safetensors", fsdp / "checkpoint" / "adapter.safetensors", atol=0)  # gathered alike
     _close(tmp_path / "resumed3" / "adapter.safetensors", tmp_path / "fsdp3" / "adapter.safetensors", atol=0)

@@ -92,7 +92,7 @@ class TrainModule(nn.Module):
         loss = hidden.new_zeros(())
         parts: dict[str, float] = {}
         if self.weights.ce:  # a router-only stage skips the LM head (49k-wide, the costliest matmul)
-            ce = text_loss(m.llm.lm_head(hidden), labels)
+            ce = text_loss(hidden, labels, m.llm.lm_head)
             loss = loss + self.weights.ce * ce
             parts["ce"] = float(ce.detach())
         if self.weights.route and taps and taps[0]:

@@ -3,9 +3,10 @@
 Part names (TrainConfig.trains): ``vision_projector``, ``region_encoder``, ``seg_projector``,
 ``expert_ground`` (expert 0's LoRA in every layer), ``expert_vl`` (expert 1's), ``router``,
 ``ground_head`` (the <SEG> query's heat-map keys),
-``new_token_rows`` (only the added tokens' rows of the tied embedding / LM head: a gradient
-hook zeroes the other rows, and the embedding gets no weight decay, so Adam leaves them
-exactly as they were), ``mask_decoder``.
+``new_token_rows`` (only the added tokens' rows of the tied embedding / LM head: trained as a
+small delta (new_rows.py), or under FSDP through the embedding with a gradient hook that zeroes
+the other rows; no weight decay either way, so the old rows stay exactly as they were),
+``mask_decoder``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 from ..errors import InputError
 from ..modeling.glue_weights import first_new_row
 from ..modeling.moe import force_expert
+from . import new_rows
 
 PARTS = ("vision_projector", "region_encoder", "seg_projector", "ground_head", "expert_ground", "expert_vl",
          "router", "new_token_rows", "mask_decoder")
@@ -38,18 +40,25 @@ def part_parameters(model, part: str) -> list[tuple[str, nn.Parameter]]:
     raise InputError(f"unknown trainable part {part!r}; parts are {', '.join(PARTS)}")
 
 
-def prepare_stage(model, trains: tuple[str, ...], forced_expert: int | None) -> list[tuple[str, nn.Parameter]]:
-    """Freeze everything, unfreeze ``trains``, route the MoE for the stage; → the trainable parameters."""
+def prepare_stage(model, trains: tuple[str, ...], forced_expert: int | None, *,
+                  rows_as_delta: bool = False) -> list[tuple[str, nn.Parameter]]:
+    """Freeze everything, unfreeze ``trains``, route the MoE for the stage; → the trainable parameters.
+    ``rows_as_delta``: the new token rows train as a small delta (new_rows.py; the trainer folds it
+    in before it saves); otherwise the embedding trains with its old rows' gradient zeroed."""
+    new_rows.detach(model)  # a run cut off by an exception may have left one
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.sam.parameters():  # SamParts is reachable from model: make sure it is frozen too
         p.requires_grad_(False)
     chosen: list[tuple[str, nn.Parameter]] = []
     for part in trains:
+        if part == "new_token_rows" and rows_as_delta:
+            chosen.append((new_rows.NAME, new_rows.attach(model)))
+            continue
         for name, p in part_parameters(model, part):
             p.requires_grad_(True)
             chosen.append((name, p))
-    if "new_token_rows" in trains:
+    if "new_token_rows" in trains and not rows_as_delta:
         keep_only_new_rows(model)
     force_expert(model.llm, forced_expert)
     return chosen

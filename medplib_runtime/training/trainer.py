@@ -25,7 +25,7 @@ from ..imaging.transforms import mask_to_model
 from ..modeling.glue_weights import load_glue, read_glue_metadata, save_glue
 from ..modeling.moe import RoutingRecorder, set_routing
 from ..modeling.question_routing import best_threshold
-from . import distributed
+from . import distributed, new_rows
 from .config import TrainConfig
 from .examples import Example, TrainSample, encode
 from .forward import LossWeights, TrainModule
@@ -123,7 +123,9 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     model.to(device)  # in place: parameters keep their identity, so the stage's choice below still holds
     history = read_glue_metadata(cfg.init_glue) if cfg.init_glue else {"trained_parts": (), "recipe": {}}
     trained_parts = tuple(dict.fromkeys(tuple(history["trained_parts"]) + cfg.trains))  # all stages so far
-    chosen = prepare_stage(model, cfg.trains, cfg.forced_expert)
+    # FSDP2 shards the embedding: there the rows keep training through it (params.keep_only_new_rows)
+    chosen = prepare_stage(model, cfg.trains, cfg.forced_expert,
+                           rows_as_delta=world == 1 or cfg.distributed == "ddp")
     if cfg.forced_expert is None:  # stage IV: the router decides, with the run's top-k and capacity
         set_routing(model.llm, top_k=cfg.top_k, capacity_factor=cfg.capacity_factor)
     model.train()
@@ -154,7 +156,7 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
         state = torch.load(ckpt / "state.pt", weights_only=False, map_location=device)
         if not _same_run(state["config"], cfg):
             raise InputError(f"{ckpt} holds a run with another config: use a new --out-dir or delete it")
-        distributed.load_optimizer_state(optimizer, state["optimizer"])
+        distributed.load_optimizer_state(optimizer, new_rows.moments_for_delta(optimizer, state["optimizer"]))
         torch.set_rng_state(distributed.own_rng_state(state))
         start = resumed = int(state["step"])
 
@@ -203,8 +205,10 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
         bar(step + 1, parts_sum["loss"])
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:  # every process: FSDP gathers
             _set_question_threshold(resolved, module, cfg)
+            new_rows.fold(model)  # the rows' trained values into the embedding the glue is read from
             _save_checkpoint(model, optimizer, cfg, step + 1, ckpt, trained_parts, recipe, write=rank == 0)
     adapter = out / ADAPTER
+    new_rows.detach(model)
     save_glue(model, adapter, trained_parts=trained_parts, recipe=recipe,
               include_mask_decoder="mask_decoder" in trained_parts, write=rank == 0)
     if log is not None:
