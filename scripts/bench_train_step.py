@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from medplib_runtime.modeling.medplib import build_medplib  # noqa: E402
 from medplib_runtime.presets import get_preset  # noqa: E402
-from medplib_runtime.training import params, trainer  # noqa: E402
+from medplib_runtime.training import trainer  # noqa: E402
 from medplib_runtime.training.config import TrainConfig  # noqa: E402
 from medplib_runtime.training.data_source import samples_from_json  # noqa: E402
 
@@ -37,14 +37,12 @@ STAGES = {2: ("build/glue-pairs4/train.json", ("C", "R")), 3: ("build/glue-data/
 def step_seconds(model, embedder, samples, stage: int, delta: bool, steps: int, accumulation: int, out: str) -> list[float]:
     stamps: list[float] = []
     hook = register_optimizer_step_post_hook(lambda opt, args, kw: stamps.append(time.perf_counter()))
-    trainer.prepare_stage = lambda m, t, f, rows_as_delta=False: params.prepare_stage(m, t, f, rows_as_delta=delta)
     try:
         cfg = TrainConfig(stage=stage, data=(STAGES[stage][0],), out_dir=out, steps=steps + 1,
                           grad_accumulation=accumulation, warmup_steps=1, save_every=10_000)
-        trainer.train(cfg, samples, model=model, embedder=embedder, progress=False)
+        trainer.train(cfg, samples, model=model, embedder=embedder, progress=False, rows_as_delta=delta)
     finally:
         hook.remove()
-        trainer.prepare_stage = params.prepare_stage
     return [b - a for a, b in zip(stamps, stamps[1:])]  # steps 2 … steps+1
 
 

@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 MEDPLIB=${MEDPLIB:-.venv/bin/medplib}
 B="--cases configs/data/default_glue_cases.json --mni152 --phantoms 4 --seed 0"
 P4="$B --r-per-label 4 --r-is-pairs 1 --r-is-modes point,box,freeform --c-per-slice 6"
+if [ $# -eq 0 ]; then
+    echo "build_glue_data.sh: name the sets to build (glue-data glue-vqa glue-pairs glue-pairs4 glue-pairs4g glue-pairs4a)" >&2
+    exit 2
+fi
 mkdir -p build
 for set in "$@"; do
     case "$set" in

@@ -441,19 +441,15 @@ def test_a_recipe_folder_chains_its_stages_in_order_from_stage_one(recipe):
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_new_token_rows_as_a_delta_train_as_the_rows_themselves(stage, tmp_path, monkeypatch):
+def test_new_token_rows_as_a_delta_train_as_the_rows_themselves(stage, tmp_path):
     """The added tokens' rows trained as a small delta (new_rows.py; one process, DDP) give the losses
     and rows of training them through the whole tied embedding (FSDP's way), and leave no hook behind."""
-    from medplib_runtime.training import params, trainer
-
     def run(delta: bool):
-        monkeypatch.setattr(trainer, "prepare_stage", lambda m, t, f, rows_as_delta=False:
-                            params.prepare_stage(m, t, f, rows_as_delta=delta))
         model = tiny_model()
         hooks = len(model.llm.get_input_embeddings()._forward_hooks), len(model.llm.lm_head._forward_hooks)
         cfg = TrainConfig(stage=stage, data=("synthetic",), out_dir=str(tmp_path / str(delta)), steps=3,
                           grad_accumulation=2, warmup_steps=1, lr=1e-2, save_every=2)
-        report = train(cfg, samples(), model=model, embedder=FakeEmbedder(), progress=False)
+        report = train(cfg, samples(), model=model, embedder=FakeEmbedder(), progress=False, rows_as_delta=delta)
         assert not hasattr(model, "new_rows_delta")
         assert (len(model.llm.get_input_embeddings()._forward_hooks), len(model.llm.lm_head._forward_hooks)) == hooks
         return report, glue_state(model)["new_token_rows"], model
@@ -484,3 +480,25 @@ def test_text_loss_runs_the_lm_head_only_where_a_token_is_supervised():
     head.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
     text_loss(hidden, labels, head)
     assert calls == [3]
+
+
+@pytest.mark.parametrize("first, then", [(True, False), (False, True)])
+def test_a_checkpoint_resumes_with_the_rows_trained_the_other_way(first, then, tmp_path):
+    """A run checkpointed with the rows as a delta (one process, DDP) resumes with them trained through the
+    embedding (FSDP2) and the other way round, and ends where an uninterrupted run ends: the moments are
+    carried over (new_rows.moments_for), not restarted."""
+    cfg = dict(stage=2, data=("synthetic",), grad_accumulation=2, warmup_steps=1, lr=1e-2, save_every=2)
+    straight = train(TrainConfig(out_dir=str(tmp_path / "a"), steps=4, **cfg), samples(), model=tiny_model(),
+                     embedder=FakeEmbedder(), progress=False, rows_as_delta=then)
+    train(TrainConfig(out_dir=str(tmp_path / "b"), steps=2, **cfg), samples(), model=tiny_model(),
+          embedder=FakeEmbedder(), progress=False, rows_as_delta=first)
+    resumed = train(TrainConfig(out_dir=str(tmp_path / "b"), steps=4, **cfg), samples(), model=tiny_model(),
+                    embedder=FakeEmbedder(), progress=False, rows_as_delta=then)
+    assert resumed.resumed_from == 2
+    a, b = tiny_model(), tiny_model()
+    load_glue(a, straight.adapter)
+    load_glue(b, resumed.adapter)
+    sa, sb = glue_state(a), glue_state(b)
+    for key in sa:
+        assert torch.allclose(sa[key], sb[key], atol=1e-5, rtol=0), key
+    assert resumed.losses == pytest.approx(straight.losses[2:], rel=1e-5)

@@ -3,7 +3,8 @@ delta, not through the whole embedding.
 
 The embedding is tied to the LM head (SmolLM2), so a trainable embedding weight gets a dense
 49k × 576 gradient from both uses every micro-batch, which a hook then zeroes outside the new
-rows (params.keep_only_new_rows): 2.2 s of a 7.3 s stage-II step on 2 cores, for 8 rows. Here the
+rows (params.keep_only_new_rows): 3.0 s of a 9.0 s stage-II step on 2 cores, for 13 rows
+(scripts/bench_train_step.py). Here the
 weight stays frozen and an ``n_new × D`` parameter is added where those rows are read — to the
 embedding's output at the new tokens' positions and, tied, to the LM head's logits of the new
 tokens. The values the model computes are the same as with the rows themselves.
@@ -80,16 +81,26 @@ def detach(model) -> None:
     delattr(model, ATTR)
 
 
-def moments_for_delta(optimizer: torch.optim.Optimizer, saved: dict) -> dict:
-    """A checkpoint written before the delta (2026-12-06) holds Adam's moments of the whole embedding
-    where the delta's belong: its last rows are the new tokens' (the same numbers). Others: as saved."""
+def moments_for(optimizer: torch.optim.Optimizer, saved: dict) -> dict:
+    """A checkpoint's Adam state for this run's parameters when the rows trained the other way: a run
+    with the whole embedding (FSDP2, or any run before 2026-12-06) holds its moments where a delta's
+    belong — their last rows are the new tokens' — and a delta's moments are, for a whole embedding,
+    its last rows with zeros above (the old rows' gradient is always zero, and they get no weight
+    decay, so their moments stay exactly 0). So a checkpoint resumes in either mode. Others: as saved."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    state = {}
-    for i, entry in saved["state"].items():
-        p = params[int(i)] if int(i) < len(params) else None
-        state[i] = {k: v[-p.shape[0]:] if p is not None and torch.is_tensor(v) and v.ndim == 2 and p.ndim == 2
-                    and v.shape[1] == p.shape[1] and v.shape[0] > p.shape[0] else v for k, v in entry.items()}
+
+    def fitted(v, p):
+        if p is None or not torch.is_tensor(v) or v.ndim != 2 or len(p.shape) != 2 or v.shape[1] != p.shape[1]:
+            return v
+        if v.shape[0] > p.shape[0]:
+            return v[-p.shape[0]:]
+        if v.shape[0] < p.shape[0]:
+            return torch.cat([v.new_zeros(p.shape[0] - v.shape[0], v.shape[1]), v])
+        return v
+
+    state = {i: {k: fitted(v, params[int(i)] if int(i) < len(params) else None) for k, v in entry.items()}
+             for i, entry in saved["state"].items()}
     return {**saved, "state": state}
 
 
-__all__ = ["NAME", "attach", "detach", "fold", "moments_for_delta"]
+__all__ = ["NAME", "attach", "detach", "fold", "moments_for"]

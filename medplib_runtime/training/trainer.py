@@ -101,8 +101,10 @@ class _Embedder:
 
 
 def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=None,
-          progress: bool = True) -> TrainReport:
-    """Train ``cfg.stage`` on ``samples``; writes ``out_dir/adapter.safetensors`` and returns a report."""
+          progress: bool = True, rows_as_delta: bool | None = None) -> TrainReport:
+    """Train ``cfg.stage`` on ``samples``; writes ``out_dir/adapter.safetensors`` and returns a report.
+    ``rows_as_delta``: how the new token rows train (new_rows.py); None: as a delta on one process and
+    under DDP, through the embedding under FSDP2 (which shards it). The same numbers either way."""
     t0 = time.perf_counter()
     rank, world = _dist()
     device = _device(cfg)
@@ -123,9 +125,9 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
     model.to(device)  # in place: parameters keep their identity, so the stage's choice below still holds
     history = read_glue_metadata(cfg.init_glue) if cfg.init_glue else {"trained_parts": (), "recipe": {}}
     trained_parts = tuple(dict.fromkeys(tuple(history["trained_parts"]) + cfg.trains))  # all stages so far
-    # FSDP2 shards the embedding: there the rows keep training through it (params.keep_only_new_rows)
-    chosen = prepare_stage(model, cfg.trains, cfg.forced_expert,
-                           rows_as_delta=world == 1 or cfg.distributed == "ddp")
+    if rows_as_delta is None:
+        rows_as_delta = world == 1 or cfg.distributed == "ddp"
+    chosen = prepare_stage(model, cfg.trains, cfg.forced_expert, rows_as_delta=rows_as_delta)
     if cfg.forced_expert is None:  # stage IV: the router decides, with the run's top-k and capacity
         set_routing(model.llm, top_k=cfg.top_k, capacity_factor=cfg.capacity_factor)
     model.train()
@@ -156,7 +158,7 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
         state = torch.load(ckpt / "state.pt", weights_only=False, map_location=device)
         if not _same_run(state["config"], cfg):
             raise InputError(f"{ckpt} holds a run with another config: use a new --out-dir or delete it")
-        distributed.load_optimizer_state(optimizer, new_rows.moments_for_delta(optimizer, state["optimizer"]))
+        distributed.load_optimizer_state(optimizer, new_rows.moments_for(optimizer, state["optimizer"]))
         torch.set_rng_state(distributed.own_rng_state(state))
         start = resumed = int(state["step"])
 
