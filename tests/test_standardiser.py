@@ -1,4 +1,4 @@
-"""Input standardisation of the region encoder and the seg projector: fitted once from the stage's
+"""Input standardisation of the vision projector, region encoder and seg projector: fitted once from the stage's
 own examples, stored with the glue, left alone by later stages, and absent from older glues."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from medplib_runtime.training.trainer import train
 
 STATS = ("region_encoder.standardise.mean", "region_encoder.standardise.std",
          "seg_projector.standardise.mean", "seg_projector.standardise.std")
+VISION_STATS = ("vision_projector.standardise.mean", "vision_projector.standardise.std")
 
 
 def test_fit_centres_and_scales_each_feature_and_floors_a_flat_one():
@@ -67,6 +68,21 @@ def test_stage_ii_fits_the_region_encoder_and_stage_iii_the_seg_projector_once(t
         assert torch.equal(glue_state(model4)[key], after3[key])
 
 
+def test_stage_i_fits_the_vision_projector_on_the_vision_towers_tokens_and_stage_ii_keeps_it(tmp_path):
+    model = tiny_model()
+    one = train(_cfg(1, tmp_path, fit_input_stats=100), samples(), model=model, embedder=FakeEmbedder(),
+                progress=False)  # 100: every example (each slice as often), so the mean is known
+    assert model.vision_projector.standardise.fitted and not model.region_encoder.standardise.fitted
+    tokens = torch.cat([model.vision_tower(FakeEmbedder()(s).image_embedding).flatten(0, 1) for s in samples()])
+    after1 = glue_state(model)
+    assert torch.allclose(after1["vision_projector.standardise.mean"], tokens.mean(0), atol=1e-5)
+    model2 = tiny_model()  # stage II trains the projector on: the statistics are stage I's
+    train(_cfg(2, tmp_path, fit_input_stats=4, init_glue=one.adapter), samples(), model=model2,
+          embedder=FakeEmbedder(), progress=False)
+    for key in VISION_STATS:
+        assert torch.equal(glue_state(model2)[key], after1[key])
+
+
 def test_without_fit_input_stats_nothing_is_fitted(tmp_path):
     model = tiny_model()
     train(_cfg(3, tmp_path), samples(), model=model, embedder=FakeEmbedder(), progress=False)
@@ -82,12 +98,14 @@ def test_a_glue_from_before_the_standardisation_loads_as_the_identity(tmp_path):
     path = save_glue(trained, tmp_path / "glue.safetensors", trained_parts=("seg_projector",), recipe={})
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    old = {k: v for k, v in load_file(str(path)).items() if k not in STATS}
+    old = {k: v for k, v in load_file(str(path)).items() if k not in STATS + VISION_STATS}
     save_file(old, str(tmp_path / "old.safetensors"), metadata=meta)
     target = tiny_model()
     target.region_encoder.standardise.fit(torch.randn(8, target.cfg.prompt_embed_dim))  # stale statistics
+    target.vision_projector.standardise.fit(torch.randn(8, target.vision_projector.fc1.in_features))
     load_glue(target, tmp_path / "old.safetensors")
     assert not target.region_encoder.standardise.fitted and not target.seg_projector.standardise.fitted
+    assert not target.vision_projector.standardise.fitted
     assert torch.equal(target.seg_projector.fc1.weight, trained.seg_projector.fc1.weight)
     load_glue(target, path)  # and the new file brings them
     assert torch.equal(target.seg_projector.standardise.std, trained.seg_projector.standardise.std)

@@ -21,7 +21,7 @@ from .standardiser import InputStandardiser
 
 # parts newer than the format: a file without them loads; the part stays untrained (the head) or the identity
 # (the input standardisations)
-OPTIONAL = ("ground_head.", "seg_projector.standardise.", "region_encoder.standardise.")
+OPTIONAL = ("ground_head.", "seg_projector.standardise.", "region_encoder.standardise.", "vision_projector.standardise.")
 
 
 def glue_state(model) -> dict[str, torch.Tensor]:

@@ -62,7 +62,7 @@ class TrainConfig:
     router_lr: float | None = None  # stage IV: the routers' own lr (None: the stage's); ours learn in 50 steps
     region_lr: float | None = None  # the region encoder's own lr (None: the stage's); ours starts from random
     # init and must grow region-to-region differences that are small next to its bias (docs/training.md)
-    fit_input_stats: int = 0  # ours: when this stage first trains the region encoder or the seg projector, fit
+    fit_input_stats: int = 0  # ours: when this stage first trains the vision projector, region encoder or seg projector, fit
     # its input standardisation (modeling/standardiser.py) on this many of the run's examples first; 0: off
     align_region: float = 0.0  # ours: before the first step, fit the region encoder's projection in closed form
     # (ridge regression with this penalty) so a region's token is the input embedding of the structure it marks

@@ -54,6 +54,10 @@ class TrainModule(nn.Module):
         with compute_precision(embedding.image_embedding.device):
             return self._forward(example, embedding)
 
+    def vision_features(self, example: Example, embedding) -> torch.Tensor:
+        """``N×C``: the vision tower's tokens of the example's slice (the vision projector's standardisation's input)."""
+        return self.model.vision_tower(embedding.image_embedding).flatten(0, 1)
+
     def region_features(self, example: Example, embedding) -> torch.Tensor:
         """``1×C``: the pooled pixel features the region encoder projects (its standardisation's input)."""
         region = self.region_mask_fn(example.sample.region, embedding)

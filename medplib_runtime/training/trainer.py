@@ -260,13 +260,14 @@ def _examples(model, samples: list[TrainSample], cfg: TrainConfig) -> list[Examp
 
 @torch.no_grad()
 def _fit_input_stats(module: TrainModule, examples: list[Example], embed, cfg: TrainConfig) -> list[str]:
-    """The first stage that trains the region encoder or the seg projector fits its input
+    """The first stage that trains the vision projector, region encoder or seg projector fits its input
     standardisation on ``cfg.fit_input_stats`` examples (the run's seeded order, so they span the
     cases) before its first step; a part fitted before (init glue, checkpoint) keeps its statistics."""
     if not cfg.fit_input_stats:
         return []
     m, order = module.model, _order(len(examples), cfg.seed, 0)
-    fits = {"region_encoder": (m.region_encoder.standardise, lambda ex: ex.region, module.region_features),
+    fits = {"vision_projector": (m.vision_projector.standardise, lambda ex: True, module.vision_features),
+            "region_encoder": (m.region_encoder.standardise, lambda ex: ex.region, module.region_features),
             "seg_projector": (m.seg_projector.standardise, lambda ex: ex.masks, module.seg_states)}
     done = []
     for part, (standardiser, usable, features) in fits.items():
