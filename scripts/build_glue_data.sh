@@ -2,7 +2,7 @@
 # The glue recipes' data sets, each defined once: `bash scripts/build_glue_data.sh SET...` writes
 # build/SET (+ build/SET.manifest.json) for each SET named, every one from the same volumes with the same
 # seeded split by volume (docs/training.md). scripts/train_default_glue.sh and scripts/train_hour_glue.sh
-# call it with the sets their configs read (tests/test_training.py checks that they do).
+# call it with the sets their configs read (tests/test_training_config.py checks that they do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MEDPLIB=${MEDPLIB:-.venv/bin/medplib}
