@@ -83,6 +83,16 @@ def test_stage_i_fits_the_vision_projector_on_the_vision_towers_tokens_and_stage
         assert torch.equal(glue_state(model2)[key], after1[key])
 
 
+def test_a_projector_an_earlier_stage_trained_unstandardised_is_not_standardised_later(tmp_path):
+    """Stage I trained the projector on the raw tokens: standardising its input at stage II would hand its
+    weights an input they never saw (the recipes' stage II fits the region encoder's statistics)."""
+    one = train(_cfg(1, tmp_path), samples(), model=tiny_model(), embedder=FakeEmbedder(), progress=False)
+    model2 = tiny_model()
+    train(_cfg(2, tmp_path, fit_input_stats=4, init_glue=one.adapter), samples(), model=model2,
+          embedder=FakeEmbedder(), progress=False)
+    assert model2.region_encoder.standardise.fitted and not model2.vision_projector.standardise.fitted
+
+
 def test_without_fit_input_stats_nothing_is_fitted(tmp_path):
     model = tiny_model()
     train(_cfg(3, tmp_path), samples(), model=model, embedder=FakeEmbedder(), progress=False)

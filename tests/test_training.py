@@ -14,6 +14,7 @@ from medplib_runtime.modeling.glue_weights import first_new_row, glue_state, loa
 from medplib_runtime.training.config import TrainConfig
 from medplib_runtime.training.trainer import train
 
+
 EXPECTED = {  # parameter-name prefixes each stage may change
     1: ("vision_projector.",),
     2: ("vision_projector.", "region_encoder.", "llm.model.layers.0.mlp.experts.1.", "llm.model.layers.1.mlp.experts.1.",

@@ -12,6 +12,7 @@ from medplib_runtime.errors import InputError
 from medplib_runtime.training.config import TrainConfig, load_config
 from medplib_runtime.training.trainer import train
 
+
 def test_bad_configs_and_records(tmp_path):
     path = tmp_path / "c.json"
     path.write_text('{"stage": 5, "data": ["x.json"], "out_dir": "o"}')

@@ -3,6 +3,8 @@ a checkpoint of another config is refused."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -12,14 +14,17 @@ from medplib_runtime.modeling.glue_weights import glue_state, load_glue, read_gl
 from medplib_runtime.training.config import TrainConfig
 from medplib_runtime.training.trainer import train
 
+
 class _Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("extra", [{}, {"align_region": 1.0}])  # a resumed run must not align its region encoder again
+# a resumed run must not align its region encoder or its image tokens again
+@pytest.mark.parametrize("extra", [{}, {"align_region": 1.0}, {"align_image": 1.0}])
 def test_interrupted_run_resumes_bit_for_bit(tmp_path, extra):
     cfg = dict(stage=2, data=("synthetic",), steps=4, grad_accumulation=2, warmup_steps=1, lr=1e-2, save_every=2, **extra)
-    named = samples(region_names=("lesion", "tumour"))
+    named = [dataclasses.replace(s, modality="CT", body_region=("lesion", "brain")[i % 2])  # words the tiny tokenizer
+             for i, s in enumerate(samples(region_names=("lesion", "tumour")))]  # tells apart (align_image)
     straight = train(TrainConfig(out_dir=str(tmp_path / "a"), **cfg), named, model=tiny_model(),
                      embedder=FakeEmbedder(), progress=False)
 

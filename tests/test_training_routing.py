@@ -14,6 +14,7 @@ from medplib_runtime.modeling.glue_weights import load_glue, read_glue_metadata
 from medplib_runtime.training.config import TrainConfig
 from medplib_runtime.training.trainer import train
 
+
 def _moe_settings(model) -> set[tuple]:
     from medplib_runtime.modeling.moe import moe_layers
 

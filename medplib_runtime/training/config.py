@@ -67,6 +67,9 @@ class TrainConfig:
     align_region: float = 0.0  # ours: before the first step, fit the region encoder's projection in closed form
     # (ridge regression with this penalty) so a region's token is the input embedding of the structure it marks
     # (training/region_alignment.py); 0: off. Gradient steps then train it only if it is not ``frozen``
+    align_image: float = 0.0  # ours: before the first step, add to the vision projector's output layer the closed-form
+    # fit that moves each image token by this scale × its slice's modality / body-region word embedding (minus their
+    # mean) (training/image_alignment.py); 0: off
     top_k: int = 1  # stage IV: experts per token (MedPLIB: 1)
     capacity_factor: float = 1.5  # stage IV: training capacity factor (MedPLIB: 1.5)
     route_supervision: float = 0.0  # stage IV, ours: weight of a CE on the router (answers with <SEG> → the
@@ -111,6 +114,11 @@ class TrainConfig:
         if isinstance(self.align_region, bool) or not isinstance(self.align_region, (int, float)) \
                 or not self.align_region >= 0:
             raise InputError(f"align_region must be 0 (off) or a ridge penalty > 0; got {self.align_region!r}")
+        if isinstance(self.align_image, bool) or not isinstance(self.align_image, (int, float)) \
+                or not self.align_image >= 0:
+            raise InputError(f"align_image must be 0 (off) or a scale > 0; got {self.align_image!r}")
+        if self.align_image and "vision_projector" not in self.spec.trains:
+            raise InputError(f"align_image moves the vision projector, which stage {self.stage} does not train")
         if self.align_region and "region_encoder" not in self.spec.trains:
             raise InputError(f"align_region fits the region encoder, which stage {self.stage} does not train")
         if self.dense_expert not in (None, 0, 1):

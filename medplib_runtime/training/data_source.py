@@ -43,8 +43,14 @@ def samples_from_json(path: str | Path, *, image_folder: str | Path | None = Non
         turns = tuple(Turn(t.plain_question, t.plain_answer) for t in rec.turns)
         out.append(TrainSample(name, image, turns, region=region, masks=masks, modality=rec.modality,
                                region_name=region_name(rec) if region is not None else None,
-                               answer_type=rec.answer_type))
+                               answer_type=rec.answer_type, body_region=body_region(rec)))
     return out
+
+
+def body_region(rec) -> str | None:
+    """The record's ``body_region`` (our builder writes it; real MeCoVQA does not: None)."""
+    value = rec.extra.get("body_region")
+    return str(value) if isinstance(value, str) and value.strip() else None
 
 
 BACKGROUND = "background"

@@ -33,6 +33,7 @@ class TrainSample:
     masks: tuple[np.ndarray, ...] = ()
     modality: str = "other"
     region_name: str | None = None
+    body_region: str | None = None  # where the record says it (our builder); image_alignment.py
     answer_type: str = "open"  # the record's: "closed" (one of a few answers) or "open"
 
 

@@ -147,9 +147,12 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
                                                                                            grid * 4)[0, 0].to(device),
                          cache_seg_states=cached, cache_router_inputs=routers_only(cfg))
     embed = embedder or _Embedder(model)
-    fitted = _fit_input_stats(module, examples, embed, cfg)  # before wrapping: every process fits the same
+    # before wrapping: every process fits the same
+    fitted = _fit_input_stats(module, examples, embed, cfg, trained_before=tuple(history["trained_parts"]))
     if cfg.align_region and not resumed_run:  # a checkpoint holds the aligned projection already
         fitted.append(_align_region(module, examples, embed, cfg))
+    if cfg.align_image and not resumed_run:
+        fitted.append(_align_image(module, examples, embed, cfg))
     runner, chosen = distributed.wrap(module, cfg.distributed, cfg.trains, chosen, world)
     optimizer = torch.optim.AdamW(param_groups(chosen, lr=resolved["lr"], weight_decay=cfg.weight_decay,
                                                router_lr=cfg.router_lr, region_lr=cfg.region_lr))
@@ -259,10 +262,13 @@ def _examples(model, samples: list[TrainSample], cfg: TrainConfig) -> list[Examp
 
 
 @torch.no_grad()
-def _fit_input_stats(module: TrainModule, examples: list[Example], embed, cfg: TrainConfig) -> list[str]:
+def _fit_input_stats(module: TrainModule, examples: list[Example], embed, cfg: TrainConfig, *,
+                     trained_before: tuple[str, ...] = ()) -> list[str]:
     """The first stage that trains the vision projector, region encoder or seg projector fits its input
     standardisation on ``cfg.fit_input_stats`` examples (the run's seeded order, so they span the
-    cases) before its first step; a part fitted before (init glue, checkpoint) keeps its statistics."""
+    cases) before its first step; a part fitted before (init glue, checkpoint) keeps its statistics, and
+    a part an earlier stage trained without them (``trained_before``, the init glue's parts) is left as
+    it is: its weights were learnt on the unstandardised input."""
     if not cfg.fit_input_stats:
         return []
     m, order = module.model, _order(len(examples), cfg.seed, 0)
@@ -271,7 +277,7 @@ def _fit_input_stats(module: TrainModule, examples: list[Example], embed, cfg: T
             "seg_projector": (m.seg_projector.standardise, lambda ex: ex.masks, module.seg_states)}
     done = []
     for part, (standardiser, usable, features) in fits.items():
-        if part not in cfg.trains or standardiser.fitted:
+        if part not in cfg.trains or standardiser.fitted or part in trained_before:
             continue
         chosen = [examples[int(i)] for i in order if usable(examples[int(i)])][: cfg.fit_input_stats]
         rows = [features(ex, embed(ex.sample)).float().cpu() for ex in chosen]
@@ -292,6 +298,15 @@ def _align_region(module: TrainModule, examples: list[Example], embed, cfg: Trai
     report = align_region_encoder(module, examples, embed, ridge=float(cfg.align_region))
     return (f"region encoder aligned with the names {', '.join(report.names)} ({report.regions} regions, "
             f"nearest name right on {report.nearest_name_accuracy:.2f})")
+
+
+def _align_image(module: TrainModule, examples: list[Example], embed, cfg: TrainConfig) -> str:
+    """The vision projector's tokens moved towards their slices' words (image_alignment.py)."""
+    from .image_alignment import align_vision_projector
+
+    report = align_vision_projector(module, examples, embed, scale=float(cfg.align_image))
+    return (f"image tokens aligned with {', '.join(report.word_sets)} ({report.slices} slices, nearest words right "
+            f"on {report.nearest_words_accuracy:.2f})")
 
 
 def _set_question_threshold(resolved: dict, module: TrainModule, cfg: TrainConfig) -> None:
