@@ -98,3 +98,23 @@ def test_the_training_embedder_embeds_each_distinct_slice_once():
     assert embedder(first) is embedder(copy)
     embedder(other)
     assert len(calls) == 2
+
+
+def test_ridge_fit_recovers_a_linear_map_and_never_shrinks_the_intercept():
+    from medplib_runtime.training.ridge import ridge_fit
+
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(50, 4, generator=g), torch.randn(4, 3, generator=g)
+    b = torch.tensor([5.0, -2.0, 0.5])
+    weight, bias = ridge_fit(x, x @ w + b, 1e-9)
+    assert torch.allclose(weight, w, atol=1e-4) and torch.allclose(bias, b, atol=1e-4)
+    weight, bias = ridge_fit(x, x @ w + b, 1e9)  # all penalty: no slope, the intercept is y's mean
+    assert float(weight.abs().max()) < 1e-5 and torch.allclose(bias, (x @ w + b).mean(0), atol=1e-4)
+
+
+def test_a_word_without_tokens_names_the_option_that_asked_for_it():
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(tokenizer=lambda text, add_special_tokens: {"input_ids": []})
+    with pytest.raises(InputError, match=r"^align_image: the word 'chest' has no tokens"):
+        name_embedding(model, "chest", option="align_image")

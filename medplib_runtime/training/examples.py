@@ -7,6 +7,7 @@ end-of-sequence token. Tokens of the prompt are not supervised (label -100).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,8 +34,15 @@ class TrainSample:
     masks: tuple[np.ndarray, ...] = ()
     modality: str = "other"
     region_name: str | None = None
-    body_region: str | None = None  # where the record says it (our builder); image_alignment.py
     answer_type: str = "open"  # the record's: "closed" (one of a few answers) or "open"
+    body_region: str | None = None  # where the record says it (our builder); image_alignment.py
+
+
+def pixel_key(image: np.ndarray) -> tuple:
+    """A slice's identity by its pixels, not its array: a MeCoVQA file holds one record per question, so each
+    slice's PNG is read into a new array once per record (979 records of 68 slices in glue-vqa)."""
+    image = np.ascontiguousarray(image)
+    return image.shape, image.dtype.str, hashlib.blake2b(image.tobytes(), digest_size=16).digest()
 
 
 @dataclass(frozen=True)

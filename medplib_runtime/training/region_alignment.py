@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .examples import Example
+from .ridge import ridge_fit
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,12 @@ class AlignmentReport:
     nearest_name_accuracy: float  # on the fitted regions: the token's nearest name embedding (cosine) is its own
 
 
-def name_embedding(model, name: str) -> torch.Tensor:
-    """``D``: the mean input-embedding row of ``" " + name``'s tokens (as the answers spell it)."""
+def name_embedding(model, name: str, *, option: str = "align_region") -> torch.Tensor:
+    """``D``: the mean input-embedding row of ``" " + name``'s tokens (as the answers spell it); ``option``
+    names the config key in the error for a word without tokens."""
     ids = model.tokenizer(" " + name, add_special_tokens=False)["input_ids"]
     if not ids:
-        raise InputError(f"align_region: the structure name {name!r} has no tokens")
+        raise InputError(f"{option}: the word {name!r} has no tokens in the LLM's vocabulary")
     return model.llm.get_input_embeddings().weight.detach()[ids].float().mean(0)
 
 
@@ -62,11 +64,7 @@ def align_region_encoder(module, examples: list[Example], embed, *, ridge: float
     x = torch.cat(rows)  # N×C
     table = torch.stack([name_embedding(model, n) for n in classes])  # K×D
     y = table[[classes.index(n) for n in names]]  # N×D
-    x_mean, y_mean = x.mean(0), y.mean(0)
-    xc = x - x_mean
-    gram = xc.T @ xc + ridge * torch.eye(x.shape[1])
-    weight = torch.linalg.solve(gram, xc.T @ (y - y_mean))  # C×D
-    bias = y_mean - x_mean @ weight
+    weight, bias = ridge_fit(x, y, ridge)  # C×D, D
     encoder.proj.weight.copy_(weight.T.to(encoder.proj.weight))
     encoder.proj.bias.copy_(bias.to(encoder.proj.bias))
     tokens = x @ weight + bias

@@ -9,7 +9,6 @@ continues exactly where the interrupted one was (tested bit for bit).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -27,7 +26,7 @@ from ..modeling.moe import RoutingRecorder, set_routing
 from ..modeling.question_routing import best_threshold
 from . import distributed, new_rows
 from .config import TrainConfig
-from .examples import Example, TrainSample, encode
+from .examples import Example, TrainSample, encode, pixel_key
 from .forward import LossWeights, TrainModule
 from .params import param_groups, prepare_stage
 
@@ -80,9 +79,8 @@ def _order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 class _Embedder:
-    """Frozen pixel encoder: each distinct image embedded once per process (it is the slow part).
-    Keyed by the pixels, not the array: a MeCoVQA file holds one record per question, so each slice's
-    PNG is read once per record (979 records of 68 slices in the shipped glue-vqa data)."""
+    """Frozen pixel encoder: each distinct image embedded once per process (it is the slow part), keyed
+    by its pixels (``examples.pixel_key``)."""
 
     def __init__(self, model) -> None:
         from ..segmenter import SamSegmenter
@@ -91,8 +89,7 @@ class _Embedder:
         self.cache: dict[tuple, object] = {}
 
     def __call__(self, sample: TrainSample):
-        image = np.ascontiguousarray(sample.image)
-        key = (image.shape, image.dtype.str, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+        key = pixel_key(sample.image)
         if key not in self.cache:
             emb = self.segmenter.embed(sample.image)  # made under inference_mode: autograd may not save it,
             # and the ground head's key convolution must (its weights learn from the embedding)
