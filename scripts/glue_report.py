@@ -38,7 +38,8 @@ def stages(build: Path) -> None:
         name = cfg["stage_name"] + {"3_head": " (head only: seg projector, ground head)",
                                     "2_more": " (more: VL expert and region encoder, glue-vqa)",
                                     "2_align": " (region encoder aligned with the names; VL expert, glue-pairs)",
-                                    "2_closed": " (VL expert, closed answers ×3, glue-pairs4)"}.get(n, "")
+                                    "2_closed": " (VL expert, closed answers ×3, glue-pairs4)",
+                                    "4_realign": " (region encoder aligned again, names balanced; routers)"}.get(n, "")
         print(f"| {n} {name} | {s['steps']} × {cfg['grad_accumulation']} | {s['seconds'] / 60:.1f} min "
               f"| {_mean(first, 'ce')} → {_mean(last, 'ce')} | {_mean(first, 'bce')} → {_mean(last, 'bce')} "
               f"| {_mean(first, 'dice')} → {_mean(last, 'dice')} | {_mean(first, 'route')} → {_mean(last, 'route')} "

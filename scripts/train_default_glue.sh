@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The shipped glue's recipe, end to end on CPU: data → stages I–IV → assets → eval on held-out volumes.
-# About four hours on 2 cores (docs/training.md has each stage's time). Re-running resumes a cut-off stage from its last checkpoint.
+# About four and a half hours on 2 cores (docs/training.md has each stage's time). Re-running resumes a cut-off stage from its last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MEDPLIB=${MEDPLIB:-.venv/bin/medplib}
@@ -12,14 +12,16 @@ MEDPLIB=$MEDPLIB bash scripts/build_glue_data.sh glue-data glue-vqa glue-pairs g
 # region encoder's projection fitted in closed form onto the structure names' embeddings, then the
 # vision-language expert trained on to read it (region encoder frozen), on build/glue-pairs. stage2_closed: the
 # vision-language expert again, on build/glue-pairs4 with each closed-answer record 3 times (the yes/no readout;
-# docs/closed_answers.md). Stage 4 (the routers alone) starts from it.
+# docs/closed_answers.md). Stage 4 (the routers alone) starts from it. 4_realign: the region encoder's projection
+# fitted again, each structure name weighing the same (align_region_balanced), then the routers 400 steps more
+# (docs/region_alignment.md, "Names balanced").
 # scripts/glue_report.py reads this line for the order.
-for step in 1 2 3 3_head 2_more 2_align 2_closed 4; do
+for step in 1 2 3 3_head 2_more 2_align 2_closed 4 4_realign; do
     echo "== stage $step ($(date +%T))" >&2
     $MEDPLIB train --stage "${step%%_*}" --config "$CFG/stage$step.json" --no-progress | tee "build/glue-stage$step.json"
 done
 mkdir -p medplib_runtime/assets
-cp build/glue-runs/stage4-after/adapter.safetensors medplib_runtime/assets/medplib-lite-glue.safetensors
+cp build/glue-runs/stage4-realign/adapter.safetensors medplib_runtime/assets/medplib-lite-glue.safetensors
 echo "== eval on held-out volumes ($(date +%T))" >&2
 $MEDPLIB eval build/glue-data/test.json --max-new-tokens 32 --predictions build/glue-test.predictions.jsonl \
     --json > build/glue-test.eval.json

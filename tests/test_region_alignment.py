@@ -118,3 +118,37 @@ def test_a_word_without_tokens_names_the_option_that_asked_for_it():
     model = SimpleNamespace(tokenizer=lambda text, add_special_tokens: {"input_ids": []})
     with pytest.raises(InputError, match=r"^align_image: the word 'chest' has no tokens"):
         name_embedding(model, "chest", option="align_image")
+
+
+def test_ridge_weights_count_a_row_as_often_as_its_weight_says():
+    from medplib_runtime.training.ridge import ridge_fit
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(6, 3, generator=g, dtype=torch.float64), torch.randn(6, 2, generator=g, dtype=torch.float64)
+    counts = torch.tensor([1, 3, 1, 2, 1, 1], dtype=torch.float64)
+    repeated = ridge_fit(x.repeat_interleave(counts.long(), 0), y.repeat_interleave(counts.long(), 0), 0.5)
+    # the weights are rescaled to mean 1, so the penalty weighs against the same total as the 9 repeated rows
+    weighted = ridge_fit(x, y, 0.5 * len(x) / float(counts.sum()), counts)
+    assert all(torch.allclose(a, b) for a, b in zip(repeated, weighted))
+    assert all(torch.allclose(a, b) for a, b in zip(ridge_fit(x, y, 0.5, counts), ridge_fit(x, y, 0.5, 3 * counts)))
+    assert all(torch.allclose(a, b) for a, b in zip(ridge_fit(x, y, 0.5), ridge_fit(x, y, 0.5, torch.ones(6))))
+
+
+@pytest.mark.parametrize("balanced, rare_share", [(False, 1 / 8), (True, 1 / 2)])
+def test_a_balanced_fit_gives_a_rare_name_as_much_pull_as_a_common_one(tmp_path, balanced, rare_share):
+    """All penalty (no slope): every token is the fit's intercept, the names' embeddings averaged over the
+    regions — 7 "lesion" to 1 "tumour" as they come, or one to one when the names are balanced."""
+    named = samples(8, region_names=("lesion",) * 7 + ("tumour",))
+    model = tiny_model()
+    train(_cfg(tmp_path, align_region=1e12, align_region_balanced=balanced), named, model=model,
+          embedder=FakeEmbedder(), progress=False)
+    lesion, tumour = name_embedding(model, "lesion"), name_embedding(model, "tumour")
+    expected = (1 - rare_share) * lesion + rare_share * tumour
+    assert torch.allclose(_region_tokens(model, named), expected.expand(8, -1), atol=1e-4)
+
+
+def test_balancing_needs_the_fit_it_balances():
+    with pytest.raises(InputError, match="align_region_balanced must be true or false, and true only with"):
+        TrainConfig(stage=2, data=("x",), out_dir="o", align_region_balanced=True)
+    with pytest.raises(InputError, match="align_region_balanced must be"):
+        TrainConfig(stage=2, data=("x",), out_dir="o", align_region=1.0, align_region_balanced="yes")

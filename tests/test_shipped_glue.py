@@ -26,8 +26,10 @@ def test_the_glue_ships_with_its_recipe():
             "router", "new_token_rows"} <= set(trained_parts(GLUE))
     stages = read_glue_metadata(GLUE)["recipe"]["stages"]
     # the second 3: the head-only run (stage3_head.json); the second to fourth 2: stage2_more.json,
-    # stage2_align.json and stage2_closed.json, on build/glue-vqa, build/glue-pairs and build/glue-pairs3
-    assert [s["stage"] for s in stages] == [1, 2, 3, 3, 2, 2, 2, 4]
+    # stage2_align.json and stage2_closed.json, on build/glue-vqa, build/glue-pairs and build/glue-pairs4; the
+    # second 4: stage4_realign.json (the region projection fitted again, names balanced, and the routers)
+    assert [s["stage"] for s in stages] == [1, 2, 3, 3, 2, 2, 2, 4, 4]
+    assert stages[-1]["align_region_balanced"] is True
     assert all(s["seed"] == 0 for s in stages)
     configs = ASSETS.parent.parent / "configs"
     recipes = [json.loads(p.read_text()) for p in sorted((configs / "training" / "default_glue").glob("*.json"))]

@@ -67,6 +67,7 @@ class TrainConfig:
     align_region: float = 0.0  # ours: before the first step, fit the region encoder's projection in closed form
     # (ridge regression with this penalty) so a region's token is the input embedding of the structure it marks
     # (training/region_alignment.py); 0: off. Gradient steps then train it only if it is not ``frozen``
+    align_region_balanced: bool = False  # ours: that fit weighs each structure name's regions equally in all
     align_image: float = 0.0  # ours: before the first step, add to the vision projector's output layer the closed-form
     # fit that moves each image token by this scale × its slice's modality / body-region word embedding (minus their
     # mean) (training/image_alignment.py); 0: off
@@ -114,6 +115,9 @@ class TrainConfig:
         if isinstance(self.align_region, bool) or not isinstance(self.align_region, (int, float)) \
                 or not self.align_region >= 0:
             raise InputError(f"align_region must be 0 (off) or a ridge penalty > 0; got {self.align_region!r}")
+        if not isinstance(self.align_region_balanced, bool) or (self.align_region_balanced and not self.align_region):
+            raise InputError(f"align_region_balanced must be true or false, and true only with an align_region penalty; "
+                             f"got {self.align_region_balanced!r} with align_region {self.align_region!r}")
         if isinstance(self.align_image, bool) or not isinstance(self.align_image, (int, float)) \
                 or not self.align_image >= 0:
             raise InputError(f"align_image must be 0 (off) or a scale > 0; got {self.align_image!r}")

@@ -42,9 +42,12 @@ def name_embedding(model, name: str, *, option: str = "align_region") -> torch.T
 
 
 @torch.no_grad()
-def align_region_encoder(module, examples: list[Example], embed, *, ridge: float) -> AlignmentReport:
+def align_region_encoder(module, examples: list[Example], embed, *, ridge: float,
+                         balanced: bool = False) -> AlignmentReport:
     """Fit ``module.model.region_encoder.proj`` (weight and bias) by ridge regression of the
-    standardised pooled features of every named region in ``examples`` onto its name's embedding.
+    standardised pooled features of every named region in ``examples`` onto its name's embedding;
+    ``balanced``: each name's regions weigh as much in all as another's (a structure the data names
+    rarely, such as our two real lesions next to the phantoms, is not pulled towards the common ones).
     InputError when fewer than two regions or two names are given."""
     model = module.model
     encoder = model.region_encoder
@@ -64,7 +67,9 @@ def align_region_encoder(module, examples: list[Example], embed, *, ridge: float
     x = torch.cat(rows)  # N×C
     table = torch.stack([name_embedding(model, n) for n in classes])  # K×D
     y = table[[classes.index(n) for n in names]]  # N×D
-    weight, bias = ridge_fit(x, y, ridge)  # C×D, D
+    counts = {n: names.count(n) for n in classes}
+    weights = torch.tensor([1.0 / counts[n] for n in names]) if balanced else None
+    weight, bias = ridge_fit(x, y, ridge, weights)  # C×D, D
     encoder.proj.weight.copy_(weight.T.to(encoder.proj.weight))
     encoder.proj.bias.copy_(bias.to(encoder.proj.bias))
     tokens = x @ weight + bias

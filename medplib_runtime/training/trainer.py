@@ -292,8 +292,10 @@ def _align_region(module: TrainModule, examples: list[Example], embed, cfg: Trai
     every example of the run (each process the same, as the fit of the standardisation)."""
     from .region_alignment import align_region_encoder
 
-    report = align_region_encoder(module, examples, embed, ridge=float(cfg.align_region))
-    return (f"region encoder aligned with the names {', '.join(report.names)} ({report.regions} regions, "
+    report = align_region_encoder(module, examples, embed, ridge=float(cfg.align_region),
+                                  balanced=cfg.align_region_balanced)
+    balanced = " (names balanced)" if cfg.align_region_balanced else ""
+    return (f"region encoder aligned{balanced} with the names {', '.join(report.names)} ({report.regions} regions, "
             f"nearest name right on {report.nearest_name_accuracy:.2f})")
 
 
@@ -335,7 +337,7 @@ def routers_only(cfg: TrainConfig) -> bool:
 def _fingerprint(cfg: TrainConfig) -> str:
     # steps may grow on resume; ddp/fsdp checkpoints are the same file (full tensors)
     keep = {k: v for k, v in cfg.resolved().items() if k not in ("steps", "save_every", "distributed", "device", "out_dir")
-            and not (k == "region_lr" and v is None) and not (k in ("fit_input_stats", "align_region") and not v)
+            and not (k == "region_lr" and v is None) and not (k in ("fit_input_stats", "align_region", "align_region_balanced") and not v)
             and not (k == "closed_repeats" and v == 1)}
     # runs from before region_lr / fit_input_stats existed resume
     return json.dumps(keep, sort_keys=True, default=str)
