@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one-hour recipe (docs/training.md, "The one-hour recipe"): the shipped recipe's losses in five runs
-# instead of its eight (one stage-II run, not four, on the data of two), for a researcher's laptop: data →
+# instead of its nine (one stage-II run, not four, on the data of two; no second stage IV), for a researcher's laptop: data →
 # stages I, II, III, III head-only, IV → eval on held-out volumes, in build/hour-runs (66 min on a 2-core AMD
 # EPYC). It writes no asset: `medplib eval --glue` reads its adapter. Re-running resumes a cut-off stage from
 # its last checkpoint.
