@@ -20,7 +20,8 @@ class _Interrupt(Exception):
 
 
 # a resumed run must not align its region encoder or its image tokens again
-@pytest.mark.parametrize("extra", [{}, {"align_region": 1.0}, {"align_image": 1.0}])
+@pytest.mark.parametrize("extra", [{}, {"align_region": 1.0}, {"align_region": 1.0, "align_region_balanced": True},
+                                   {"align_image": 1.0}])
 def test_interrupted_run_resumes_bit_for_bit(tmp_path, extra):
     cfg = dict(stage=2, data=("synthetic",), steps=4, grad_accumulation=2, warmup_steps=1, lr=1e-2, save_every=2, **extra)
     named = [dataclasses.replace(s, modality="CT", body_region=("lesion", "brain")[i % 2])  # words the tiny tokenizer
@@ -86,3 +87,16 @@ def test_a_checkpoint_resumes_with_the_rows_trained_the_other_way(first, then, t
     for key in sa:
         assert torch.allclose(sa[key], sb[key], atol=1e-5, rtol=0), key
     assert resumed.losses == pytest.approx(straight.losses[2:], rel=1e-5)
+
+
+def test_a_checkpoint_from_before_an_option_resumes_while_it_is_off_and_not_once_it_is_on():
+    """Options added later (fit_input_stats, align_region, align_region_balanced) are left out of a run's
+    fingerprint while off, so a checkpoint written before they existed resumes; switched on, it is another run."""
+    import json
+
+    from medplib_runtime.training.trainer import OFF_WHEN_FALSY, _fingerprint, _same_run
+
+    cfg = TrainConfig(stage=2, data=("x",), out_dir="o", align_region=1.0)
+    older = {k: v for k, v in json.loads(_fingerprint(cfg)).items() if k != "align_region_balanced"}
+    assert "align_region_balanced" in OFF_WHEN_FALSY and _same_run(json.dumps(older), cfg)
+    assert not _same_run(json.dumps(older), dataclasses.replace(cfg, align_region_balanced=True))

@@ -27,7 +27,7 @@ from .ridge import ridge_fit
 
 @dataclass(frozen=True)
 class AlignmentReport:
-    regions: int  # distinct (image, region) pairs fitted
+    regions: int  # region records fitted (a region asked about in two records counts twice, in the fit too)
     names: tuple[str, ...]
     nearest_name_accuracy: float  # on the fitted regions: the token's nearest name embedding (cosine) is its own
 

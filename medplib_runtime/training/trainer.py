@@ -334,12 +334,15 @@ def routers_only(cfg: TrainConfig) -> bool:
     return cfg.routing == "sequence" and cfg.trains == ("router",)
 
 
+# options added after runs were checkpointed: left out of the fingerprint while off, so those runs resume
+OFF_WHEN_FALSY = ("fit_input_stats", "align_region", "align_region_balanced")
+
+
 def _fingerprint(cfg: TrainConfig) -> str:
     # steps may grow on resume; ddp/fsdp checkpoints are the same file (full tensors)
     keep = {k: v for k, v in cfg.resolved().items() if k not in ("steps", "save_every", "distributed", "device", "out_dir")
-            and not (k == "region_lr" and v is None) and not (k in ("fit_input_stats", "align_region", "align_region_balanced") and not v)
+            and not (k == "region_lr" and v is None) and not (k in OFF_WHEN_FALSY and not v)
             and not (k == "closed_repeats" and v == 1)}
-    # runs from before region_lr / fit_input_stats existed resume
     return json.dumps(keep, sort_keys=True, default=str)
 
 
