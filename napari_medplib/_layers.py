@@ -26,9 +26,16 @@ def image_layer_data(volume: Volume, *, name: str | None = None) -> tuple:
     return (volume.array, kwargs, "image")
 
 
-def labels_layer_data(volume: Volume, *, name: str) -> tuple:
+def labels_layer_data(volume: Volume, *, name: str, reference: bool = False) -> tuple:
+    """A napari LayerDataTuple for a label volume; a ``reference`` (ground truth) is drawn as a cyan
+    outline and marked so the docks never read it as a prompt nor write into it."""
+    from .colours import reference_style
+    from .layer_roles import REFERENCE, with_role
+
+    meta = geometry_metadata(volume)
     kwargs = {"name": name, "scale": volume.napari_scale, "translate": volume.napari_translate,
-              "metadata": geometry_metadata(volume), "opacity": 0.5}
+              "metadata": with_role(meta, REFERENCE) if reference else meta,
+              **(reference_style() if reference else {"opacity": 0.5})}
     return (np.asarray(volume.array).astype(np.uint16 if volume.array.max() > 255 else np.uint8), kwargs, "labels")
 
 

@@ -15,7 +15,7 @@ def _case(stem: str, label_name: str) -> list[tuple]:
     image = read_volume(SAMPLE_DIR / f"{stem}_image.nrrd")
     label = read_volume(SAMPLE_DIR / f"{stem}_label.nrrd")
     return [image_layer_data(image, name=stem.split("_")[0]),
-            labels_layer_data(label, name=f"{stem.split('_')[0]} {label_name} (reference)")]
+            labels_layer_data(label, name=f"{stem.split('_')[0]} {label_name} (reference)", reference=True)]
 
 
 def brain1() -> list[tuple]:
@@ -53,8 +53,11 @@ def mni152() -> list[tuple]:
         labels[zyx(masks[label]) > 0] = label
     scale = tuple(float(z) for z in reversed(template.header.get_zooms()[:3]))
     translate = tuple(float(t) for t in reversed(template.affine[:3, 3]))
+    from .colours import reference_style
+    from .layer_roles import REFERENCE, with_role
+
     meta = {"space": "MNI152 RAS mm", "medplib_label_names": dict(MNI_LABELS)}
     return [(zyx(template).astype(np.float32), {"name": "MNI152", "scale": scale, "translate": translate,
                                                  "metadata": dict(meta), "colormap": "gray"}, "image"),
-            (labels, {"name": "MNI152 tissue", "scale": scale, "translate": translate, "metadata": meta,
-                      "opacity": 0.4}, "labels")]
+            (labels, {"name": "MNI152 tissue (reference)", "scale": scale, "translate": translate,
+                      "metadata": with_role(meta, REFERENCE), **reference_style()}, "labels")]

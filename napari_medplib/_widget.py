@@ -1,37 +1,54 @@
-"""The MedPLIB dock: pick image, prompt and target layers, press Segment; Propagate it through the
-volume, Measure it; Undo the last write.
+"""The MedPLIB segment dock: pick image, prompt and target layers, press Segment; Propagate it through
+the volume, Measure it; Undo the last write.
 
-Widgets only wire signals to ``on_*`` methods. The runtime call runs in a napari worker
-thread (never on the Qt main thread; the worker touches no layer); the mask is written in
-``on_segmented`` on the main thread. ``synchronous = True`` (or MEDPLIB_SYNC_WORKERS=1)
-runs the call inline, for tests and debugging.
+Prompt choices are only layers a user draws in (Shapes, Points, scribbles; ``layer_roles``): a
+reference label that came with a file is never read as the user's box. Widgets only wire signals to
+``on_*`` methods. The runtime call runs in a napari worker thread (never on the Qt main thread; the
+worker touches no layer); the mask is written in ``on_segmented`` on the main thread.
+``synchronous = True`` (or MEDPLIB_SYNC_WORKERS=1) runs the call inline, for tests and debugging.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from dataclasses import dataclass
 
 import numpy as np
-from napari.layers import Image, Labels, Points, Shapes
+from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-                            QSpinBox, QVBoxLayout, QWidget)
+                            QSizePolicy, QSpinBox, QVBoxLayout, QWidget)
 
 from medplib_runtime.errors import MedplibError
+from medplib_runtime.schemas import SegmentRequest, SliceRef
 from medplib_runtime.volume.propagation import Cancelled
-from medplib_runtime.schemas import SegmentRequest
 
-from .label_writes import undo_write, write_mask, write_volume
-from .prompt_capture import capture, current_slice
+from ._runtime_line import RuntimeLine
+from ._status_line import StatusLine
 from ._workers import run_call, user_message
-from .runtime_factory import get_runtime, run_background
+from .colours import give_colour, outline_references
+from .label_writes import undo_write, write_mask, write_volume
+from .layer_roles import PREDICTION, SCRIBBLE, add_quietly, is_prompt_layer, is_target_layer, role, with_role
+from .prompt_capture import capture, current_slice
+from .runtime_factory import (SEGMENTATION_STEP, get_runtime, run_background, warm, warm_segmentation,
+                              warm_status)
 from .volume_actions import describe, measure_layer, seed_from_layer
-
 
 NEW_LAYER = "(new labels layer)"
 PREVIEW_LAYER = "MedPLIB preview"
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """Where a result goes, fixed when the user pressed the button (later dock changes do not move it)."""
+
+    target: object | None  # a Labels layer, or None: a new one is made on success
+    slice: SliceRef | None
+    label: int
+    name: str
+    overwrite: bool
 
 
 class MedPLIBWidget(QWidget):
@@ -39,50 +56,76 @@ class MedPLIBWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.synchronous = os.environ.get("MEDPLIB_SYNC_WORKERS") == "1"
-        self.writes: list = []
+        self.writes: list = []  # (layer, LabelWrite), newest last
         self._worker = None
+        self._pending = None  # (result, WriteContext) shown as a preview, not yet written
+        self._cancel_event: threading.Event | None = None
+        self._relay = _ProgressRelay()
+        self._relay.progress.connect(self.on_progress)
+
+        self.runtime_line = RuntimeLine(napari_viewer)
         self.image_combo, self.prompt_combo, self.target_combo = QComboBox(), QComboBox(), QComboBox()
+        for combo in (self.image_combo, self.prompt_combo, self.target_combo):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(12)
+        self.prompt_combo.setToolTip("the layer you draw your box, ellipse, polygon, points or scribble in")
+        self.scribble_button = QPushButton("+ scribble")
+        self.scribble_button.setToolTip("a new Labels layer to paint a free-form region in, used as the prompt")
         self.label_id = QSpinBox()
         self.label_id.setRange(1, 65535)
         self.label_name = QLineEdit("lesion")
         self.overwrite = QCheckBox("overwrite other labels")
-        self.preview = QCheckBox("preview before writing")
-        self.accept_button, self.discard_button = QPushButton("Accept preview"), QPushButton("Discard preview")
-        self._pending = None  # (result, context) shown as a preview, not yet written
+        self.preview = QCheckBox("preview first")
         self.segment_button, self.undo_button = QPushButton("Segment"), QPushButton("Undo")
         self.cancel_button = QPushButton("Cancel")
         self.propagate_button, self.measure_button = QPushButton("Propagate"), QPushButton("Measure")
-        self._cancel_event: threading.Event | None = None
-        self._relay = _ProgressRelay()
-        self._relay.progress.connect(self.on_progress)
-        self.status = QLabel("ready")
+        self.accept_button, self.discard_button = QPushButton("Accept"), QPushButton("Discard")
+        self.status = StatusLine("ready")
+        self._layout()
+        self._connect()
+        self.on_layers_changed()
+        # load the segmentation model and embed the shown slice now, off the main thread, so the first
+        # click does not pay for it (the torch import itself briefly holds the GIL: ~0.3 s, once)
+        if not self.synchronous:
+            warm_segmentation()
+            self.on_slice_changed()
+            self._warm_timer = QTimer(self)
+            self._warm_timer.setInterval(250)
+            self._warm_timer.timeout.connect(self.on_warm_tick)
+            self._warm_timer.start()
 
+    def _layout(self) -> None:
         form = QFormLayout()
+        form.addRow(self.runtime_line)
         form.addRow("image", self.image_combo)
-        form.addRow("prompt", self.prompt_combo)
-        form.addRow("target labels", self.target_combo)
-        form.addRow("label id", self.label_id)
-        form.addRow("label name", self.label_name)
-        form.addRow(self.overwrite)
-        form.addRow(self.preview)
-        buttons = QHBoxLayout()
-        for b in (self.segment_button, self.undo_button, self.cancel_button):
-            buttons.addWidget(b)
+        prompt_row = QHBoxLayout()
+        prompt_row.addWidget(self.prompt_combo, 1)
+        prompt_row.addWidget(self.scribble_button)
+        form.addRow("prompt", prompt_row)
+        form.addRow("write to", self.target_combo)
+        label_row = QHBoxLayout()
+        label_row.addWidget(self.label_id)
+        label_row.addWidget(QLabel("name"))
+        label_row.addWidget(self.label_name, 1)
+        form.addRow("label", label_row)
+        checks = QHBoxLayout()
+        checks.addWidget(self.overwrite)
+        checks.addWidget(self.preview)
+        form.addRow(checks)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addLayout(buttons)
-        volume_buttons = QHBoxLayout()
-        volume_buttons.addWidget(self.propagate_button)
-        volume_buttons.addWidget(self.measure_button)
-        layout.addLayout(volume_buttons)
-        previews = QHBoxLayout()
-        previews.addWidget(self.accept_button)
-        previews.addWidget(self.discard_button)
-        layout.addLayout(previews)
+        for row in ((self.segment_button, self.undo_button, self.cancel_button),
+                    (self.propagate_button, self.measure_button, self.accept_button, self.discard_button)):
+            buttons = QHBoxLayout()
+            for b in row:
+                buttons.addWidget(b)
+            layout.addLayout(buttons)
         layout.addWidget(self.status)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         self.cancel_button.setEnabled(False)
-        self._show_preview_buttons(False)
+        self._enable_preview_buttons(False)
 
+    def _connect(self) -> None:
         self.segment_button.clicked.connect(self.on_segment)
         self.undo_button.clicked.connect(self.on_undo)
         self.cancel_button.clicked.connect(self.on_cancel)
@@ -90,27 +133,48 @@ class MedPLIBWidget(QWidget):
         self.measure_button.clicked.connect(self.on_measure)
         self.accept_button.clicked.connect(self.on_accept_preview)
         self.discard_button.clicked.connect(self.on_discard_preview)
+        self.scribble_button.clicked.connect(self.on_new_scribble)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             event.connect(self.on_layers_changed)
+        self.viewer.layers.selection.events.active.connect(self.on_active_layer)
         self.viewer.dims.events.current_step.connect(self.on_slice_changed)
-        self.on_layers_changed()
-        # import torch and load the segmentation model now, off the main thread, so the first
-        # click does not pay for it (the import itself briefly holds the GIL: ~0.3 s, once)
-        self._background(_warm_up)
 
     # -- layer choices ---------------------------------------------------------------------------
     def on_layers_changed(self, event=None) -> None:
-        def fill(combo: QComboBox, kinds: tuple, first: tuple[str, ...] = ()) -> None:
+        outline_references(self.viewer.layers)
+        def fill(combo: QComboBox, names: list[str], prefer: str | None = None) -> None:
             current = combo.currentText()
+            combo.blockSignals(True)
             combo.clear()
-            names = list(first) + [layer.name for layer in self.viewer.layers if isinstance(layer, kinds)]
             combo.addItems(names)
-            if current in names:
-                combo.setCurrentText(current)
+            combo.setCurrentText(current if current in names else (prefer if prefer in names else names[0]
+                                                                     if names else ""))
+            combo.blockSignals(False)
 
-        fill(self.image_combo, (Image,))
-        fill(self.prompt_combo, (Shapes, Points, Labels))
-        fill(self.target_combo, (Labels,), first=(NEW_LAYER,))
+        layers = list(self.viewer.layers)
+        fill(self.image_combo, [lay.name for lay in layers if isinstance(lay, Image)])
+        prompts = [lay.name for lay in layers if is_prompt_layer(lay)]
+        active = self.viewer.layers.selection.active
+        fill(self.prompt_combo, prompts, prefer=active.name if active is not None and is_prompt_layer(active)
+             else (prompts[-1] if prompts else None))
+        fill(self.target_combo, [NEW_LAYER] + [lay.name for lay in layers if is_target_layer(lay)])
+
+    def on_active_layer(self, event=None) -> None:
+        """The prompt follows the layer the user selects to draw in."""
+        active = self.viewer.layers.selection.active
+        if active is not None and is_prompt_layer(active):
+            self.prompt_combo.setCurrentText(active.name)
+
+    def on_new_scribble(self) -> None:
+        try:
+            image = self._layer(self.image_combo, "image")
+        except MedplibError as exc:
+            show_error(str(exc))
+            return
+        layer = self.viewer.add_labels(np.zeros(image.data.shape, np.uint8), name="scribble", scale=image.scale,
+                                       translate=image.translate, metadata=with_role({}, SCRIBBLE))
+        layer.mode = "paint"
+        self.prompt_combo.setCurrentText(layer.name)
 
     def on_slice_changed(self, event=None) -> None:
         """Embed the slice the user looks at, and its neighbours, before they click."""
@@ -119,12 +183,31 @@ class MedPLIBWidget(QWidget):
             ref = current_slice(self.viewer, image)
         except MedplibError:
             return
-        self._background(_Prefetch(np.asarray(image.data), ref, image.metadata.get("modality", "auto")).run)
+        job = _Prefetch(np.asarray(image.data), ref, image.metadata.get("modality", "auto"))
+        if not warm_status().seconds(SEGMENTATION_STEP) and not self.synchronous:
+            warm(f"slice {ref.index}", lambda _runtime: job.run(wait=True))  # in line behind the model load
+        else:
+            self._background(job.run)
+
+    def on_warm_tick(self) -> None:
+        """While the model loads in the background, say so (with the seconds it has taken) and stop after."""
+        self.runtime_line.refresh()
+        state = warm_status()
+        if self._worker is not None:
+            return  # a click is running: its own status line is shown
+        if state.loading is not None:
+            self.status.busy(f"loading {state.loading}…")
+        elif not state.busy:
+            self._warm_timer.stop()
+            if self.status.is_busy:
+                loaded = ", ".join(f"{step} {s:.1f} s" for step, s in state.loaded)
+                self.status.done(f"ready: draw a box on the slice and press Segment (loaded {loaded})")
 
     def _layer(self, combo: QComboBox, what: str):
         name = combo.currentText()
         if not name or name not in self.viewer.layers:
-            raise MedplibError(f"no {what} layer: add one and pick it in the MedPLIB dock")
+            hint = "draw a box in a Shapes layer" if what == "prompt" else "add one"
+            raise MedplibError(f"no {what} layer: {hint} and pick it in the MedPLIB dock")
         return self.viewer.layers[name]
 
     # -- segment -----------------------------------------------------------------------------------
@@ -136,14 +219,14 @@ class MedPLIBWidget(QWidget):
             captured = capture(self.viewer, image, prompt_layer)
         except MedplibError as exc:
             show_error(str(exc))
+            self.status.done(f"not segmented: {exc}")
             return
-        if captured.ignored:
-            show_info(f"{captured.ignored} prompt(s) on other slices ignored")
-        data = np.asarray(image.data)
-        job = _SegmentJob(data, captured, modality=image.metadata.get("modality", "auto"))
-        context = (target, captured.slice, int(self.label_id.value()), self.label_name.text().strip(),
-                   self.overwrite.isChecked())
-        self._start(job.run, lambda result: self.on_segmented(result, context))
+        job = _SegmentJob(np.asarray(image.data), captured, modality=image.metadata.get("modality", "auto"))
+        context = WriteContext(target, captured.slice, int(self.label_id.value()), self.label_name.text().strip(),
+                               self.overwrite.isChecked())
+        ignored = f"; the newest shape here is used, {captured.ignored} other(s) not" if captured.ignored else ""
+        self._start(job.run, lambda result: self.on_segmented(result, context),
+                    f"segmenting slice {captured.slice.index} ({captured.prompt.kind}{ignored})…")
 
     def _target_layer(self, image):
         if self.target_combo.currentText() not in ("", NEW_LAYER):
@@ -154,22 +237,23 @@ class MedPLIBWidget(QWidget):
             return target
         return None  # created on success, so a failure leaves no empty layer behind
 
-    def on_segmented(self, result, context) -> None:
+    def on_segmented(self, result, context: WriteContext) -> None:
         if self.preview.isChecked():
             self._show_preview(result, context)
             return
         self._commit(result, context)
 
-    def _show_preview(self, result, context) -> None:
+    def _show_preview(self, result, context: WriteContext) -> None:
         self.on_discard_preview()
-        ref = context[1]
+        ref = context.slice
         image = self.viewer.layers[self.image_combo.currentText()]
         data = np.zeros(image.data.shape, np.uint8)
         (data if data.ndim == 2 else np.moveaxis(data, ref.axis, 0)[ref.index])[result.mask != 0] = 1
-        self.viewer.add_labels(data, name=PREVIEW_LAYER, scale=image.scale, translate=image.translate, opacity=0.6)
+        add_quietly(self.viewer, lambda: self.viewer.add_labels(data, name=PREVIEW_LAYER, scale=image.scale,
+                                                                translate=image.translate, opacity=0.6))
         self._pending = (result, context)
-        self._show_preview_buttons(True)
-        self.status.setText(f"preview: {int(result.mask.sum())} voxels on slice {ref.index} — accept or discard")
+        self._enable_preview_buttons(True)
+        self.status.done(f"preview: {int(result.mask.sum())} voxels on slice {ref.index} — Accept or Discard")
 
     def on_accept_preview(self) -> None:
         if self._pending is None:
@@ -182,28 +266,38 @@ class MedPLIBWidget(QWidget):
         self._pending = None
         if PREVIEW_LAYER in self.viewer.layers:
             self.viewer.layers.remove(PREVIEW_LAYER)
-        self._show_preview_buttons(False)
+        self._enable_preview_buttons(False)
 
-    def _show_preview_buttons(self, visible: bool) -> None:
-        self.accept_button.setVisible(visible)
-        self.discard_button.setVisible(visible)
+    def _enable_preview_buttons(self, enabled: bool) -> None:
+        self.accept_button.setEnabled(enabled)
+        self.discard_button.setEnabled(enabled)
 
-    def _commit(self, result, context) -> None:
-        target, ref, label, name, overwrite = context
+    def _new_target(self):
         image = self.viewer.layers[self.image_combo.currentText()]
-        if target is None:
-            target = self.viewer.add_labels(np.zeros(image.data.shape, np.uint8), name=f"{image.name} MedPLIB",
-                                            scale=image.scale, translate=image.translate,
-                                            metadata=dict(image.metadata))
-            self.target_combo.setCurrentText(target.name)
+        target = add_quietly(self.viewer, lambda: self.viewer.add_labels(
+            np.zeros(image.data.shape, np.uint8), name=f"{image.name} MedPLIB", scale=image.scale,
+            translate=image.translate, metadata=with_role(image.metadata, PREDICTION)))
+        self.target_combo.setCurrentText(target.name)
+        return target
+
+    def _commit(self, result, context: WriteContext) -> None:
+        target = context.target if context.target is not None else self._new_target()
         try:
-            write = write_mask(target, result.mask, ref, label=label, name=name or None, overwrite=overwrite)
+            write = write_mask(target, result.mask, context.slice, label=context.label, name=context.name or None,
+                               overwrite=context.overwrite)
         except MedplibError as exc:
             show_error(str(exc))
             return
+        self._recolour(target, context.label)
         self.writes.append((target, write))
-        self.status.setText(f"{write.changed} voxels → label {label} on slice {ref.index} "
-                            f"(score {result.score:.2f}, {result.timings_ms.get('total', 0):.0f} ms)")
+        total = result.timings_ms.get("total", 0) / 1e3
+        embed = " (slice embedded first)" if not result.timings_ms.get("cached", 1.0) else ""
+        self.status.done(f"{write.changed} voxels → label {context.label} on slice {context.slice.index} "
+                         f"in {total:.1f} s{embed}, score {result.score:.2f}")
+
+    def _recolour(self, target, label: int) -> None:
+        if role(target) == PREDICTION:  # a layer MedPLIB made; a user's own layer keeps its colours
+            give_colour(self.viewer.layers, target, label)
 
     # -- volumes -----------------------------------------------------------------------------------
     def on_propagate(self) -> None:
@@ -218,7 +312,7 @@ class MedPLIBWidget(QWidget):
             seed = seed_from_layer(target, ref, label)
         except MedplibError as exc:
             show_error(str(exc))
-            self.status.setText(f"not propagated: {exc}")
+            self.status.done(f"not propagated: {exc}")
             return
         data, modality = np.asarray(image.data), image.metadata.get("modality", "auto")
         cancel = self._cancel_event = threading.Event()
@@ -230,23 +324,25 @@ class MedPLIBWidget(QWidget):
             return propagate(get_runtime(), data, axis=ref.axis, seed_index=ref.index, seed_mask=seed,
                              modality=modality, progress=relay.progress.emit, cancel=cancel)
 
-        context = (target, label, self.label_name.text().strip(), self.overwrite.isChecked())
-        self._start(job, lambda result: self.on_propagated(result, context))
+        context = WriteContext(target, None, label, self.label_name.text().strip(), self.overwrite.isChecked())
+        self._start(job, lambda result: self.on_propagated(result, context), "propagating…")
 
     def on_progress(self, done: int, total: int) -> None:
-        self.status.setText(f"propagating… slice {done} of ~{total} (Cancel stops; nothing is written until the end)")
+        self.status.progress(done, total, f"propagating… slice {done} of ~{total} "
+                                          "(Cancel stops; nothing is written until the end)")
 
-    def on_propagated(self, result, context) -> None:
-        target, label, name, overwrite = context
+    def on_propagated(self, result, context: WriteContext) -> None:
         try:
-            write = write_volume(target, result.mask, label=label, name=name or None, overwrite=overwrite)
+            write = write_volume(context.target, result.mask, label=context.label, name=context.name or None,
+                                 overwrite=context.overwrite)
         except MedplibError as exc:
             show_error(str(exc))
             return
-        self.writes.append((target, write))
+        self._recolour(context.target, context.label)
+        self.writes.append((context.target, write))
         stops = ", ".join(f"{k}: {v}" for k, v in result.stopped.items())
-        self.status.setText(f"propagated label {label} over slices {result.slices[0]}–{result.slices[-1]}: "
-                            f"{write.changed} voxels added in {result.seconds:.1f} s (stopped {stops})")
+        self.status.done(f"propagated label {context.label} over slices {result.slices[0]}–{result.slices[-1]}: "
+                         f"{write.changed} voxels added in {result.seconds:.1f} s (stopped {stops})")
 
     def on_measure(self) -> None:
         try:
@@ -257,9 +353,9 @@ class MedPLIBWidget(QWidget):
             found = measure_layer(target, image, (int(self.label_id.value()),))
         except MedplibError as exc:
             show_error(str(exc))
-            self.status.setText(f"not measured: {exc}")
+            self.status.done(f"not measured: {exc}")
             return
-        self.status.setText(describe(found[0]))
+        self.status.done(describe(found[0]))
         show_info(describe(found[0]))
 
     def on_undo(self) -> None:
@@ -267,23 +363,27 @@ class MedPLIBWidget(QWidget):
             show_info("nothing to undo")
             return
         layer, write = self.writes.pop()
-        undo_write(layer, write)
-        where = f"slice {write.slice.index}" if hasattr(write, "slice") else f"{write.changed} voxels in 3D"
-        self.status.setText(f"undid the write on {where}")
+        restored = undo_write(layer, write)
+        kept = write.changed - restored
+        extra = f"; {kept} voxels painted since were kept" if kept else ""
+        self.status.done(f"undid the write on {write.describe()}{extra}")
 
     def on_cancel(self) -> None:
         if self._cancel_event is not None:
             self._cancel_event.set()  # a propagation stops at its next slice
         if self._worker is not None:
             self._worker.quit()
-            self.status.setText("cancelled: the result will be discarded")
+            self.status.done("cancelled: the result will be discarded")
             self._worker = None
             self._set_busy(False)
 
     # -- threading ---------------------------------------------------------------------------------
-    def _start(self, fn, on_done) -> None:
+    def _start(self, fn, on_done, what: str) -> None:
         current: list = [None]  # the worker, known once started (results arrive via the event loop)
         self._set_busy(True)
+        state = warm_status()
+        waiting = f" (waiting for {state.loading} to load)" if state.loading == SEGMENTATION_STEP else ""
+        self.status.busy(what + waiting)
         worker = run_call(fn, lambda r: self._deliver(current[0], r, on_done), synchronous=self.synchronous,
                           on_finished=lambda: self._set_busy(False), on_error=self.on_failed)
         current[0] = worker
@@ -298,29 +398,21 @@ class MedPLIBWidget(QWidget):
     def on_failed(self, exc: BaseException) -> None:
         self._worker = None
         if isinstance(exc, Cancelled):
-            self.status.setText("cancelled: nothing was written")
+            self.status.done("cancelled: nothing was written")
             return
-        self.status.setText(f"failed, nothing written: {user_message(exc)}")
+        self.status.done(f"failed, nothing written: {user_message(exc)}")
 
     def _background(self, fn) -> None:
-        """Fire-and-forget runtime work (warm-up, prefetch); failures only cost speed."""
+        """Fire-and-forget runtime work (prefetch); failures only cost speed."""
         if not self.synchronous:
             run_background(fn)
 
     def _set_busy(self, busy: bool) -> None:
-        self.propagate_button.setEnabled(not busy)
-        self.measure_button.setEnabled(not busy)
-        self.segment_button.setEnabled(not busy)
-        self.undo_button.setEnabled(not busy)
+        for button in (self.propagate_button, self.measure_button, self.segment_button, self.undo_button):
+            button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
-        if busy:
-            self.status.setText("working… (a new slice takes ~1.5 s for its embedding)")
-
-
-def _warm_up() -> None:
-    warm = getattr(get_runtime(), "warm_up", None)
-    if warm is not None:
-        warm()
+        if not busy and self.status.is_busy and self._worker is None:
+            self.status.done("ready")
 
 
 class _ProgressRelay(QObject):
@@ -333,9 +425,14 @@ class _Prefetch:
     def __init__(self, data: np.ndarray, ref, modality: str) -> None:
         self.data, self.ref, self.modality = data, ref, modality
 
-    def run(self) -> None:
+    def run(self, wait: bool = False) -> None:
         runtime = get_runtime()
-        runtime.prefetch(runtime.set_image(self.data, modality=self.modality), self.ref)
+        key = runtime.set_image(self.data, modality=self.modality)
+        if wait and hasattr(runtime, "wait_prefetch"):
+            # a warm-up step ends when the shown slice is embedded; its neighbours follow, not waited for
+            runtime.prefetch(key, self.ref, radius=0)
+            runtime.wait_prefetch()
+        runtime.prefetch(key, self.ref)
 
 
 class _SegmentJob:

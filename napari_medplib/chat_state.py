@@ -1,4 +1,5 @@
-"""The chat transcript per image (no Qt): what was asked, answered, about which region, with which masks."""
+"""The chat transcript per image (no Qt): what was asked, answered, about which region, with which masks,
+and where each mask was placed once the user added it."""
 
 from __future__ import annotations
 
@@ -8,18 +9,30 @@ import numpy as np
 
 from medplib_runtime.schemas import AskResult, RoutingStats, SliceRef, Turn
 
+SEG = "<SEG>"
+
 
 @dataclass(frozen=True)
 class ChatEntry:
     question: str
-    answer: str
+    answer: str  # the model's text; each <SEG> stands for the mask of the same order
     slice: SliceRef
     region_kind: str  # "none", "box", "points", "mask", ...
     masks: tuple[np.ndarray, ...] = field(compare=False)
-    routing: str  # e.g. "grounding 40% · vision-language 60%"
+    routing: str  # e.g. "grounding 100%"
     untrained: tuple[str, ...] = ()
     measured: str = ""  # a measured answer (numbers from a labels layer), if the question asked a quantity
     notes: tuple[str, ...] = ()  # the runtime's notes on this answer (e.g. the region was not read)
+    seconds: float = 0.0  # how long the answer took
+
+
+@dataclass(frozen=True)
+class PlacedMask:
+    """Where a chat mask went: a label of a Labels layer."""
+
+    layer: str
+    label: int
+    name: str
 
 
 def routing_summary(stats: RoutingStats | None) -> str:
@@ -29,22 +42,41 @@ def routing_summary(stats: RoutingStats | None) -> str:
     return " · ".join(f"{name} {share:.0%}" for name, share in zip(stats.expert_names, shares))
 
 
+def plain_answer(entry: ChatEntry) -> str:
+    """The answer with each <SEG> written as 'mask N' (never the raw token)."""
+    parts = entry.answer.split(SEG)
+    out = parts[0]
+    for i, rest in enumerate(parts[1:], start=1):
+        out += f"[mask {i}]" + rest
+    return out.strip()
+
+
 class ChatHistory:
     """Transcripts keyed by image (layer name); earlier turns go back to the model as history."""
 
     def __init__(self) -> None:
         self._by_image: dict[str, list[ChatEntry]] = {}
+        self._placed: dict[tuple[str, int, int], PlacedMask] = {}  # (image, entry, mask) → where it went
 
     def add(self, image: str, question: str, result: AskResult, ref: SliceRef, region_kind: str,
             measured: str = "") -> ChatEntry:
         entry = ChatEntry(question, result.text, ref, region_kind, tuple(result.masks),
                           routing_summary(result.routing), tuple(result.untrained_parts), measured,
-                          tuple(result.notes))
+                          tuple(result.notes), result.timings_ms.get("total", 0.0) / 1e3)
         self._by_image.setdefault(image, []).append(entry)
         return entry
 
     def entries(self, image: str) -> list[ChatEntry]:
         return list(self._by_image.get(image, ()))
+
+    def placed(self, image: str, entry: int, mask: int) -> PlacedMask | None:
+        return self._placed.get((image, entry, mask))
+
+    def place(self, image: str, entry: int, mask: int, where: PlacedMask | None) -> None:
+        if where is None:
+            self._placed.pop((image, entry, mask), None)
+        else:
+            self._placed[(image, entry, mask)] = where
 
     def turns(self, image: str) -> tuple[Turn, ...]:
         # the measured statement goes back as the answer: the model should build on the right number
@@ -63,6 +95,7 @@ class ChatHistory:
 
     def clear(self, image: str) -> None:
         self._by_image.pop(image, None)
+        self._placed = {k: v for k, v in self._placed.items() if k[0] != image}
 
     def as_text(self, image: str) -> str:
         lines = []
@@ -70,6 +103,6 @@ class ChatHistory:
             lines.append(f"Q (slice {e.slice.index}, region {e.region_kind}): {e.question}")
             if e.measured:
                 lines.append(f"Measured: {e.measured}")
-            lines.append(f"A: {e.answer or '(no text)'}  [{len(e.masks)} mask(s); {e.routing}]")
+            lines.append(f"A: {plain_answer(e) or '(no text)'}  [{len(e.masks)} mask(s); {e.routing}]")
             lines.extend(f"Note: {n}" for n in notes)
         return "\n".join(lines)

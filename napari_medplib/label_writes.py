@@ -1,7 +1,8 @@
-"""Writing a mask into a Labels layer on one slice: protected, undoable, no Qt here.
+"""Writing masks into a Labels layer: protected, undoable, no Qt here.
 
-Voxels of *other* labels are never overwritten unless ``overwrite`` is set. Each write keeps
-the slice's previous values so ``undo`` restores the layer exactly.
+Voxels of *other* labels are never overwritten unless ``overwrite`` is set. A write remembers only
+the voxels it changed and what they held, and the label's name before it; undo puts back exactly
+those voxels that still hold what the write put there, so paint added after the write survives.
 """
 
 from __future__ import annotations
@@ -17,73 +18,84 @@ NAMES_KEY = "medplib_label_names"
 
 
 @dataclass(frozen=True)
-class Write:
+class LabelWrite:
     layer_name: str
-    slice: SliceRef
-    before: np.ndarray  # the slice's values before the write
+    label: int
+    where: tuple[np.ndarray, ...]  # np.nonzero-style indices (whole layer) of the voxels the write changed
+    before: np.ndarray  # what they held
+    name_before: str | None  # the label's name before the write (None: it had none)
     changed: int
+    slice: SliceRef | None = None  # the slice written; None for a 3D write
+
+    def describe(self) -> str:
+        return f"slice {self.slice.index}" if self.slice is not None else f"{self.changed} voxels in 3D"
 
 
-def _plane(data: np.ndarray, ref: SliceRef) -> np.ndarray:
-    return data if data.ndim == 2 else np.moveaxis(data, ref.axis, 0)[ref.index]  # a view
+def _plane_index(ndim: int, ref: SliceRef) -> tuple:
+    if ndim == 2:
+        return (slice(None), slice(None))
+    index: list = [slice(None)] * ndim
+    index[ref.axis] = ref.index
+    return tuple(index)
+
+
+def _check(layer, label: int) -> None:
+    if label <= 0:
+        raise InputError("label id must be ≥ 1 (0 is background)")
+    if label > np.iinfo(layer.data.dtype).max:
+        raise InputError(f"label {label} does not fit the layer's {layer.data.dtype}")
+
+
+def _paint(layer, target: np.ndarray, label: int, name: str | None, ref: SliceRef | None) -> LabelWrite:
+    """Set ``label`` where ``target`` (whole-layer boolean) is true; record what it replaced."""
+    data = layer.data
+    where = np.nonzero(target & (data != label))
+    before = data[where].copy()
+    data[where] = label
+    names = layer.metadata.setdefault(NAMES_KEY, {})
+    name_before = names.get(int(label))
+    if name:
+        names[int(label)] = name
+    layer.refresh()
+    return LabelWrite(layer.name, int(label), where, before, name_before, int(before.size), ref)
 
 
 def write_mask(layer, mask: np.ndarray, ref: SliceRef, *, label: int, name: str | None = None,
-               overwrite: bool = False) -> Write:
+               overwrite: bool = False) -> LabelWrite:
     """Paint ``mask`` (slice-shaped) with ``label`` on ``ref``'s slice of ``layer``."""
-    if label <= 0:
-        raise InputError("label id must be ≥ 1 (0 is background)")
-    plane = _plane(layer.data, ref)
+    _check(layer, label)
+    index = _plane_index(layer.data.ndim, ref)
+    plane = layer.data[index]
     if plane.shape != mask.shape:
         raise InputError(f"target layer {layer.name!r} slice is {plane.shape}, the mask {mask.shape}")
-    if label > np.iinfo(layer.data.dtype).max:
-        raise InputError(f"label {label} does not fit the layer's {layer.data.dtype}")
-    before = plane.copy()
-    target = mask.astype(bool)
+    target = np.zeros(layer.data.shape, bool)
+    target[index] = np.asarray(mask).astype(bool)
     if not overwrite:
-        target &= (plane == 0) | (plane == label)
-    plane[target] = label
-    if name:
-        layer.metadata.setdefault(NAMES_KEY, {})[int(label)] = name
-    layer.refresh()
-    return Write(layer.name, ref, before, int(np.count_nonzero(plane != before)))
-
-
-@dataclass(frozen=True)
-class VolumeWrite:
-    """A 3D write (propagation): the changed voxels and what they held, so undo is exact."""
-
-    layer_name: str
-    where: tuple[np.ndarray, ...]  # np.nonzero-style indices of the changed voxels
-    before: np.ndarray
-    changed: int
+        target &= (layer.data == 0) | (layer.data == label)
+    return _paint(layer, target, label, name, ref)
 
 
 def write_volume(layer, mask: np.ndarray, *, label: int, name: str | None = None,
-                 overwrite: bool = False) -> VolumeWrite:
+                 overwrite: bool = False) -> LabelWrite:
     """Paint a whole-volume ``mask`` with ``label`` in one undoable write (other labels kept unless ``overwrite``)."""
-    if label <= 0:
-        raise InputError("label id must be ≥ 1 (0 is background)")
-    data = layer.data
-    if data.shape != mask.shape:
-        raise InputError(f"target layer {layer.name!r} is {data.shape}, the mask {mask.shape}")
-    if label > np.iinfo(data.dtype).max:
-        raise InputError(f"label {label} does not fit the layer's {data.dtype}")
-    target = np.asarray(mask).astype(bool) & (data != label)
+    _check(layer, label)
+    if layer.data.shape != np.shape(mask):
+        raise InputError(f"target layer {layer.name!r} is {layer.data.shape}, the mask {np.shape(mask)}")
+    target = np.asarray(mask).astype(bool)
     if not overwrite:
-        target &= data == 0
-    where = np.nonzero(target)
-    before = data[where].copy()
-    data[where] = label
-    if name:
-        layer.metadata.setdefault(NAMES_KEY, {})[int(label)] = name
-    layer.refresh()
-    return VolumeWrite(layer.name, where, before, int(before.size))
+        target &= (layer.data == 0) | (layer.data == label)
+    return _paint(layer, target, label, name, None)
 
 
-def undo_write(layer, write: "Write | VolumeWrite") -> None:
-    if isinstance(write, VolumeWrite):
-        layer.data[write.where] = write.before
+def undo_write(layer, write: LabelWrite) -> int:
+    """Undo ``write``: only voxels that still hold its label go back. Returns how many did."""
+    data = layer.data
+    still = data[write.where] == write.label
+    data[tuple(w[still] for w in write.where)] = write.before[still]
+    names = layer.metadata.setdefault(NAMES_KEY, {})
+    if write.name_before is None:
+        names.pop(write.label, None)
     else:
-        _plane(layer.data, write.slice)[...] = write.before
+        names[write.label] = write.name_before
     layer.refresh()
+    return int(still.sum())

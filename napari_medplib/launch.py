@@ -22,6 +22,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
+    from .display import display_problem
+
+    problem = display_problem()
+    if problem is not None:
+        print(f"medplib-napari: error: {problem}", file=sys.stderr)
+        return 2
     if args.remote and args.device != "cpu":
         print("medplib-napari: error: --device applies to the local runtime: a server runs on the device it was "
               "started with", file=sys.stderr)
@@ -51,22 +57,48 @@ def main(argv: list[str] | None = None) -> int:
             print(f"medplib-napari: error: {exc}", file=sys.stderr)
             return 2
 
+    volume = None
+    if args.file:  # read before napari opens: a bad file is one line, not an empty window
+        from medplib_runtime.errors import MedplibError
+        from medplib_runtime.imaging.io import read_volume
+
+        try:
+            volume = read_volume(args.file)
+        except MedplibError as exc:
+            print(f"medplib-napari: error: {exc}", file=sys.stderr)
+            return 2
+    from .runtime_factory import warm_segmentation
+
+    warm_segmentation()  # torch and the model load while napari starts: the first click does not wait
     import napari
 
+    build_viewer(volume)
+    napari.run()
+    return 0
+
+
+def build_viewer(volume=None):
+    """napari with ``volume`` (default: the brain1 sample on a lesion slice), a `prompt` Shapes layer ready
+    for a rectangle, and both docks one above the other."""
+    import napari
+
+    from ._layers import image_layer_data
+
     viewer = napari.Viewer(title="napari-medplib")
-    if args.file:
-        viewer.open(args.file, plugin="napari-medplib")
+    if volume is not None:
+        data, kwargs, _ = image_layer_data(volume)
+        viewer.add_image(data, **kwargs)
     else:
         viewer.open_sample("napari-medplib", "brain1")
         viewer.dims.set_point(0, viewer.layers[0].data_to_world((16, 0, 0))[0])  # a slice through the lesion
     image = viewer.layers[0]
     viewer.add_shapes(ndim=image.ndim, name="prompt", edge_color="yellow", face_color="transparent", edge_width=1)
     viewer.layers["prompt"].mode = "add_rectangle"
+    viewer.layers.selection.active = viewer.layers["prompt"]
+    # both docks visible, one above the other (the runtime is a line in the segment dock, not a tab)
     viewer.window.add_plugin_dock_widget("napari-medplib", "MedPLIB segment")
     viewer.window.add_plugin_dock_widget("napari-medplib", "MedPLIB chat")
-    viewer.window.add_plugin_dock_widget("napari-medplib", "MedPLIB runtime", tabify=True)
-    napari.run()
-    return 0
+    return viewer
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ class FakeAskRuntime:
         m2 = np.zeros((32, 40), np.uint8)
         m2[10:12, 10:20] = 1
         routing = RoutingStats(("grounding", "vision-language"), ("a", "b"), ((1.0, 0.0), (0.5, 0.5)))
-        return AskResult(f"about: {request.question}", (m1, m2), routing, ("seg_projector",), {"total": 5.0},
+        return AskResult(f"about: {request.question} <SEG> and <SEG>.", (m1, m2), routing, ("seg_projector",),
+                         {"total": 5.0},
                          notes=("the region was not read",))
 
     def close(self):
@@ -66,20 +67,40 @@ def test_chat_transcript_history_routing_and_masks(make_napari_viewer, qtbot):
     dock.on_ask()
     assert [r.slice.index for r in fake.requests] == [4, 4]
     assert fake.requests[1].history[0].question == "What is this?"
-    assert fake.requests[1].history[0].answer == "about: What is this?"
+    assert fake.requests[1].history[0].answer == "about: What is this? <SEG> and <SEG>."
     assert dock._partial == "about: And its size?", "tokens were shown as they came"
     text = dock.transcript.toPlainText()
-    assert "about: And its size?" in text and "2 mask(s)" in text and "grounding 75% · vision-language 25%" in text
+    assert "<SEG>" not in text, "the raw token is never shown"
+    assert "about: And its size?  mask 1 → add as 'chat mask 1'  and  mask 2 → add as 'chat mask 2' ." in text
+    assert "grounding 75% · vision-language 25% · 0.0 s" in text
     assert "untrained parts (seg_projector)" in text and "the region was not read" in text  # the runtime's note
     assert text.count("the region was not read") == 1, "a note both answers carry is said once, under the first"
-    dock.on_add_masks()
-    labels = viewer.layers["ct MedPLIB chat"]
+    dock.on_add_masks()  # the newest answer's two masks, each under its own label, name and colour
+    labels = viewer.layers["ct chat masks"]
     assert (labels.data[4] == 1).sum() == 16 and (labels.data[4] == 2).sum() == 20
     assert not np.delete(labels.data, 4, 0).any()
+    assert labels.metadata["medplib_label_names"] == {1: "chat mask 1", 2: "chat mask 2"}
+    colours = labels.metadata["medplib_colours"]
+    assert colours[1] != colours[2]
+    from qtpy.QtCore import QUrl
+
+    dock.on_chip(QUrl("mask:0:1"))  # the first answer's second mask: a new label, never merged into 1 or 2
+    assert (labels.data[4] == 3).sum() == 0 and (labels.data[4] == 2).sum() == 20, "others' voxels are kept"
+    assert labels.metadata["medplib_label_names"][3] == "chat mask 2"
+    assert "label 3 (chat mask 2)" in dock.transcript.toPlainText()
+    labels.data[4, 11, 11:13] = 9  # the user paints over part of mask 2 after it was added
+    dock.on_undo()  # label 3 (it wrote nothing new: its voxels were label 2's)
+    dock.on_undo()  # mask 2 of the newest answer: back to 0, except the voxels painted since
+    assert (labels.data[4] == 2).sum() == 0 and (labels.data[4, 11, 11:13] == 9).all()
+    assert 2 not in labels.metadata["medplib_label_names"] and 2 not in labels.metadata["medplib_colours"]
+    dock.on_undo()
+    dock.on_undo()  # nothing left to undo: says so
+    assert "ct chat masks" in viewer.layers, "the layer still holds the user's paint"
     dock.on_copy()
     from qtpy.QtWidgets import QApplication
 
     assert "Q (slice 4, region none): What is this?" in QApplication.clipboard().text()
+    assert "[mask 1]" in QApplication.clipboard().text()
     assert QApplication.clipboard().text().count("Note: the region was not read") == 1
     dock.on_clear()
     assert dock.history.entries("ct") == [] and "about" not in dock.transcript.toPlainText()
