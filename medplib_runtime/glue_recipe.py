@@ -138,7 +138,7 @@ def trained_on_history(recipe: dict) -> bool:
     """Whether any stage trained on answers that follow earlier turns (``history_examples`` > 0, which
     ``medplib train`` records). A glue trained on single questions only answers worse when it reads a
     chat's earlier turns (the shipped lite glue: closed accuracy 0.806 → 0.667 on the test split with
-    two earlier questions and their reference answers before each; README), so the runtime then answers
+    two earlier questions and their reference answers before each; docs/training.md), so the runtime then answers
     each question on its own. Recipes from before the field: single-turn (our builder writes no other)."""
     stages = recipe.get("stages") or []
     if not isinstance(stages, list):

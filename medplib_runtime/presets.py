@@ -1,4 +1,4 @@
-"""Model presets: one config dataclass, two presets (DESIGN §3).
+"""Model presets: one config dataclass, two presets (docs/design.md, "The model").
 
 ``medplib-lite`` runs offline on a laptop CPU from weights shipped in pip packages;
 ``medplib-7b`` has the paper's sizes (CLIP ViT-L/14-336, LLaMA-7B, SAM-Med2D ViT-B) and is
@@ -68,7 +68,7 @@ class MedPLIBConfig:
     # decoder) or "box" (ours: its projection queries the pixel embedding for a heat map whose blob's
     # box prompts the frozen LiteMedSAM decoder; modeling/ground_head.py)
     grounding: str = "token"
-    mask_threshold: float = 0.1  # on sigmoid(logit); MedPLIB used 0.1 too; measured best of 0.1/0.3/0.5 (README)
+    mask_threshold: float = 0.1  # on sigmoid(logit); MedPLIB used 0.1 too; measured best of 0.1/0.3/0.5 (docs/benchmarks.md, "Prompt quality")
     system_prompt: str = SYSTEM_PROMPT
     # where the weights come from (human-readable; shown by `medplib info`)
     weight_sources: tuple[tuple[str, str], ...] = ()

@@ -1,4 +1,4 @@
-"""The one narrow interface the plugin and the CLI talk to, local or remote (DESIGN §2)."""
+"""The one narrow interface the plugin and the CLI talk to, local or remote (docs/design.md, "The shape")."""
 
 from __future__ import annotations
 

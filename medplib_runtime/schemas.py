@@ -1,6 +1,6 @@
 """Typed requests and responses at the runtime boundary (shared by local, remote, CLI, plugin).
 
-Axis conventions (DESIGN §4): volumes are ``(z, y, x)`` numpy arrays as SimpleITK returns
+Axis conventions (docs/design.md, "Conventions"): volumes are ``(z, y, x)`` numpy arrays as SimpleITK returns
 them; a 2D position on a slice is ``(row, col)`` in voxel indices of that slice.
 Nothing here imports torch.
 """

@@ -1,7 +1,7 @@
 """Dice of each prompt kind on every lesion slice (≥ 20 voxels) of the pyradiomics cases.
 
 Run: .venv/bin/python scripts/measure_prompts.py  (needs ../shared/data beside the repo)
-Prints mean/median Dice per prompt kind and the point path's decode time. The README's
+Prints mean/median Dice per prompt kind and the point path's decode time. docs/benchmarks.md's
 "prompt quality" table comes from here.
 """
 

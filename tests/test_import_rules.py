@@ -1,4 +1,4 @@
-"""House rules (DESIGN §2): the runtime's boundary and the plugin import without torch; no Qt in the runtime."""
+"""House rules (docs/design.md, "Rules of the house"): the runtime's boundary and the plugin import without torch; no Qt in the runtime."""
 
 import subprocess
 import sys

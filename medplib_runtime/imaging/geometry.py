@@ -1,6 +1,6 @@
 """Voxel ⇄ physical mapping for ITK geometry, and the napari affine that shows it exactly.
 
-Conventions (DESIGN §4): indices are in numpy **array order** ``(z, y, x)`` (``(y, x)`` for 2D);
+Conventions (docs/design.md, "Conventions"): indices are in numpy **array order** ``(z, y, x)`` (``(y, x)`` for 2D);
 ``spacing`` is in array order (mm); ``origin`` and ``direction`` are ITK's: ``origin`` is the
 physical (LPS, mm) position of voxel 0 in ITK order ``(x, y[, z])``, ``direction`` is the
 row-major ``ndim × ndim`` matrix whose columns are the physical directions of the ITK index axes.

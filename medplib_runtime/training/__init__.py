@@ -1,1 +1,1 @@
-"""MedPLIB's four training stages for the glue (DESIGN §3): ``medplib train --stage N --config FILE``."""
+"""MedPLIB's four training stages for the glue (docs/design.md, "The model"): ``medplib train --stage N --config FILE``."""
