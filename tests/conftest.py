@@ -1,36 +1,56 @@
-"""Shared fixtures: where the real volumes are, and a real-weight runtime built once per session."""
+"""Shared fixtures: where the real volumes are, and a real-weight runtime built once per session.
+
+The core real-data tests read the volumes shipped in ``sample_data/`` (brain1, and a crop of lung2
+that holds the whole tumour), so a fresh clone runs them all. breast1 lives only in
+``../shared/data`` beside the repo (or ``$MEDPLIB_SHARED_DATA``): a test that needs it fails with a
+one-line message when it is missing, it is never skipped. In CI (``CI`` set, or
+``MEDPLIB_NO_SKIPS=1``) any skip other than the CUDA ones fails the run (``_skip_policy``).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from _skip_policy import (  # noqa: F401  (hooks: registered because conftest.py defines them)
+    pytest_collectreport,
+    pytest_runtest_logreport,
+    pytest_sessionfinish,
+    pytest_sessionstart,
+    pytest_terminal_summary,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data" / "pyradiomics"
 SAMPLE_DATA = ROOT / "sample_data"
+SHARED_DATA = Path(os.environ.get("MEDPLIB_SHARED_DATA") or ROOT.parent / "shared" / "data") / "pyradiomics"
 
 
-def _case(name: str) -> tuple[Path, Path]:
-    image, label = SHARED_DATA / f"{name}_image.nrrd", SHARED_DATA / f"{name}_label.nrrd"
-    if not image.exists():
-        pytest.skip(f"real data not found: {image} (../shared/data beside the repo)")
+def _pair(folder: Path, stem: str, hint: str) -> tuple[Path, Path]:
+    image, label = folder / f"{stem}_image.nrrd", folder / f"{stem}_label.nrrd"
+    for path in (image, label):
+        if not path.exists():
+            pytest.fail(f"real data not found: {path} ({hint})", pytrace=False)
     return image, label
 
 
 @pytest.fixture(scope="session")
 def brain1_paths() -> tuple[Path, Path]:
-    return _case("brain1")
+    """brain1 (T1 MRI + enhancing lesion), shipped in sample_data/ (identical to ../shared/data's)."""
+    return _pair(SAMPLE_DATA, "brain1", "shipped in the repository's sample_data/")
 
 
 @pytest.fixture(scope="session")
 def lung2_paths() -> tuple[Path, Path]:
-    return _case("lung2")
+    """The shipped crop of lung2 (chest CT + tumour): 36×256×256, the full volume's
+    [5:41, 237:493, 233:489] (z, y, x); see sample_data/PROVENANCE.md."""
+    return _pair(SAMPLE_DATA, "lung2_crop", "shipped in the repository's sample_data/")
 
 
 @pytest.fixture(scope="session")
 def breast1_paths() -> tuple[Path, Path]:
-    return _case("breast1")
+    """breast1 is not shipped: it needs ../shared/data beside the repo (or $MEDPLIB_SHARED_DATA)."""
+    return _pair(SHARED_DATA, "breast1", "needs ../shared/data beside the repo, or MEDPLIB_SHARED_DATA")
 
 
 @pytest.fixture(scope="session")
