@@ -138,6 +138,10 @@ class ChatDock(QWidget):
             self.status.busy(f"loading {LANGUAGE_STEP} ({where}); you can ask, the answer waits for it…")
         elif not state.busy:
             self._warm_timer.stop()
+            failed = dict(state.failed).get(LANGUAGE_STEP)
+            if failed:
+                self.status.done(f"not ready: {failed}")
+                return
             seconds = state.seconds(LANGUAGE_STEP)
             self.status.done(f"ready to answer (language model loaded in {seconds:.1f} s)" if seconds else "")
 

@@ -21,7 +21,10 @@ DEFAULT_URL = "http://127.0.0.1:8765"
 def describe(runtime) -> str:
     """One line about the runtime in use (no model call)."""
     if runtime is None:
-        return "local (this computer): loads on first use"
+        from .runtime_factory import local_model_installed
+
+        return ("local (this computer)" if local_model_installed()
+                else "none: torch is not installed here, connect to a server")
     url = getattr(runtime, "url", None)
     return f"remote: {url}" if url else "local (this computer)"
 

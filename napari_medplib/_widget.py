@@ -199,7 +199,9 @@ class MedPLIBWidget(QWidget):
             self.status.busy(f"loading {state.loading}…")
         elif not state.busy:
             self._warm_timer.stop()
-            if self.status.is_busy:
+            if state.failed:
+                self.status.done(f"not ready: {state.failed[0][1]}")
+            elif self.status.is_busy:
                 loaded = ", ".join(f"{step} {s:.1f} s" for step, s in state.loaded)
                 self.status.done(f"ready: draw a box on the slice and press Segment (loaded {loaded})")
 

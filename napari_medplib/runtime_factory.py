@@ -45,10 +45,25 @@ _warm: dict = {"queue": [], "names": set(), "loading": None, "started": 0.0, "lo
                "running": False}
 
 
+def local_model_installed() -> bool:
+    """The in-process model needs torch (the `[local]` extra); the base install is a remote client."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+NO_LOCAL_MODEL = ("no model on this computer (torch is not installed): connect to a `medplib serve` with "
+                  "Change… in the segment dock, or pip install 'napari-medplib[local]'")
+
+
 def get_runtime():
     """The process's runtime, created on first use (torch is imported then, not before)."""
     with _lock:
         if _state.get("runtime") is None:
+            if not local_model_installed():
+                from medplib_runtime.errors import RuntimeNotReady
+
+                raise RuntimeNotReady(NO_LOCAL_MODEL)
             from medplib_runtime.local import LocalRuntime
 
             _state["runtime"] = LocalRuntime()

@@ -97,3 +97,20 @@ def test_a_bad_file_is_one_line_before_napari_opens(tmp_path):
                              timeout=60)
         assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
         assert run.stderr.startswith("medplib-napari: error: ")
+
+
+def test_without_torch_the_plugin_says_to_connect_to_a_server(monkeypatch):
+    from medplib_runtime.errors import RuntimeNotReady
+    from napari_medplib import runtime_factory
+    from napari_medplib._runtime_widget import describe
+
+    runtime_factory.set_runtime(None)
+    monkeypatch.setattr(runtime_factory, "local_model_installed", lambda: False)
+    with pytest.raises(RuntimeNotReady, match=r"torch is not installed\): connect to a `medplib serve`"):
+        runtime_factory.get_runtime()
+    assert describe(None) == "none: torch is not installed here, connect to a server"
+    runtime_factory.warm_segmentation()
+    runtime_factory.wait_background()
+    state = runtime_factory.warm_status()
+    assert not state.busy and state.failed[0][1] == runtime_factory.NO_LOCAL_MODEL
+    runtime_factory.set_runtime(None)
