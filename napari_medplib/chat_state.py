@@ -79,9 +79,12 @@ class ChatHistory:
             self._placed[(image, entry, mask)] = where
 
     def turns(self, image: str) -> tuple[Turn, ...]:
+        """The earlier turns sent back, the newest that fit the runtime's history cap (a long chat goes on)."""
+        from medplib_runtime.validation import fitting_history
+
         # the measured statement goes back as the answer: the model should build on the right number
-        return tuple(Turn(e.question, e.measured.split(" [measured from")[0] if e.measured else e.answer)
-                     for e in self._by_image.get(image, ()))
+        return fitting_history(tuple(Turn(e.question, e.measured.split(" [measured from")[0] if e.measured
+                                          else e.answer) for e in self._by_image.get(image, ())))
 
     def new_notes(self, image: str) -> list[tuple[str, ...]]:
         """Per entry, its notes that no earlier entry of the transcript carried: the same note (e.g. "answered

@@ -41,8 +41,8 @@ def test_info_and_ask_remote(capsys, brain1_paths, remote_server):
     ("http://127.0.0.1:9", "cannot reach the medplib server"),
     ("127.0.0.1:8765", "must start with http"),
 ])
-def test_remote_errors_are_one_line_exit_2(capsys, brain1_paths, url, message):
-    assert main(["segment", str(brain1_paths[0]), "--slice", "16", "--box", BOX, "--out", "/tmp/x.nii.gz",
+def test_remote_errors_are_one_line_exit_2(capsys, tmp_path, brain1_paths, url, message):
+    assert main(["segment", str(brain1_paths[0]), "--slice", "16", "--box", BOX, "--out", str(tmp_path / "x.nii.gz"),
                  "--remote", url]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

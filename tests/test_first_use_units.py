@@ -114,3 +114,17 @@ def test_without_torch_the_plugin_says_to_connect_to_a_server(monkeypatch):
     state = runtime_factory.warm_status()
     assert not state.busy and state.failed[0][1] == runtime_factory.NO_LOCAL_MODEL
     runtime_factory.set_runtime(None)
+
+
+def test_a_long_chat_sends_only_the_turns_that_fit_the_cap():
+    from medplib_runtime.schemas import AskResult
+    from medplib_runtime.validation import MAX_HISTORY_CHARS, check_question
+
+    history = ChatHistory()
+    for i in range(40):
+        history.add("ct", f"question {i} " + "x" * 500, AskResult("answer " + "y" * 500, (), None), SliceRef(0, 0),
+                    "none")
+    turns = history.turns("ct")
+    assert 0 < len(turns) < 40 and turns[-1].question.startswith("question 39")
+    assert sum(len(t.question) + len(t.answer) for t in turns) <= MAX_HISTORY_CHARS
+    check_question("And now?", region=False, history=turns)  # accepted
