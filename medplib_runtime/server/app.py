@@ -2,7 +2,9 @@
 
 Every model call goes through :meth:`_Service.call`: admission (a bounded queue → 503 when
 full), one model lock (requests never interleave inside the model), and a deadline (→ 504).
-Errors leave as ``{"error": {"code", "message"}}`` with one line and no traceback.
+Admission happens in the endpoint, after FastAPI has read the whole body: a slow or stalled
+upload never holds a queue slot. Errors leave as ``{"error": {"code", "message"}}`` with one
+line and no traceback.
 """
 
 from __future__ import annotations
@@ -22,23 +24,25 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..errors import InputError, MedplibError, UnknownImage
 from ..imaging.windowing import IntensityWindow
 from ..schemas import AskRequest, SegmentRequest, SliceRef, Turn, validate_prompt
 from ..validation import check_question
-from ..wire import ask_result_to_wire, info_to_wire, prompt_from_wire, segment_result_to_wire, unpack_bytes
+from ..wire import ask_result_to_wire, info_to_wire, prompt_from_wire, segment_result_to_wire
 from .config import ServerConfig
-from .guards import Admission, BodySizeLimit, TokenAuth
+from .guards import Admission, BodySizeLimit, LoopbackHostOnly, TokenAuth
 from .models import (AskIn, ErrorOut, HealthOut, InfoOut, PrefetchIn, PromptIn, SLICE_KEY_PATTERN, SegmentIn,
                      SegmentOut, SliceOut)
-from .slice_store import SliceStore, StoredSlice
+from .slice_store import ClientId, SliceStore, StoredSlice
+from .uploads import TooLarge, check_size, decode_slice
 
 log = logging.getLogger("medplib.server")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _ERRORS = {400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 413: {"model": ErrorOut},
-           422: {"model": ErrorOut}, 503: {"model": ErrorOut}, 504: {"model": ErrorOut}}
+           421: {"model": ErrorOut}, 422: {"model": ErrorOut}, 503: {"model": ErrorOut}, 504: {"model": ErrorOut}}
 
 
 class ApiError(Exception):
@@ -59,6 +63,7 @@ class _Service:
     admission: Admission
     executor: ThreadPoolExecutor
     model_lock: threading.Lock
+    uploads: ThreadPoolExecutor  # decodes slices; few threads, so few planes are being built at once
 
     async def call(self, fn):
         """Run ``fn`` on a model thread under the lock, within the request deadline."""
@@ -83,7 +88,7 @@ class _Service:
         except asyncio.TimeoutError:
             raise _timeout(self.config) from None
 
-    def stored(self, client: str, key: str) -> StoredSlice:
+    def stored(self, client: ClientId, key: str) -> StoredSlice:
         stored = self.store.touch(client, key)
         if stored is None:
             raise ApiError(404, "unknown_slice", f"slice {key[:13]}… is not on the server: upload it again")
@@ -99,10 +104,12 @@ def _timeout(config: ServerConfig) -> ApiError:
     return ApiError(504, "timeout", f"request took longer than the server's {config.request_timeout_s:g} s limit")
 
 
-def _client_id(request: Request) -> str:
+def _client_id(request: Request) -> ClientId:
+    """The peer address (what TCP proves) plus the self-declared name, which only splits that
+    address's share: see slice_store.py."""
     given = request.headers.get("x-medplib-client", "")
     host = request.client.host if request.client else "unknown"
-    return f"{host}/{given}" if _CLIENT_ID.match(given) else host
+    return ClientId(host, given if _CLIENT_ID.match(given) else "")
 
 
 def _prompt(obj: PromptIn, shape: tuple[int, int]):
@@ -123,20 +130,24 @@ def create_app(config: ServerConfig, *, runtime=None) -> FastAPI:
                        total_bytes=int(config.total_cache_mb * 2**20), forget=runtime.forget)
     service = _Service(config, runtime, store, Admission(config.max_queue),
                        ThreadPoolExecutor(max_workers=config.max_queue + 1, thread_name_prefix="medplib-model"),
-                       threading.Lock())
+                       threading.Lock(), ThreadPoolExecutor(max_workers=2, thread_name_prefix="medplib-upload"))
 
     @asynccontextmanager
     async def lifespan(app):
         yield
         service.executor.shutdown(wait=False, cancel_futures=True)
+        service.uploads.shutdown(wait=False, cancel_futures=True)
         runtime.close()
 
     app = FastAPI(title="medplib", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/v1/openapi.json", lifespan=lifespan,
                   description="MedPLIB runtime over HTTP: the same Runtime interface as the in-process one.")
     app.state.service = service
-    app.add_middleware(BodySizeLimit, max_bytes=int(config.max_body_mb * 2**20))
-    app.add_middleware(TokenAuth, token=config.token)  # added last = runs first
+    app.add_middleware(BodySizeLimit, max_bytes=int(config.max_body_mb * 2**20),
+                       max_inflight_bytes=int(config.max_inflight_body_mb * 2**20))
+    app.add_middleware(TokenAuth, token=config.token)
+    if config.token is None:  # added last = runs first
+        app.add_middleware(LoopbackHostOnly)
     _install_error_handlers(app)
 
     @app.get("/health", response_model=HealthOut)
@@ -159,16 +170,19 @@ def create_app(config: ServerConfig, *, runtime=None) -> FastAPI:
                         modality: Literal["CT", "MR", "other"] = Query()) -> SliceOut:
         if not hi > lo:
             raise InputError(f"window [{lo:g}, {hi:g}] is empty: hi must be above lo")
+        # before a byte of the body is read: what it would cost once decoded (a zlib bomb stops here)
+        check_size(dtype, rows, cols, max_pixels=config.max_slice_pixels, max_bytes=store.per_client_bytes)
         body = await request.body()
         client = _client_id(request)
 
         def register() -> SliceOut:
-            plane = unpack_bytes(body, dtype=dtype, shape=(rows, cols))
-            key = runtime.set_image(plane, window=IntensityWindow(float(lo), float(hi), modality))
-            store.add(client, key, StoredSlice((rows, cols), int(plane.nbytes)))
-            return SliceOut(slice_key=key, shape=(rows, cols), nbytes=int(plane.nbytes))
+            decoded = decode_slice(body, dtype=dtype, rows=rows, cols=cols, lo=lo, hi=hi, modality=modality)
+            own = runtime.set_image(decoded.plane, window=IntensityWindow(float(lo), float(hi), modality))
+            nbytes = int(decoded.plane.nbytes)
+            store.add(client, decoded.key, StoredSlice((rows, cols), nbytes, own))
+            return SliceOut(slice_key=decoded.key, shape=(rows, cols), nbytes=nbytes)
 
-        return await asyncio.get_running_loop().run_in_executor(None, register)
+        return await asyncio.get_running_loop().run_in_executor(service.uploads, register)
 
     @app.get("/v1/slices/{slice_key}", response_model=SliceOut, responses=_ERRORS)
     def get_slice(request: Request, slice_key: str) -> SliceOut:
@@ -181,16 +195,17 @@ def create_app(config: ServerConfig, *, runtime=None) -> FastAPI:
     async def segment(body: SegmentIn, request: Request) -> dict:
         stored = service.stored(_client_id(request), body.slice_key)
         prompt = _prompt(body.prompt, stored.shape)
-        req = SegmentRequest(image_key=body.slice_key, slice=SliceRef(0, 0), prompt=prompt, threshold=body.threshold)
+        req = SegmentRequest(image_key=stored.runtime_key, slice=SliceRef(0, 0), prompt=prompt,
+                             threshold=body.threshold)
         result = await service.call(lambda: runtime.segment(req))
         return segment_result_to_wire(result)
 
     @app.post("/v1/prefetch", status_code=202, responses=_ERRORS)
     def prefetch(body: PrefetchIn, request: Request) -> dict:
         client = _client_id(request)
-        known = [k for k in body.slice_keys if re.match(SLICE_KEY_PATTERN, k) and store.touch(client, k)]
-        for key in known:
-            runtime.prefetch(key, SliceRef(0, 0), radius=0)
+        known = [s for k in body.slice_keys if re.match(SLICE_KEY_PATTERN, k) and (s := store.touch(client, k))]
+        for stored in known:
+            runtime.prefetch(stored.runtime_key, SliceRef(0, 0), radius=0)
         return {"queued": len(known)}
 
     @app.post("/v1/ask", responses={**_ERRORS, 200: {"content": {"application/x-ndjson": {}}, "description":
@@ -204,7 +219,7 @@ def create_app(config: ServerConfig, *, runtime=None) -> FastAPI:
             raise InputError(f"max_new_tokens {body.max_new_tokens} is over this server's limit of"
                              f" {config.max_new_tokens}")
         region = None if body.region is None else _prompt(body.region, stored.shape)
-        req = AskRequest(image_key=body.slice_key, slice=SliceRef(0, 0), question=body.question, region=region,
+        req = AskRequest(image_key=stored.runtime_key, slice=SliceRef(0, 0), question=body.question, region=region,
                          history=history,
                          max_new_tokens=body.max_new_tokens, threshold=body.threshold)
         return _stream_answer(service, req)
@@ -212,8 +227,25 @@ def create_app(config: ServerConfig, *, runtime=None) -> FastAPI:
     return app
 
 
+class _AnswerStream(StreamingResponse):
+    """Sets ``stop`` however the response ends — finished, client gone (Starlette cancels the
+    stream when it hears ``http.disconnect``), or cancelled — even if no line was sent yet."""
+
+    def __init__(self, content, stop: threading.Event) -> None:
+        super().__init__(content, media_type="application/x-ndjson")
+        self._stop = stop
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._stop.set()
+
+
 def _stream_answer(service: _Service, req: AskRequest) -> StreamingResponse:
-    """Tokens as NDJSON lines while the model generates, then the result (or one error line)."""
+    """Tokens as NDJSON lines while the model generates, then the result (or one error line).
+    A client that goes away stops its generation at the next token, and one that leaves while its
+    ask waits for the model is dropped before the model runs it."""
     if not service.admission.try_enter():
         raise _busy(service.config)
     loop = asyncio.get_running_loop()
@@ -222,23 +254,39 @@ def _stream_answer(service: _Service, req: AskRequest) -> StreamingResponse:
     deadline = time.monotonic() + service.config.request_timeout_s
 
     def emit(obj) -> None:
-        loop.call_soon_threadsafe(lines.put_nowait, obj)
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(lines.put_nowait, obj)
 
     def on_token(text: str) -> None:
         if stop.is_set() or time.monotonic() > deadline:
-            raise _Stop()
+            raise _Stop()  # LocalRuntime.ask lets on_token raise to end the generation
         emit({"type": "token", "text": text})
+
+    def acquire() -> bool:
+        """The model lock, polled so that a waiter whose client left gives up its slot at once."""
+        while not stop.is_set():
+            if service.model_lock.acquire(timeout=min(0.25, max(0.0, deadline - time.monotonic()))):
+                return True
+            if time.monotonic() > deadline:
+                raise _Stop()
+        return False
 
     def work() -> None:
         try:
-            if not service.model_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                raise _Stop()
+            if not acquire():
+                log.info("ask dropped: its client went away before the model started on it")
+                return
             try:
+                if stop.is_set():
+                    log.info("ask dropped: its client went away before the model started on it")
+                    return
                 result = service.runtime.ask(req, on_token=on_token)
             finally:
                 service.model_lock.release()
             emit({"type": "result", "result": ask_result_to_wire(result)})
         except _Stop:
+            if stop.is_set():
+                log.info("ask stopped: its client went away")
             emit({"type": "error", "code": "timeout", "message": _timeout(service.config).message})
         except UnknownImage:
             emit({"type": "error", "code": "unknown_slice", "message": "slice is no longer on the server"})
@@ -254,13 +302,10 @@ def _stream_answer(service: _Service, req: AskRequest) -> StreamingResponse:
     service.executor.submit(work)
 
     async def body():
-        try:
-            while (item := await lines.get()) is not None:
-                yield (json.dumps(item) + "\n").encode()
-        finally:
-            stop.set()  # the client went away or we are done: the generation stops at its next token
+        while (item := await lines.get()) is not None:
+            yield (json.dumps(item) + "\n").encode()
 
-    return StreamingResponse(body(), media_type="application/x-ndjson")
+    return _AnswerStream(body(), stop)
 
 
 def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
@@ -276,6 +321,14 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def on_unknown(request, exc):
         return _error(404, "unknown_slice", "slice is no longer on the server: upload it again")
 
+    @app.exception_handler(TooLarge)
+    async def on_too_large(request, exc):
+        return _error(413, "too_large", str(exc))
+
+    @app.exception_handler(ClientDisconnect)
+    async def on_gone(request, exc):  # nobody will read this; no traceback in the log either
+        return _error(400, "disconnected", "client disconnected before its request arrived whole")
+
     @app.exception_handler(MedplibError)
     async def on_medplib(request, exc):
         return _error(400, "bad_input", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -289,8 +342,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http")
-        return _error(exc.status_code, code, str(exc.detail))
+        code = getattr(exc, "code", None) or {404: "not_found", 405: "method_not_allowed", 413: "too_large",
+                                                503: "busy"}.get(exc.status_code, "http")
+        return _error(exc.status_code, code, str(exc.detail), exc.headers)
 
     @app.exception_handler(Exception)
     async def on_bug(request, exc: Exception):

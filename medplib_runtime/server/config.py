@@ -29,17 +29,28 @@ class ServerConfig:
     embedding_cache_mb: int = 1024  # slice embeddings (4 MB each for LiteMedSAM)
     max_new_tokens: int = 512  # cap on one answer
     glue: str | None = None  # a glue file instead of the preset's shipped one (e.g. a training run's adapter)
+    # hostile or slow connections (issue #33); see connections.py
+    header_timeout_s: float = 10.0  # request headers must complete within this (counted from connect / last reply)
+    body_timeout_s: float = 60.0  # and the body within this once the headers are in (≥ 270 KB/s for 16 MB)
+    max_connections: int = 256  # open at once; past it the oldest idle or stalled one is closed
+    max_inflight_body_mb: float = 256.0  # request bodies being received or decoded at once; more → 503 busy
+    max_slice_pixels: int = 4096 * 4096  # one uploaded slice; stored as float32 at most → 64 MB
 
     def __post_init__(self) -> None:
         if self.token is not None and len(self.token) < 8:
             raise InputError("--token must be at least 8 characters")
         if self.preload not in ("all", "segment", "none"):
             raise InputError(f"--preload must be all, segment or none; got {self.preload!r}")
-        for name in ("max_body_mb", "request_timeout_s", "client_cache_mb", "total_cache_mb"):
+        for name in ("max_body_mb", "request_timeout_s", "client_cache_mb", "total_cache_mb", "header_timeout_s",
+                     "body_timeout_s", "max_inflight_body_mb"):
             if not getattr(self, name) > 0:
                 raise InputError(f"--{name.replace('_', '-')} must be positive")
         if self.max_queue < 1:
             raise InputError("--max-queue must be at least 1")
+        if self.max_connections < 8:
+            raise InputError("--max-connections must be at least 8")
+        if self.max_slice_pixels < 4:
+            raise InputError("--max-slice-pixels must be at least 4 (a 2×2 slice)")
         if self.glue is not None:  # refuse a missing or unreadable glue before any model work
             from ..glue import trained_parts
 

@@ -22,6 +22,23 @@ def build_runtime(config: ServerConfig):
     return runtime
 
 
+def uvicorn_config(app, config: ServerConfig):
+    """uvicorn settings for ``app``: h11 with the connection guards (connections.py) instead of
+    ``limit_concurrency``, which 503s every request while enough sockets merely stay open."""
+    import uvicorn
+
+    from .connections import MAX_HEADER_BYTES, ConnectionLimits, guarded_protocol
+
+    limits = ConnectionLimits(header_timeout_s=config.header_timeout_s, body_timeout_s=config.body_timeout_s,
+                              max_connections=config.max_connections)
+    app.state.connection_limits = limits
+    return uvicorn.Config(app, host=config.host, port=config.port, log_level="warning", server_header=False,
+                          http=guarded_protocol(limits), ws="none", lifespan="on",
+                          timeout_keep_alive=max(1, int(config.header_timeout_s)),  # ours closes idle ones too
+                          h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+                          timeout_graceful_shutdown=5)  # an open answer stream does not hold a stop for long
+
+
 def serve(config: ServerConfig) -> int:
     import uvicorn
 
@@ -35,6 +52,5 @@ def serve(config: ServerConfig) -> int:
     auth = "token required" if config.token else "no token (loopback only)"
     print(f"medplib serve: {config.preset} loaded in {time.perf_counter() - t0:.1f} s; listening on "
           f"http://{config.host}:{config.port} ({auth})", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", server_header=False,
-                timeout_keep_alive=30, limit_concurrency=config.max_queue * 4 + 16)
+    uvicorn.Server(uvicorn_config(app, config)).run()
     return 0

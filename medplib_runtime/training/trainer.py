@@ -155,7 +155,9 @@ def train(cfg: TrainConfig, samples: list[TrainSample], *, model=None, embedder=
                                                router_lr=cfg.router_lr, region_lr=cfg.region_lr))
     start = 0
     if (ckpt / "state.pt").is_file():
-        state = torch.load(ckpt / "state.pt", weights_only=False, map_location=device)
+        # weights_only: a checkpoint folder may come from elsewhere; unpickling arbitrary objects would run code.
+        # What we save is plain (tensors, numbers, strings, tuples, dicts, lists), so nothing else is needed.
+        state = torch.load(ckpt / "state.pt", weights_only=True, map_location=device)
         if not _same_run(state["config"], cfg):
             raise InputError(f"{ckpt} holds a run with another config: use a new --out-dir or delete it")
         distributed.load_optimizer_state(optimizer, new_rows.moments_for(optimizer, state["optimizer"]))
