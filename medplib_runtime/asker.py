@@ -198,7 +198,8 @@ class Asker:
 def build_asker(cfg: MedPLIBConfig, *, segmenter: SamSegmenter, glue=None) -> Asker:
     """The full model for ``cfg``, sharing the segmenter's already loaded SAM parts; ``glue``: a
     glue file to use instead of the shipped one (e.g. a training run's adapter)."""
-    model = build_medplib(cfg, pretrained=True, sam=segmenter.model, glue=glue).to(segmenter.device)
+    # light: the inference-only LLM (no transformers import, the same answers; llama_infer.py)
+    model = build_medplib(cfg, pretrained=True, sam=segmenter.model, glue=glue, light=True).to(segmenter.device)
     return Asker(model, segmenter)
 
 

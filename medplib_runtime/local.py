@@ -1,7 +1,8 @@
 """LocalRuntime: the Runtime protocol in-process (torch imported lazily).
 
 Two stages load on demand so a click never waits for the LLM: the segmentation model
-(LiteMedSAM, < 1 s) on the first image, the full MedPLIB (LLM + glue) on the first ``ask``.
+(LiteMedSAM, < 1 s) on the first image, the full MedPLIB (LLM + glue) on the first ``ask`` — in a
+thread while that ask's slice is embedded, when neither is ready (a cold ``medplib ask``).
 Slice embeddings live in a memory-capped LRU with background prefetch of neighbours.
 Thread-safe: the plugin calls it from worker threads; one lock guards each model stage.
 """
@@ -48,11 +49,15 @@ class LocalRuntime:
         self.device = check_device(device)  # a missing GPU is a one-line error now, not at the first click
         self._images: dict[str, _Image] = {}
         self._max_images = max_images
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the images
         self._seg_lock = threading.Lock()
         self._llm_lock = threading.Lock()
+        # model builds have their own locks: a cold ask builds the LLM while the slice is embedded
+        self._seg_build_lock = threading.Lock()
+        self._asker_build_lock = threading.Lock()
         self._segmenter = None
         self._asker = None
+        self.load_timings: dict[str, float] = {}  # seconds per cold-start stage (medplib ask --timings)
         self._closed = False
         self._cache: EmbeddingCache = EmbeddingCache(compute=self._embed_slice, size_of=_embedding_bytes,
                                                      max_bytes=cache_mb * 2**20)
@@ -128,9 +133,8 @@ class LocalRuntime:
         shape = slice_shape(img.array.shape, ref.axis)
         if request.region is not None:
             validate_prompt(request.region, shape)
-        embedding = self._cache.get((request.image_key, ref.axis, ref.index))
+        embedding, asker = self._embedding_and_asker((request.image_key, ref.axis, ref.index))
         threshold = self.config.mask_threshold if request.threshold is None else request.threshold
-        asker = self._get_asker()
         with self._llm_lock:
             return asker.ask(embedding, request.question, region=request.region, history=request.history,
                              max_new_tokens=request.max_new_tokens, threshold=threshold,
@@ -186,21 +190,51 @@ class LocalRuntime:
         unit = apply_window(plane, img.window)
         return self._get_segmenter().embed(unit)
 
+    def _embedding_and_asker(self, key: tuple[str, int, int]):
+        """The slice's embedding and the Asker. Cold, both are built side by side: the LLM load (file
+        reads, copies) in a thread while the encoder runs here; torch releases the GIL in both."""
+        if self._asker is not None or self._cache.contains(key):
+            return self._timed_embedding(key), self._get_asker()
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="medplib-llm-load") as pool:
+            loading = pool.submit(self._get_asker)
+            embedding = self._timed_embedding(key)
+            return embedding, loading.result()
+
+    def _timed_embedding(self, key: tuple[str, int, int]):
+        cached = self._cache.contains(key)
+        if not cached:
+            self._get_segmenter()  # timed on its own
+        t0 = time.perf_counter()
+        embedding = self._cache.get(key)
+        if not cached:
+            self.load_timings.setdefault("embed", time.perf_counter() - t0)
+        return embedding
+
     def _get_segmenter(self):
-        with self._lock:
+        with self._seg_build_lock:
             if self._segmenter is None:
+                t0 = time.perf_counter()
+                import torch  # noqa: F401 — timed on its own: the largest import of a cold start
+
+                t1 = time.perf_counter()
                 from .modeling.litemedsam import build_litemedsam
                 from .segmenter import SamSegmenter
 
                 self._segmenter = SamSegmenter(build_litemedsam(pretrained=True).to(self.device))
+                self.load_timings.update(torch_import=t1 - t0, segmenter=time.perf_counter() - t1)
             return self._segmenter
 
     def _get_asker(self):
-        with self._lock:
+        with self._asker_build_lock:
             if self._asker is None:
+                segmenter = self._get_segmenter()  # its SAM parts are shared
+                t0 = time.perf_counter()
                 from .asker import build_asker
 
-                self._asker = build_asker(self.config, segmenter=self._get_segmenter(), glue=self.glue_file)
+                self._asker = build_asker(self.config, segmenter=segmenter, glue=self.glue_file)
+                self.load_timings["llm"] = time.perf_counter() - t0
             return self._asker
 
 

@@ -16,7 +16,7 @@ from medplib_runtime.asker import Asker
 from medplib_runtime.glue import glue_status
 from medplib_runtime.imaging.transforms import mask_to_model, resize_info
 from medplib_runtime.modeling.glue_weights import load_glue, save_glue
-from medplib_runtime.modeling.ground_head import GroundHead, box_from_heat
+from medplib_runtime.modeling.ground_head import GroundHead, box_from_heat, label_4connected
 from medplib_runtime.segmenter import Embedding, SamSegmenter
 from medplib_runtime.training.config import TrainConfig
 from medplib_runtime.training.examples import encode
@@ -36,6 +36,23 @@ def test_box_when_no_cell_is_over_the_threshold_and_never_in_the_padding():
     heat[10, 14], heat[10, 15], heat[11, 14] = -1.0, -1.2, -1.5  # peak p 0.27; neighbours over half of it
     box = box_from_heat(heat, model_size=64, valid_hw=(64, 58))
     assert box.tolist() == [56.0, 40.0, 57.0, 47.0]  # x1 63 clipped to the resized width - 1
+
+
+def test_blob_labels_and_sums_are_scipys():
+    """box_from_heat labels blobs without scipy (a cold ask's import time): the same labels, numbering and
+    summed probabilities as scipy.ndimage.label / ndimage.sum, so the same blob wins."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        on = rng.random(tuple(rng.integers(1, 24, 2))) < rng.uniform(0.05, 0.8)
+        prob = rng.random(on.shape).astype(np.float32)
+        ours, n = label_4connected(on)
+        theirs, m = ndimage.label(on)
+        assert n == m and np.array_equal(ours, theirs)
+        if n:
+            assert np.array_equal(np.bincount(ours.ravel(), weights=prob.ravel())[1:n + 1],
+                                  np.asarray(ndimage.sum(prob, theirs, index=np.arange(1, n + 1))))
 
 
 def test_heat_shapes_and_gradients():

@@ -67,3 +67,24 @@ def test_special_tokens_resize_and_moe_forced_expert_keeps_answer(smollm2):
     with torch.inference_mode():
         assert "Paris" in _answer(model, tokenizer, "What is the capital of France?")
     force_expert(model, None)
+
+
+def test_light_model_answers_bit_for_bit_as_transformers(smollm2):
+    """The runtime's inference-only twin (llama_infer.py, light_tokenizer.py) on the real weights."""
+    from medplib_runtime.conversation import build_prompt
+    from medplib_runtime.modeling.generation import greedy_generate
+    from medplib_runtime.modeling.llm import add_special_tokens, load_smollm2
+
+    tokens = SPECIAL_TOKENS + (IMAGE_PLACEHOLDER, REGION_PLACEHOLDER)
+    (ref, ref_tok), (lite, lite_tok) = load_smollm2(), load_smollm2(light=True)
+    assert add_special_tokens(ref, ref_tok, tokens) == add_special_tokens(lite, lite_tok, tokens)
+    text = build_prompt("Segment the <SEG> lesion, then name it.", system="You are a helpful assistant.",
+                        n_image_tokens=4, region=True)
+    ids = ref_tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    assert torch.equal(ids, lite_tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"])
+    with torch.inference_mode():
+        embeds = ref.get_input_embeddings()(ids)
+        a = greedy_generate(ref, embeds, max_new_tokens=8, stop_ids={ref_tok.eos_token_id})
+        b = greedy_generate(lite, embeds, max_new_tokens=8, stop_ids={lite_tok.eos_token_id})
+    assert a.token_ids == b.token_ids and torch.equal(a.hidden, b.hidden)
+    assert ref_tok.decode(list(a.token_ids)) == lite_tok.decode(list(b.token_ids))

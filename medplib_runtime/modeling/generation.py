@@ -18,7 +18,7 @@ class Prefill:
     """A prompt already run through the LLM body: its KV cache and last state, for a
     ``greedy_generate`` that continues from it instead of running the prompt again."""
 
-    cache: object  # transformers DynamicCache holding the prompt's keys and values (single use: decoding grows it)
+    cache: object  # DynamicCache or llama_infer.KVCache: the prompt's keys and values (single use: decoding grows it)
     last_hidden: torch.Tensor  # 1×D: the last-layer state at the prompt's last position
     tokens: int
     seconds: float
@@ -42,13 +42,20 @@ def _cache_keyword(body) -> str:
     return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
 
 
+def _new_cache(body):
+    """The body's own cache (llama_infer's, no transformers import), else transformers' DynamicCache."""
+    if hasattr(body, "new_cache"):
+        return body.new_cache()
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
 @torch.inference_mode()
 def prefill(llm, inputs_embeds: torch.Tensor) -> Prefill:
     """Run the prompt ``1×T×D`` through the LLM body once, keeping its KV cache."""
-    from transformers import DynamicCache
-
     body = llm.model
-    cache = DynamicCache()
+    cache = _new_cache(body)
     t0 = time.perf_counter()
     out = body(inputs_embeds=inputs_embeds, **{_cache_keyword(body): cache, "use_cache": True})
     last = out.last_hidden_state[:, -1]

@@ -93,13 +93,22 @@ def _gguf_dequantize_config():
     return GgufConfig(dequantize=True)
 
 
-def load_smollm2(*, cache_dir: Path | None = None, dtype: torch.dtype = torch.float32):
-    """→ ``(LlamaForCausalLM in eval mode, tokenizer)``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_smollm2(*, cache_dir: Path | None = None, dtype: torch.dtype = torch.float32, light: bool = False):
+    """→ ``(LlamaForCausalLM in eval mode, tokenizer)``.
 
+    ``light``: the inference-only twin (llama_infer.py, light_tokenizer.py) — same weights and outputs,
+    without importing transformers (≈ 7 s of a cold start); for answering, not for training.
+    """
     folder = converted_folder(cache_dir=cache_dir)
-    model = _fast_load(folder, dtype)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if light:
+        from .light_tokenizer import LightTokenizer
+        from .llama_infer import load_llama
+
+        model, tokenizer = load_llama(folder, dtype), LightTokenizer(folder)
+    else:
+        from transformers import AutoTokenizer
+
+        model, tokenizer = _fast_load(folder, dtype), AutoTokenizer.from_pretrained(folder)
     model.eval()
     column_major_linears(model)
     return model, tokenizer

@@ -134,10 +134,11 @@ class _SamVisionEncoder(nn.Module):
 
 
 def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None = None,
-                  glue: "Path | None | bool" = None) -> MedPLIB:
+                  glue: "Path | None | bool" = None, light: bool = False) -> MedPLIB:
     """Build MedPLIB for ``cfg``. ``pretrained`` loads the real weights the preset names, and the
     shipped glue (``assets/<preset>-glue.safetensors``) if there is one; ``glue`` names another
-    file, or ``False`` keeps the random-init glue (training starts from there).
+    file, or ``False`` keeps the random-init glue (training starts from there). ``light`` (with
+    ``pretrained``): the LLM for answering only, without transformers (llm.load_smollm2).
 
     medplib-lite: LiteMedSAM + SmolLM2 (glue randomly initialised until trained).
     medplib-7b: structure only for now (random weights); loading the released checkpoint from a
@@ -149,7 +150,7 @@ def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None 
         sam = sam or build_litemedsam(pretrained=pretrained)
         tower: nn.Module = PooledPixelFeatures(cfg.vision_grid)
         if pretrained:
-            llm, tokenizer = load_smollm2()
+            llm, tokenizer = load_smollm2(light=light)
         else:
             llm, tokenizer = build_random_llama(cfg), _tiny_tokenizer()
     else:
