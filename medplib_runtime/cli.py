@@ -3,7 +3,9 @@
 Contract (other tools rely on it): rows/cols are voxel indices in the slice as numpy sees
 the SimpleITK array, ``(z, y, x)`` order; ``--slice K --axis A`` picks ``array.take(K, A)``.
 Bad input prints one line ``medplib: error: ...`` to stderr and exits 2, never a traceback
-(set ``MEDPLIB_DEBUG=1`` to see one for an unexpected failure).
+(set ``MEDPLIB_DEBUG=1`` to see one for an unexpected failure); usage errors too, and control
+characters in it are shown escaped. Inputs are checked before a model loads; ``--out`` never
+replaces an input, and replaces another existing file only with ``--force`` (cli_checks.py).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
+from .cli_checks import (OneLineParser, check_finite, check_output, check_port_free, error_line, port_number,
+                         printable, region_mask_from_file)
 from .errors import InputError, MedplibError
 from .presets import DEFAULT_PRESET, PRESETS
 from .schemas import AskRequest, Box, Point, Prompt, SegmentRequest, SliceRef
@@ -41,34 +44,24 @@ def _parse_point(text: str) -> Point:
         raise InputError(f"--point {text!r}: expected R,C or R,C,L with L 1 (foreground) or 0 (background)") from None
 
 
-def _region_mask(path: str, volume, ref: SliceRef) -> np.ndarray:
-    """A region mask file: a 2D mask of the slice's shape, or a label volume of the image's shape."""
-    from .imaging.io import read_volume
-    from .imaging.slicing import take_slice
-
-    if path.endswith(".npy"):
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"--region-mask {path}: not a readable .npy file ({exc})") from None
-    else:
-        arr = read_volume(path, allow_2d=True).array
-    if arr.shape == volume.array.shape and arr.ndim == 3:
-        arr = take_slice(arr, axis=ref.axis, index=ref.index)
-    return np.asarray(arr) != 0
-
-
 def _prompt(args, volume, ref: SliceRef) -> Prompt | None:
+    """The prompt (or region), checked against the slice here: a bad one fails before the model loads."""
+    from .imaging.slicing import slice_shape
+    from .schemas import validate_prompt
+
     given = [n for n in ("box", "point", "region_mask") if getattr(args, n)]
     if len(given) > 1 and not (set(given) == {"box", "point"}):
         raise InputError("give either --region-mask or --box/--point, not both")
     if args.region_mask:
-        return Prompt(mask=_region_mask(args.region_mask, volume, ref))
-    box = _parse_box(args.box) if args.box else None
-    points = tuple(_parse_point(p) for p in (args.point or ()))
-    if box is None and not points:
-        return None
-    return Prompt(box=box, points=points)
+        prompt = Prompt(mask=region_mask_from_file(args.region_mask, volume, ref))
+    else:
+        box = _parse_box(args.box) if args.box else None
+        points = tuple(_parse_point(p) for p in (args.point or ()))
+        if box is None and not points:
+            return None
+        prompt = Prompt(box=box, points=points)
+    validate_prompt(prompt, slice_shape(volume.array.shape, axis=ref.axis))
+    return prompt
 
 
 def _runtime(args):
@@ -85,14 +78,29 @@ def _runtime(args):
     return LocalRuntime(preset=args.preset, glue=getattr(args, "glue", None), device=getattr(args, "device", "cpu"))
 
 
-def _load(args):
+def _load(args, *, whole: bool = False):
+    """The image and the slice, checked: values the model can compute with, and no NaN/inf on the slice
+    (``whole``: in the volume, for --propagate)."""
     from .imaging.io import read_volume
-    from .imaging.slicing import check_slice
+    from .imaging.slicing import check_slice, take_slice
+    from .validation import check_image
 
     volume = read_volume(args.image, allow_2d=True)
     ref = SliceRef(axis=args.axis, index=args.slice)
     check_slice(volume.array.shape, axis=ref.axis, index=ref.index)
+    check_image(volume.array)
+    if whole:
+        check_finite(volume.array, f"the image {args.image}")
+    else:
+        where = "the image" if volume.array.ndim == 2 else f"slice {ref.index} (axis {ref.axis})"
+        check_finite(take_slice(volume.array, axis=ref.axis, index=ref.index), where)
     return volume, ref
+
+
+def _inputs(args) -> dict[str, str | None]:
+    """The files a command reads, by the name the user gave them: an output must not be one of them."""
+    return {"IMAGE": args.image, "--region-mask": getattr(args, "region_mask", None),
+            "--labels": getattr(args, "labels", None), "--glue": getattr(args, "glue", None)}
 
 
 def _write_masks(masks: list[np.ndarray], volume, ref: SliceRef, out: str) -> dict:
@@ -124,10 +132,13 @@ def cmd_info(args) -> int:
 
 def cmd_segment(args) -> int:
     from .imaging.io import check_writable
+    from .validation import check_generation
 
     t0 = time.perf_counter()
+    check_generation(threshold=args.threshold)
+    check_output(args.out, _inputs(args), force=args.force)
     check_writable(args.out)
-    volume, ref = _load(args)
+    volume, ref = _load(args, whole=args.propagate)
     prompt = _prompt(args, volume, ref)
     if prompt is None:
         raise InputError("no prompt: give --box R0,C0,R1,C1, --point R,C[,L] or --region-mask PATH")
@@ -151,14 +162,21 @@ def cmd_segment(args) -> int:
 def cmd_ask(args) -> int:
     from .imaging.io import check_writable
 
-    from .validation import check_question
+    from .validation import check_generation, check_question
 
     # before the volume and the model load: a question that cannot be asked fails in a second
     check_question(args.question, region=bool(args.box or args.point or args.region_mask))
+    check_generation(max_new_tokens=args.max_new_tokens, threshold=args.threshold)
     if args.out:
+        check_output(args.out, _inputs(args), force=args.force)
         check_writable(args.out)
     volume, ref = _load(args)
     region = _prompt(args, volume, ref)
+    found = None
+    if args.labels:
+        from .cli_volume import measurements_of_args
+
+        found = measurements_of_args(args)
     runtime = _runtime(args)
     key = runtime.set_image(volume.array, modality=args.modality, spacing=volume.spacing)
     result = runtime.ask(AskRequest(image_key=key, slice=ref, question=args.question, region=region,
@@ -167,12 +185,15 @@ def cmd_ask(args) -> int:
         print("medplib: warning: untrained parts (" + ", ".join(result.untrained_parts)
               + "): this answer is not grounded in the image yet", file=sys.stderr)
     for note in result.notes:
-        print(f"medplib: note: {note}", file=sys.stderr)
+        print(f"medplib: note: {printable(note)}", file=sys.stderr)
     measured = None
     if args.labels:
         from .cli_volume import measured_answer_for
 
-        measured = measured_answer_for(args.question, result.text, args)
+        measured = measured_answer_for(args.question, result.text, args, found)
+    if measured is None:  # a modality question: the file's answer (header or Hounsfield units), then the model's
+        from .cli_volume import file_fact_for
+        measured = file_fact_for(args.question, result.text, volume)
     if measured is not None:
         print(measured)
     else:
@@ -183,18 +204,24 @@ def cmd_ask(args) -> int:
             print(json.dumps({"masks": len(result.masks), **summary}), file=sys.stderr)
         else:
             print(f"medplib: {len(result.masks)} mask(s) returned; pass --out LABELS to write them", file=sys.stderr)
+    if args.timings:
+        from .cold_start import timings_line
+
+        print(timings_line(runtime, result), file=sys.stderr)
     runtime.close()
     return 0
 
 
 def cmd_serve(args) -> int:
-    from .server.config import ServerConfig, token_from_env
+    from .server.config import ServerConfig, check_exposure, token_from_env
     from .server.run import serve
 
     config = ServerConfig(host=args.host, port=args.port, token=args.token or token_from_env(), preset=args.preset,
                           device=args.device, preload=args.preload, max_body_mb=args.max_body_mb,
                           request_timeout_s=args.request_timeout_s, max_queue=args.max_queue,
                           client_cache_mb=args.client_cache_mb, total_cache_mb=args.total_cache_mb, glue=args.glue)
+    check_exposure(config)
+    check_port_free(config.host, config.port)  # before the model loads: uvicorn would fail only after it
     return serve(config)
 
 
@@ -226,7 +253,7 @@ def _add_remote_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medplib", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="medplib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="JSON: preset, parts (trained or not), device, versions")
@@ -236,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve the runtime over HTTP for remote clients (FastAPI + uvicorn)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; others need a token)")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=port_number, default=8765)
     p.add_argument("--token", default=None, help="require this bearer token (default: $MEDPLIB_TOKEN)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (bf16 autocast on CUDA)")
@@ -255,15 +282,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_args(p)
     p.add_argument("--out", required=True, help="output label volume (.nii.gz/.nrrd/.mha), IMAGE's geometry")
     p.add_argument("--propagate", action="store_true", help="follow the structure through the volume (3D)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (never an input file)")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("ask", help="question about a slice (optionally a region on it) → answer (+ masks)")
     _add_image_args(p)
     p.add_argument("question")
     p.add_argument("--out", help="write the masks of every <SEG> here (label i for the i-th)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (never an input file)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--labels", help="label volume: quantitative questions are answered by measuring it")
     p.add_argument("--label", type=int, action="append", help="with --labels: only these label ids")
+    p.add_argument("--timings", action="store_true", help="print where the time went, one line on stderr")
     p.set_defaults(func=cmd_ask)
 
     from .cli_train import add_train_parser
@@ -291,10 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .cold_start import exit_without_final_collection
+
+    exit_without_final_collection()
     try:
         return int(args.func(args) or 0)
     except MedplibError as exc:
-        print(f"medplib: error: {exc}", file=sys.stderr)
+        print(error_line(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("medplib: interrupted", file=sys.stderr)
@@ -302,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 — a bug; one line unless debugging
         if os.environ.get("MEDPLIB_DEBUG"):
             raise
-        print(f"medplib: internal error: {type(exc).__name__}: {exc} (MEDPLIB_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
+        print(printable(f"medplib: internal error: {type(exc).__name__}: {exc}") + " (MEDPLIB_DEBUG=1 shows the "
+              "traceback)", file=sys.stderr)
         return 1
 
 

@@ -110,13 +110,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.runner import evaluate
     from .evaluation.screening import screen_dataset
 
+    from .cli_checks import check_output
+    from .validation import check_generation
+
+    check_generation(max_new_tokens=args.max_new_tokens, threshold=args.threshold)
+    out = args.predictions or f"{Path(args.data).stem}.predictions.jsonl"
+    # a run replaces its predictions file (running again is the way to refresh it), never the data it reads
+    check_output(out, {"DATA": args.data, "--glue": args.glue}, force=True, option="--predictions")
     # every record checked before a model loads: a bad one stops the run now, or is left out with --skip-bad
     screened = screen_dataset(args.data, image_folder=args.image_folder, limit=args.limit)
     if screened.skipped and not args.skip_bad:
         raise InputError(screened.refusal())
     if not screened.dataset.records:
         raise InputError(f"dataset {args.data}: no record can be asked")
-    out = args.predictions or f"{Path(args.data).stem}.predictions.jsonl"
     if not Path(out).resolve().parent.is_dir():
         raise InputError(f"cannot write predictions {out}: its folder does not exist")
     runtime = _runtime(args)

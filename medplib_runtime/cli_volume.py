@@ -31,10 +31,20 @@ def load_pair(image_path: str, labels_path: str):
     labels = read_volume(labels_path)
     if labels.array.shape != image.array.shape:
         raise InputError(f"labels {labels_path} have shape {labels.array.shape}, the image {image.array.shape}")
-    if not np.allclose(labels.spacing, image.spacing, rtol=1e-4) or not np.allclose(labels.origin, image.origin,
-                                                                                     atol=1e-3):
-        raise InputError(f"labels {labels_path} do not share the image's geometry (spacing/origin differ)")
+    differ = geometry_differences(labels, image)
+    if differ:
+        raise InputError(f"labels {labels_path} do not share the image's geometry (different {differ}): "
+                         f"positions and sizes would be measured in the wrong place")
     return image, labels
+
+
+def geometry_differences(a, b) -> str:
+    """Which of spacing, origin, direction differ between two volumes of one shape ('' when none)."""
+    names = [name for name, same in (
+        ("spacing", np.allclose(a.spacing, b.spacing, rtol=1e-4)),
+        ("origin", np.allclose(a.origin, b.origin, atol=1e-3)),
+        ("direction", np.allclose(a.direction, b.direction, atol=1e-4))) if not same]
+    return " and ".join(names) if len(names) < 3 else "spacing, origin and direction"
 
 
 def measurements_for(image, labels, label_ids=None, modality: str = "auto"):
@@ -68,14 +78,28 @@ def propagate_and_write(runtime, volume, ref, seed_mask: np.ndarray, out: str, m
             "propagation_s": round(result.seconds, 2)}
 
 
-def measured_answer_for(question: str, model_text: str, args) -> str | None:
+def measurements_of_args(args):
+    """`ask --labels`: the label volume measured, before the model loads (a bad file fails at once)."""
+    image, labels = load_pair(args.image, args.labels)
+    return measurements_for(image, labels, args.label, args.modality)
+
+
+def measured_answer_for(question: str, model_text: str, args, found=None) -> str | None:
     """`ask --labels`: the measured answer for the label volume the user gave, if the question asks a quantity."""
     from .volume.measured_answers import measured_answer
 
-    image, labels = load_pair(args.image, args.labels)
-    found = measurements_for(image, labels, args.label, args.modality)
+    found = measurements_of_args(args) if found is None else found
     answer = measured_answer(question, found, model_text=model_text, source=f"labels {args.labels}")
     return None if answer is None else answer.text
+
+
+def file_fact_for(question: str, model_text: str, volume) -> str | None:
+    """`ask`: the file's own answer to a modality question (DICOM/NRRD header, else Hounsfield units), or a note
+    where the question or the model's answer names a modality the file contradicts; then the model's text."""
+    from .volume.file_facts import file_fact
+
+    fact = file_fact(question, volume.metadata, volume.array, model_text=model_text)
+    return None if fact is None else fact.text
 
 
 def cmd_bench_propagate(args) -> int:
@@ -84,4 +108,5 @@ def cmd_bench_propagate(args) -> int:
     return run(args)
 
 
-__all__ = ["add_volume_parsers", "load_pair", "measured_answer_for", "propagate_and_write"]
+__all__ = ["add_volume_parsers", "file_fact_for", "geometry_differences", "load_pair", "measured_answer_for",
+           "measurements_of_args", "propagate_and_write"]

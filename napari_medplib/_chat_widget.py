@@ -207,14 +207,18 @@ class ChatDock(QWidget):
         self.render()
 
     def measured_answer(self, image_name: str, question: str, model_text: str) -> str:
-        """The measured answer from the 'measure' labels layer, if the question asks a quantity."""
+        """The measured answer from the 'measure' labels layer, if the question asks a quantity; else the
+        image file's own answer to a modality question (its header, else its Hounsfield units)."""
+        from medplib_runtime.volume.file_facts import file_fact
         from medplib_runtime.volume.measured_answers import measured_answer, quantity_asked
 
+        image = self.viewer.layers[image_name] if image_name in self.viewer.layers else None
         name = self.measure_combo.currentText()
         if quantity_asked(question) is None or name in ("", NO_LABELS) or name not in self.viewer.layers:
-            return ""
+            data = None if image is None else (image.data[-1] if image.multiscale else image.data)
+            fact = None if image is None else file_fact(question, image.metadata, data, model_text=model_text)
+            return "" if fact is None else fact.statement
         try:
-            image = self.viewer.layers[image_name] if image_name in self.viewer.layers else None
             found = measure_layer(self.viewer.layers[name], image)
         except MedplibError as exc:
             return f"could not measure {name!r}: {exc}"

@@ -14,8 +14,8 @@ GEOMETRY_KEY = "medplib_geometry"
 def geometry_metadata(volume: Volume) -> dict:
     return {GEOMETRY_KEY: {"spacing": list(volume.spacing), "origin": list(volume.origin),
                            "direction": list(volume.direction), "source": volume.source,
-                           "shape": list(volume.shape)}, **({"modality": volume.metadata["modality"]}
-                                                              if "modality" in volume.metadata else {})}
+                           "shape": list(volume.shape)},
+            **{key: volume.metadata[key] for key in ("modality", "body_part") if key in volume.metadata}}
 
 
 def image_layer_data(volume: Volume, *, name: str | None = None) -> tuple:

@@ -9,6 +9,7 @@ one-line message when it is missing, it is never skipped. In CI (``CI`` set, or
 
 from __future__ import annotations
 
+import locale
 import os
 from pathlib import Path
 
@@ -32,6 +33,15 @@ def _pair(folder: Path, stem: str, hint: str) -> tuple[Path, Path]:
         if not path.exists():
             pytest.fail(f"real data not found: {path} ({hint})", pytrace=False)
     return image, label
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_locale():
+    """SimpleITK's DICOM (GDCM) writer sets the C locale for the whole process, after which Python reads
+    and decodes text as ASCII: a test that writes a DICOM series must not break the tests after it."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
 
 
 @pytest.fixture(scope="session")

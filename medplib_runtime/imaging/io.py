@@ -4,6 +4,8 @@ Arrays are numpy ``(z, y, x)`` (3D) or ``(y, x)`` (2D), as ``sitk.GetArrayFromIm
 ``spacing`` is in the same array order, in mm. ``origin`` and ``direction`` are ITK's: origin
 ``(x, y[, z])`` LPS mm, direction row-major ``ndim × ndim`` (3×3 for volumes, 2×2 for 2D images).
 Writers put back exactly this geometry, atomically (temp file in the target folder + ``os.replace``).
+Files ITK would read wrongly without a word (truncated NIfTI, NaN or zero spacing, a DICOM series with
+a file left out or two slices at one position) are InputErrors: see integrity.py.
 
 Precision of a round trip (measured in tests/test_imaging_io.py): MHA stores spacing, origin and
 direction as separate full-precision numbers → bit-identical. NRRD stores spacing × direction
@@ -15,6 +17,7 @@ and bit-identical from the second trip on. NIfTI stores float32 (pixdim, quatern
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +27,11 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from .geometry import identity_direction, is_identity, napari_affine, orthonormalize
+from .integrity import check_dicom_series, check_nifti, check_nrrd, native_stderr, truncation_reason
+
+# ITK prints its warnings (non-uniform DICOM spacing, odd NIfTI sforms) to stderr ahead of our own
+# one-line error; the ones that matter are checked in integrity.py and raised as InputErrors instead
+sitk.ProcessObject_SetGlobalWarningDisplay(False)
 
 WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")  # single-file formats only: .mhd needs a .raw beside it
 LABEL_SUFFIXES = WRITE_SUFFIXES  # older name, kept for callers
@@ -156,30 +164,53 @@ def read_volume(path: str | os.PathLike, *, allow_2d: bool = True) -> Volume:
         raise InputError(f"{p} does not exist")
     if p.is_dir():
         return _read_dicom_series(p, allow_2d=allow_2d)
+    if _is_nifti(p):
+        check_nifti(p)  # a truncated NIfTI reads without an error: its missing slices would be zeros
+    elif _suffix(p) in (".nrrd", ".nhdr"):
+        check_nrrd(p)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
-    try:
-        reader.ReadImageInformation()  # header only: reject RGB/4D before loading pixels
-    except RuntimeError as exc:
+    _, failed, said = _itk(reader.ReadImageInformation)  # header only: reject RGB/4D before loading pixels
+    if failed is not None:
         if _is_nifti(p):
-            return _read_nifti_nibabel(p, allow_2d=allow_2d, sitk_error=_reason(exc))
-        raise InputError(f"{p} is not a readable image: {_reason(exc)}") from None
+            return _read_nifti_nibabel(p, allow_2d=allow_2d, sitk_error=_reason(failed, said))
+        raise InputError(f"{p} is not a readable image: {_reason(failed, said)}") from None
     _check_header(str(p), reader.GetNumberOfComponents(), reader.GetDimension(), reader.GetSize(), allow_2d)
     filter_key = "ITK_InputFilterName"  # which ITK ImageIO read it
     meta = {"format": reader.GetMetaData(filter_key) if reader.HasMetaDataKey(filter_key) else _suffix(p)}
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"{p} is not a readable image: {_reason(exc)}") from None
+    image, failed, said = _itk(reader.Execute)
+    if failed is not None:
+        raise InputError(f"{p} is not a readable image: {_reason(failed, said)}") from None
     for key in reader.GetMetaDataKeys():  # NRRD/MHA headers may carry a free-form modality field
         if key.lower() == "modality":
             meta["modality"] = reader.GetMetaData(key).strip()
     return _from_sitk(image, str(p), metadata=meta)
 
 
-def _reason(exc: BaseException) -> str:
-    """ITK's last meaningful line, short enough for a one-line message."""
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+def _itk(call):
+    """``call()`` with fd 2 collected (MetaIO and niftilib write their reasons there, not into the exception):
+    ``(result, None, said)`` or ``(None, error, said)``. Output collected around a call that worked (another
+    thread's, say) is written back, so nothing is lost."""
+    with native_stderr() as said:
+        try:
+            result, failed = call(), None
+        except RuntimeError as exc:
+            result, failed = None, exc
+    if failed is None and any(said) and sys.stderr is not None:
+        sys.stderr.write("".join(said))
+    return result, failed, said
+
+
+def _reason(exc: BaseException, said: list[str] | None = None) -> str:
+    """ITK's last meaningful line, short enough for a one-line message; "truncated: ..." when ITK
+    (in the exception, or on fd 2: ``said``) says the voxel data ended early."""
+    text = str(exc)
+    truncated = truncation_reason(text, *(said or ()))
+    if truncated:
+        return truncated
+    if "Refusing to change spacing" in text:  # ITK's words for a zero, NaN or unparsable spacing in the header
+        return "its header gives a zero or unreadable voxel spacing"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return (lines[-1] if lines else "unknown format")[:160]
 
 
@@ -208,22 +239,25 @@ def _from_sitk(image: sitk.Image, source: str, *, metadata: dict) -> Volume:
 
 
 def _read_dicom_series(folder: Path, *, allow_2d: bool) -> Volume:
-    """The folder's largest DICOM series, slices ordered by position (GDCM sorts by IPP)."""
+    """The folder's largest DICOM series, slices ordered by position (GDCM sorts by IPP); refused
+    when a file of it could not be read, two slices share a position, or a slice is missing."""
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder)) or ()
+    series = _itk(lambda: reader.GetGDCMSeriesIDs(str(folder)))[0] or ()
+    files_by_series = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
     if not series:
         raise InputError(f"{folder} holds no DICOM series")
-    files_by_series = {sid: reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series}
     sid = max(files_by_series, key=lambda s: len(files_by_series[s]))
     reader.SetFileNames(files_by_series[sid])
     reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"{folder}: DICOM series {sid} is not readable: {_reason(exc)}") from None
+    image, failed, said = _itk(reader.Execute)
+    if failed is not None:
+        raise InputError(f"{folder}: DICOM series {sid} is not readable: {_reason(failed, said)}") from None
     _check_header(str(folder), image.GetNumberOfComponentsPerPixel(), image.GetDimension(), image.GetSize(), allow_2d)
+    listed = {os.path.abspath(f) for files in files_by_series.values() for f in files}
+    check_dicom_series(folder, files_by_series[sid], listed, sid,
+                       lambda i, tag: reader.GetMetaData(i, tag) if reader.HasMetaDataKey(i, tag) else None)
     meta = {"format": "DICOM", "dicom_series": sid, "files": len(files_by_series[sid]), "series_in_folder": len(series)}
-    for tag, key in (("0008|0060", "modality"), ("0008|103e", "series_description")):
+    for tag, key in (("0008|0060", "modality"), ("0008|103e", "series_description"), ("0018|0015", "body_part")):
         if reader.HasMetaDataKey(0, tag):
             meta[key] = reader.GetMetaData(0, tag).strip()
     return _from_sitk(image, str(folder), metadata=meta)
@@ -237,10 +271,13 @@ def _read_nifti_nibabel(p: Path, *, allow_2d: bool, sitk_error: str) -> Volume:
     """
     import nibabel as nib  # only on this rare path
 
+    from nibabel.imageglobals import LoggingOutputSuppressor
+
     try:
-        img = nib.load(str(p))
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for junk files
+        with LoggingOutputSuppressor():  # nibabel logs header fixes to stderr: the error line says enough
+            img = nib.load(str(p))
+            data = np.asanyarray(img.dataobj)
+    except Exception:  # nibabel raises many types for junk files
         raise InputError(f"{p} is not a readable image: {sitk_error}") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]

@@ -66,9 +66,17 @@ def measure_labels(labels: np.ndarray, *, spacing: tuple[float, ...], origin: tu
     if labels.ndim != 3:
         raise InputError(f"labels must be a 3D (z, y, x) volume to measure; got shape {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer) and not np.issubdtype(labels.dtype, np.bool_):
+        if labels.dtype.kind not in "f":
+            raise InputError(f"labels must hold integer ids; got {labels.dtype}")
+        bad = int(np.count_nonzero(~np.isfinite(labels)))
+        if bad:  # NaN != 0, so each NaN voxel would count as labelled
+            raise InputError(f"labels hold {bad:,} NaN/inf voxels; label ids must be whole numbers")
         if not np.array_equal(labels, np.round(labels)):
             raise InputError(f"labels must hold integer ids; got {labels.dtype} values with fractions")
         labels = labels.astype(np.int64)
+    if labels.size and labels.dtype.kind in "if" and labels.min() < 0:
+        raise InputError(f"labels hold negative ids (lowest {labels.min()}): label ids are 0 (background) or positive")
+    _check_geometry(spacing, direction, labels.ndim)
     if image is not None and np.shape(image) != labels.shape:
         raise InputError(f"labels have shape {labels.shape} but the image is {np.shape(image)}")
     present = [int(v) for v in np.unique(labels) if v != 0]
@@ -77,11 +85,25 @@ def measure_labels(labels: np.ndarray, *, spacing: tuple[float, ...], origin: tu
         if not label_ids:
             raise InputError("the label volume is empty: nothing to measure")
     for lab in label_ids:
+        if lab <= 0:
+            raise InputError(f"label {lab} cannot be measured: ids are positive (0 is the background)")
         if lab not in present:
             raise InputError(f"label {lab} is not in the label volume (present: {present or 'none'})")
     unit = _unit(image, modality)
     geom = dict(spacing=tuple(spacing), origin=tuple(origin), direction=tuple(direction))
     return tuple(_measure(labels == lab, lab, (names or {}).get(lab), image, unit, geom) for lab in label_ids)
+
+
+def _check_geometry(spacing, direction, ndim: int) -> None:
+    """Sizes come from the spacing and positions from the direction: a NaN or non-positive spacing, or a
+    direction that is not a rotation (ITK's are orthonormal), would give numbers that look right."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    if spacing.shape != (ndim,) or not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise InputError(f"spacing must be {ndim} positive numbers (mm); got {tuple(spacing.tolist())}")
+    d = np.asarray(direction, dtype=np.float64)
+    if d.size != ndim * ndim or not np.isfinite(d).all() or not np.allclose(d.reshape(ndim, ndim) @ d.reshape(
+            ndim, ndim).T, np.eye(ndim), atol=1e-4):
+        raise InputError(f"direction must be a {ndim}×{ndim} rotation (orthonormal); got {tuple(d.tolist())}")
 
 
 def _unit(image, modality: str) -> str:
