@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .cli_checks import (OneLineParser, check_finite, check_output, check_port_free, error_line, port_number,
+from .cli_checks import (OneLineParser, check_output, check_port_free, error_line, port_number,
                          printable, region_mask_from_file)
 from .errors import InputError, MedplibError
 from .presets import DEFAULT_PRESET, PRESETS
@@ -83,7 +83,7 @@ def _load(args, *, whole: bool = False):
     (``whole``: in the volume, for --propagate)."""
     from .imaging.io import read_volume
     from .imaging.slicing import check_slice, take_slice
-    from .validation import check_image
+    from .validation import check_finite, check_image
 
     volume = read_volume(args.image, allow_2d=True)
     ref = SliceRef(axis=args.axis, index=args.slice)

@@ -106,18 +106,10 @@ def check_output(out: str, inputs: Mapping[str, str | None], *, force: bool, opt
 
 # ----------------------------------------------------------------------------------------- inputs
 
-def check_finite(array: np.ndarray, where: str) -> None:
-    """NaN/inf voxels become 0 in the model's window: the mask would rest on values that are not there."""
-    if array.dtype.kind in "fc":
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise InputError(f"{where} holds {bad:,} NaN/inf voxel{'s' if bad > 1 else ''} of {array.size:,}: "
-                             f"the model would see them as 0; fill or crop them first")
-
-
 def region_mask_from_file(path: str, volume, ref) -> np.ndarray:
     """A region mask file: a 2D mask of the slice's shape, or a label volume with the image's shape
     and geometry (its slice is taken). NaN/inf values are refused: ``NaN != 0`` would mark the voxel."""
+    from .validation import check_finite
     from .cli_volume import geometry_differences
     from .imaging.io import read_volume
     from .imaging.slicing import take_slice
@@ -146,5 +138,5 @@ def region_mask_from_file(path: str, volume, ref) -> np.ndarray:
     return np.asarray(arr) != 0
 
 
-__all__ = ["OneLineParser", "check_finite", "check_output", "check_port_free", "error_line", "port_number",
+__all__ = ["OneLineParser", "check_output", "check_port_free", "error_line", "port_number",
            "printable", "region_mask_from_file"]

@@ -23,7 +23,7 @@ from .errors import InputError, RuntimeNotReady, UnknownImage
 from .presets import get_preset
 from .schemas import (AskRequest, AskResult, PartInfo, RuntimeInfo, SegmentRequest, SegmentResult, SliceRef,
                       validate_prompt)
-from .validation import check_image, check_question, normalise_slice, slice_shape
+from .validation import check_finite, check_generation, check_image, check_question, normalise_slice, slice_shape
 from .wire import image_key, slice_key
 
 DEFAULT_CACHE_MB = 256  # 4 MB per LiteMedSAM slice embedding → 64 slices; keeps peak RSS ≲ 1.5 GB
@@ -113,6 +113,7 @@ class LocalRuntime:
         ref = self._normalise(img, request.slice)
         shape = slice_shape(img.array.shape, ref.axis)
         validate_prompt(request.prompt, shape)
+        check_generation(threshold=request.threshold)
         was_cached = self._cache.contains((request.image_key, ref.axis, ref.index))
         embedding = self._cache.get((request.image_key, ref.axis, ref.index))
         t1 = time.perf_counter()
@@ -133,6 +134,7 @@ class LocalRuntime:
         shape = slice_shape(img.array.shape, ref.axis)
         if request.region is not None:
             validate_prompt(request.region, shape)
+        check_generation(max_new_tokens=request.max_new_tokens, threshold=request.threshold)
         embedding, asker = self._embedding_and_asker((request.image_key, ref.axis, ref.index))
         threshold = self.config.mask_threshold if request.threshold is None else request.threshold
         with self._llm_lock:
@@ -187,6 +189,8 @@ class LocalRuntime:
         image_key_, axis, index = key
         img = self._image(image_key_)
         plane = np.take(img.array, index, axis=axis)
+        # NaN elsewhere in a volume is common (registrations pad with it); on the slice, the mask would rest on it
+        check_finite(plane, "the image" if img.was_2d else f"slice {index} (axis {axis})")
         unit = apply_window(plane, img.window)
         return self._get_segmenter().embed(unit)
 

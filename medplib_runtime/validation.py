@@ -119,3 +119,12 @@ def check_generation(*, max_new_tokens: int | None = None, threshold: float | No
         number = isinstance(threshold, (int, float, np.floating)) and not isinstance(threshold, bool)
         if not number or not 0.0 < float(threshold) < 1.0:
             raise InputError(f"threshold must lie strictly between 0 and 1; got {threshold!r}")
+
+
+def check_finite(array: np.ndarray, where: str) -> None:
+    """NaN/inf voxels become 0 in the model's window: the mask would rest on values that are not there."""
+    if array.dtype.kind in "fc":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise InputError(f"{where} holds {bad:,} NaN/inf voxel{'s' if bad > 1 else ''} of {array.size:,}: "
+                             f"the model would see them as 0; fill or crop them first")
