@@ -162,8 +162,10 @@ def test_past_the_connection_cap_the_longest_stalled_are_closed_not_the_live(gua
         closed = [o for o in outcomes if o is not None]
         assert len(closed) >= 200 - 128
         assert all(o is None for o in outcomes[-60:])  # the newest stalled ones were not needed yet
+        # a shed connection that had sent part of a request is told why in one line, when the reply beats the
+        # reset (closing with unread bytes resets the socket, which may discard the reply: timing decides)
         told = [o for o in closed if o]
-        assert told and all("connection limit" in _one_line_json(o, 503) for o in told)
+        assert all("connection limit" in _one_line_json(o, 503) for o in told)
         print(f"\n200 stalled connections: {len(closed)} closed to make room, segment {segment_s:.2f} s")
     finally:
         for s in socks:
