@@ -33,12 +33,15 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "medplib_runtime.cli", "serve", "--host", self.host, "--port", str(self.port),
+                *self.args]
+
     def start(self, timeout: float = 240.0) -> "ServerProcess":
-        cmd = [sys.executable, "-m", "medplib_runtime.cli", "serve", "--host", self.host, "--port", str(self.port),
-               *self.args]
         self.log_path = f"/tmp/medplib-serve-{self.port}.log"
         log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         end = time.time() + timeout
         while time.time() < end:
             if self.proc.poll() is not None:

@@ -6,9 +6,7 @@ loop is bounded and every socket is closed by the test that opened it."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -38,26 +36,11 @@ class ConfiguredServer(ServerProcess):
         super().__init__()
         self.settings = settings
 
-    def start(self, timeout: float = 240.0) -> "ConfiguredServer":
+    def command(self) -> list[str]:
         code = ("import sys\nfrom medplib_runtime.server.config import ServerConfig\n"
                 "from medplib_runtime.server.run import serve\n"
                 f"sys.exit(serve(ServerConfig(port={self.port}, **{self.settings!r})))")
-        self.log_path = f"/tmp/medplib-serve-{self.port}.log"
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        end = time.time() + timeout
-        while time.time() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server did not come up in {timeout} s: {self.log()}")
+        return [sys.executable, "-c", code]
 
     def rss_mb(self) -> float:
         return psutil.Process(self.proc.pid).memory_info().rss / MB

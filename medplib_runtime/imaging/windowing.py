@@ -25,7 +25,8 @@ class IntensityWindow:
         return f"{self.modality} window [{self.lo:g}, {self.hi:g}]"
 
 
-def _finite_sample(array: np.ndarray, max_values: int = 2_000_000) -> np.ndarray:
+def finite_sample(array: np.ndarray, max_values: int = 2_000_000) -> np.ndarray:
+    """The finite values of ``array`` (float64), strided down to at most ``max_values``."""
     flat = np.asarray(array).ravel()
     if flat.size > max_values:  # a strided sample keeps percentiles stable and fast
         flat = flat[:: flat.size // max_values + 1]
@@ -35,7 +36,7 @@ def _finite_sample(array: np.ndarray, max_values: int = 2_000_000) -> np.ndarray
 
 def guess_modality(array: np.ndarray) -> str:
     """'CT' when the values look like Hounsfield units (air near -1000), else 'MR'."""
-    values = _finite_sample(array)
+    values = finite_sample(array)
     if values.size == 0:
         return "other"
     return "CT" if np.percentile(values, 1) < -500 and values.max() > 0 else "MR"
@@ -43,7 +44,7 @@ def guess_modality(array: np.ndarray) -> str:
 
 def window_for(array: np.ndarray, modality: str = "auto") -> IntensityWindow:
     """The window for a whole image; NaN-only or constant images → InputError."""
-    values = _finite_sample(array)
+    values = finite_sample(array)
     if values.size == 0:
         raise InputError("image has no finite values (all NaN/inf): nothing to segment")
     vmin, vmax = float(values.min()), float(values.max())

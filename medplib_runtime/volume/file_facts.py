@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..imaging.windowing import finite_sample
+
 # ------------------------------------------------------------------------------------ vocabulary
 
 NAMES = {"CT": "CT", "MR": "MR", "PT": "PET", "NM": "nuclear medicine (SPECT/scintigraphy)", "US": "ultrasound",
@@ -159,14 +161,6 @@ def header_modality(metadata: dict | None) -> tuple[str | None, str]:
     return code, f"{where} = {raw}"
 
 
-def _sample(array, max_values: int = 2_000_000) -> np.ndarray:
-    flat = np.asarray(array).ravel()
-    if flat.size > max_values:  # a strided sample keeps fractions stable and fast
-        flat = flat[:: flat.size // max_values + 1]
-    flat = flat.astype(np.float64, copy=False)
-    return flat[np.isfinite(flat)]
-
-
 def _hu_profile(h: np.ndarray) -> dict:
     """Fractions that make a CT in HU: air, and the body (> −500 HU) mostly soft tissue, little in the gap."""
     air = float(((h >= -1100) & (h <= -900)).mean())
@@ -188,7 +182,7 @@ def _range(lo: float, hi: float) -> str:
 
 def intensity_modality(array) -> ModalityEvidence:
     """CT from Hounsfield units, MR by elimination, or None (see the module's docstring)."""
-    values = _sample(array)
+    values = finite_sample(array)
     if values.size < 1000:
         return ModalityEvidence(None, "none", "too few finite values to judge the intensities")
     lo, hi = float(values.min()), float(values.max())
