@@ -276,18 +276,23 @@ def load_llama(folder: Path, dtype: torch.dtype = torch.float32) -> LlamaLM:
 
     Built on the CPU with uninitialised weights (``_Linear``; ``torch.empty`` touches no memory), not on
     the meta device: meta factories (``arange`` for the rotary frequencies) import torch._dynamo + sympy."""
-    from safetensors.torch import load_file
-
     cfg = LlamaSettings.from_folder(folder)
     model = LlamaLM(cfg)
-    state = {k: v.to(dtype) for k, v in load_file(Path(folder) / "model.safetensors").items()}
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    tied = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
-    if set(missing) - tied or unexpected:
-        raise ModelError(f"cached LLM at {folder} does not match its config (missing {sorted(missing)[:3]}, "
-                         f"unexpected {sorted(unexpected)[:3]}): delete the folder to convert again")
-    model.tie_weights()
+    load_weights_strictly(model, folder, dtype=dtype, tied=cfg.tie_word_embeddings)
     return model.eval()
 
 
-__all__ = ["KVCache", "LlamaLM", "LlamaSettings", "load_llama"]
+def load_weights_strictly(model: nn.Module, folder: Path, *, dtype: torch.dtype, tied: bool) -> None:
+    """The folder's ``model.safetensors`` into ``model`` (assigned, not copied); any key missing (but a tied
+    LM head) or unexpected is a one-line error. Shared by this model and transformers' (training)."""
+    from safetensors.torch import load_file
+
+    state = {k: v.to(dtype) for k, v in load_file(Path(folder) / "model.safetensors").items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if set(missing) - ({"lm_head.weight"} if tied else set()) or unexpected:
+        raise ModelError(f"cached LLM at {folder} does not match its config (missing {sorted(missing)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]}): delete the folder to convert again")
+    model.tie_weights()
+
+
+__all__ = ["KVCache", "LlamaLM", "LlamaSettings", "load_llama", "load_weights_strictly"]

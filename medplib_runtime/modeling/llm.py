@@ -117,20 +117,15 @@ def load_smollm2(*, cache_dir: Path | None = None, dtype: torch.dtype = torch.fl
 def _fast_load(folder: Path, dtype: torch.dtype):
     """Build on the meta device and assign the saved tensors: ~1.5 s instead of ~8 s for
     ``from_pretrained`` here (which initialises every weight before overwriting it)."""
-    from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .llama_infer import load_weights_strictly
 
     config = AutoConfig.from_pretrained(folder)
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    state = {k: v.to(dtype) for k, v in load_file(folder / "model.safetensors").items()}
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    if set(missing) - tied or unexpected:
-        raise ModelError(f"cached LLM at {folder} does not match its config (missing {sorted(missing)[:3]}, "
-                         f"unexpected {sorted(unexpected)[:3]}): delete the folder to convert again")
-    model.tie_weights()
+    load_weights_strictly(model, folder, dtype=dtype, tied=config.tie_word_embeddings)
     # non-persistent buffers (rotary frequencies) are not in the file: rebuild them on the CPU
     rotary = model.model.rotary_emb
     model.model.rotary_emb = type(rotary)(config=config)
