@@ -212,6 +212,20 @@ def cmd_ask(args) -> int:
     return 0
 
 
+# the server's guards against slow or greedy clients (docs/remote.md); unset: ServerConfig's defaults
+SERVE_GUARDS = (
+    ("--header-timeout-s", float, "request headers must arrive within this many seconds (default 10)"),
+    ("--body-timeout-s", float, "and the body within this many once the headers are in (default 60)"),
+    ("--max-connections", int, "open connections; past it the longest-stalled one is closed (default 256)"),
+    ("--max-inflight-body-mb", float, "request bodies being received or decoded at once; more get 503 (default 256)"),
+    ("--max-slice-pixels", int, "pixels of one uploaded slice (default 4096×4096)"),
+)
+
+
+def _guard_names() -> list[str]:
+    return [flag[2:].replace("-", "_") for flag, _, _ in SERVE_GUARDS]
+
+
 def cmd_serve(args) -> int:
     from .server.config import ServerConfig, check_exposure, token_from_env
     from .server.run import serve
@@ -219,7 +233,8 @@ def cmd_serve(args) -> int:
     config = ServerConfig(host=args.host, port=args.port, token=args.token or token_from_env(), preset=args.preset,
                           device=args.device, preload=args.preload, max_body_mb=args.max_body_mb,
                           request_timeout_s=args.request_timeout_s, max_queue=args.max_queue,
-                          client_cache_mb=args.client_cache_mb, total_cache_mb=args.total_cache_mb, glue=args.glue)
+                          client_cache_mb=args.client_cache_mb, total_cache_mb=args.total_cache_mb, glue=args.glue,
+                          **{name: getattr(args, name) for name in _guard_names() if getattr(args, name) is not None})
     check_exposure(config)
     check_port_free(config.host, config.port)  # before the model loads: uvicorn would fail only after it
     return serve(config)
@@ -276,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--total-cache-mb", type=float, default=1024.0, help="uploaded slices kept in all")
     p.add_argument("--glue", default=None, metavar="FILE",
                    help="serve this glue instead of the shipped one, e.g. a training run's adapter.safetensors")
+    for flag, kind, what in SERVE_GUARDS:
+        p.add_argument(flag, type=kind, default=None, help=what)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("segment", help="box/points/region mask on one slice → label volume")

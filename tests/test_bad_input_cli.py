@@ -365,6 +365,8 @@ CASES = [
     ("argparse-no-command", _argv(), "the following arguments are required: command"),
     ("serve-port-99999", _argv("serve", "--port", "99999"), "99999 is not a port number (1-65535)"),
     ("serve-port-in-use", _serve_port_in_use, "is already in use by another program"),
+    ("serve-max-connections", _argv("serve", "--max-connections", "3"), "--max-connections must be at least 8"),
+    ("serve-header-timeout", _argv("serve", "--header-timeout-s", "-1"), "--header-timeout-s must be positive"),
     ("path-with-newline", _path_with_newline, "scan\\nmedplib: ok does not exist"),
     ("path-with-ansi-escape", _path_with_ansi, "\\x1b[2J\\x1b[31mmissing"),
 ]
