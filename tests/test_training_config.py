@@ -63,13 +63,15 @@ def test_bad_route_span_frozen_and_device_are_refused():
 
 
 def test_every_committed_training_config_loads_and_writes_its_own_run_folder():
-    """configs/training (the shipped recipe and the tried ones docs/training.md tells how to rerun): each one
-    loads as a TrainConfig, so a renamed or dropped field cannot leave a recipe that no longer runs."""
+    """configs/training (the shipped recipes) and research/tried_configs (the tried ones docs/training.md tells
+    how to rerun): each one loads as a TrainConfig, so a renamed or dropped field cannot leave a recipe that no
+    longer runs."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parent.parent / "configs" / "training"
-    paths = sorted(root.rglob("*.json"))
-    assert len(paths) >= 8 and any("tried" in p.parts for p in paths)
+    root = Path(__file__).resolve().parent.parent
+    paths = sorted([*(root / "configs" / "training").rglob("*.json"),
+                    *(root / "research" / "tried_configs").rglob("*.json")])
+    assert len(paths) >= 8 and any("tried_configs" in p.parts for p in paths)
     out_dirs = [load_config(path).out_dir for path in paths]
     assert len(set(out_dirs)) == len(paths), "two recipes would write (and resume) the same run folder"
 

@@ -37,7 +37,7 @@ class RegionEncoder(nn.Module):
 
     def pooled(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """features ``1×C×g×g``, mask ``H×W`` over the same padded square → ``1×C``: the mean feature
-        inside the region (what the projection sees; scripts/region_probe.py reads it too)."""
+        inside the region (what the projection sees; research/probes/region_probe.py reads it too)."""
         grid = self.sample_positions(mask)[None, None]  # 1×1×K×2
         sampled = F.grid_sample(features, grid.to(features.dtype), align_corners=False)  # 1×C×1×K
         return sampled.mean(dim=-1).squeeze(-1)

@@ -1,6 +1,6 @@
 """Do a glue's image tokens tell one slice from another, and could they tell the modality?
 
-``python scripts/image_token_probe.py [--glue FILE] [--data build/glue-data] [--per-case 3]``
+``python research/probes/image_token_probe.py [--glue FILE] [--data build/glue-data] [--per-case 3]``
 
 1. For up to ``--per-case`` training slices of each case, the projected image tokens (what the LLM reads in
    place of ``<image>``): their median norm, the norm of their mean over every slice (the part common to all
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from medplib_runtime.data.mecovqa import read_dataset  # noqa: E402

@@ -1,6 +1,6 @@
 """Is a region's structure name readable from what the region encoder sees?
 
-``python scripts/region_probe.py [--data build/glue-data] [--held-out test]``
+``python research/probes/region_probe.py [--data build/glue-data] [--held-out test]``
 
 For every region question that asks what a region is (our builder's R ``what``/``choice``
 records), pools the LiteMedSAM features inside the region exactly as the region encoder does
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from medplib_runtime.data.mecovqa import read_dataset  # noqa: E402
 from medplib_runtime.imaging.transforms import mask_to_model  # noqa: E402

@@ -1,7 +1,7 @@
 """Does the glue keep *which* structure was asked for? Two measurements on a dataset's phantom-style
 slices that hold two labelled structures (default: the test split's two-target grounding records).
 
-    python scripts/class_signal_probe.py build/glue-data/test.json [--glue FILE] [--limit 6]
+    python research/probes/class_signal_probe.py build/glue-data/test.json [--glue FILE] [--limit 6]
         [--linear-probe build/glue-data/train.json]
 
 1. ``<SEG>``: on each slice, "Segment the A." and "Segment the B." are answered; for the first
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from medplib_runtime.data.mecovqa import read_dataset, read_png  # noqa: E402
 from medplib_runtime.imaging.transforms import mask_to_model  # noqa: E402

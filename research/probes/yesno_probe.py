@@ -1,6 +1,6 @@
 """Does the vision-language expert know a yes/no answer that it does not say?
 
-``python scripts/yesno_probe.py GLUE [--data build/glue-pairs] [--held-out val] [--threads 2]``
+``python research/probes/yesno_probe.py GLUE [--data build/glue-pairs] [--held-out val] [--threads 2]``
 
 For every closed record answered "yes" or "no", runs the question through the LLM with every
 token on the vision-language expert (what a routed VL question gets), teacher-forced up to the
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from medplib_runtime.data.mecovqa import read_dataset  # noqa: E402
 from medplib_runtime.imaging.transforms import mask_to_model  # noqa: E402

@@ -1,6 +1,6 @@
 """Time one <SEG> → mask on brain1 slice 12: MedPLIB's token path vs the lite box path (median of 7).
 
-    python scripts/time_seg_mask.py
+    python research/probes/time_seg_mask.py
 """
 import statistics
 import sys
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from medplib_runtime.local import LocalRuntime
 from medplib_runtime.imaging.io import read_volume
 rt = LocalRuntime(); seg, asker = rt._get_segmenter(), rt._get_asker()

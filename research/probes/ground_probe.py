@@ -1,6 +1,6 @@
 """How a glue's <SEG> becomes a mask, variant by variant, on the grounding (G) records of a dataset.
 
-    python scripts/ground_probe.py build/glue-data/val.json [--glue FILE] [--limit N]
+    python research/probes/ground_probe.py build/glue-data/val.json [--glue FILE] [--limit N]
 
 Each G question is answered once; for every <SEG> the answer holds, the ground head's heat map is
 turned into masks several ways and each is scored (Dice against the record's mask, MedPLIB's
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from medplib_runtime.data.mecovqa import load_masks, read_dataset, read_png  # noqa: E402
 from medplib_runtime.evaluation.metrics import dice_from_iou, mask_iou  # noqa: E402

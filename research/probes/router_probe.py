@@ -1,6 +1,6 @@
 """Can a per-layer linear router tell grounding questions from VQA questions?
 
-``python scripts/router_probe.py [--glue build/glue-runs/stage3/adapter.safetensors] [--n 40] [--n-val 25]``
+``python research/probes/router_probe.py [--glue build/glue-runs/stage3/adapter.safetensors] [--n 40] [--n-val 25]``
 
 Reads N grounding and N other questions of build/glue-data/train.json (and N_VAL of each of
 val.json) with the vision-language expert forced, keeps every layer's MoE input at the current
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from medplib_runtime.imaging.transforms import mask_to_model  # noqa: E402
 from medplib_runtime.modeling.medplib import build_medplib  # noqa: E402

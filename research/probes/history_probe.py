@@ -1,6 +1,6 @@
 """Does reading a chat's earlier turns help or hurt a glue's answers?
 
-``python scripts/history_probe.py DATA.json [--glue GLUE] [--out rows.jsonl] [--seed 0]``
+``python research/probes/history_probe.py DATA.json [--glue GLUE] [--out rows.jsonl] [--seed 0]``
 
 Every non-grounding record of DATA (our builder's single-turn MeCoVQA records) is asked twice through
 the real runtime: alone, and after two other questions about the same image (without a region) with
