@@ -186,18 +186,21 @@ def cmd_ask(args) -> int:
               + "): this answer is not grounded in the image yet", file=sys.stderr)
     for note in result.notes:
         print(f"medplib: note: {printable(note)}", file=sys.stderr)
+    from .conversation import readable_answer
+
+    answer = readable_answer(result.text)  # "Sure, it is [mask 1]." — never the raw <SEG>
     measured = None
     if args.labels:
         from .cli_volume import measured_answer_for
 
-        measured = measured_answer_for(args.question, result.text, args, found)
+        measured = measured_answer_for(args.question, answer, args, found)
     if measured is None:  # a modality question: the file's answer (header or Hounsfield units), then the model's
         from .cli_volume import file_fact_for
-        measured = file_fact_for(args.question, result.text, volume)
+        measured = file_fact_for(args.question, answer, volume)
     if measured is not None:
         print(measured)
     else:
-        print(result.text if result.text.strip() else "(the model produced no answer text)")
+        print(answer if answer.strip() else "(the model produced no answer text)")
     if result.masks:
         if args.out:
             summary = _write_masks(list(result.masks), volume, ref, args.out)

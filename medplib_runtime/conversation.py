@@ -14,6 +14,13 @@ SEP, SEP2 = " ", "</s>"
 REGION_SPAN = f"<region>{REGION_PLACEHOLDER}</region>"
 
 
+def readable_answer(text: str) -> str:
+    """An answer for people: each ``<SEG>`` written as ``[mask N]``, the N-th returned mask (the raw token
+    stays in the model's text, in MeCoVQA records and in eval predictions)."""
+    parts = text.split("<SEG>")
+    return "".join(part + (f"[mask {i}]" if i < len(parts) else "") for i, part in enumerate(parts, start=1))
+
+
 def region_question(question: str) -> str:
     """Put the region token where the user wrote ``<region>``, else after the question."""
     if "<region>" in question:

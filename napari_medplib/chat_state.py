@@ -43,12 +43,10 @@ def routing_summary(stats: RoutingStats | None) -> str:
 
 
 def plain_answer(entry: ChatEntry) -> str:
-    """The answer with each <SEG> written as 'mask N' (never the raw token)."""
-    parts = entry.answer.split(SEG)
-    out = parts[0]
-    for i, rest in enumerate(parts[1:], start=1):
-        out += f"[mask {i}]" + rest
-    return out.strip()
+    """The answer with each <SEG> written as '[mask N]' (never the raw token)."""
+    from medplib_runtime.conversation import readable_answer
+
+    return readable_answer(entry.answer).strip()
 
 
 class ChatHistory:

@@ -153,3 +153,12 @@ def test_cli_info_with_a_corrupt_glue_file_says_so(capsys, tmp_path):
     code, out, err = run_main(capsys, ["info", "--glue", str(bad)])
     assert code != 0 and not out
     assert "not readable safetensors" in err and str(bad) in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_cli_grounding_answer_names_its_mask_never_the_raw_token(tmp_path, brain1_image):
+    proc = subprocess.run([MEDPLIB, "ask", brain1_image, "--slice", "16", "Segment the lesion.",
+                           "--out", str(tmp_path / "seg.nii.gz")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "<SEG>" not in proc.stdout and "[mask 1]" in proc.stdout
+    assert json.loads(proc.stderr.strip().splitlines()[-1])["masks"] == 1

@@ -128,3 +128,10 @@ def test_a_long_chat_sends_only_the_turns_that_fit_the_cap():
     assert 0 < len(turns) < 40 and turns[-1].question.startswith("question 39")
     assert sum(len(t.question) + len(t.answer) for t in turns) <= MAX_HISTORY_CHARS
     check_question("And now?", region=False, history=turns)  # accepted
+
+
+def test_the_cli_prints_masks_as_mask_n_never_the_raw_token():
+    from medplib_runtime.conversation import readable_answer
+
+    assert readable_answer("Sure, it is <SEG>.") == "Sure, it is [mask 1]."
+    assert readable_answer("<SEG> and <SEG>") == "[mask 1] and [mask 2]" and readable_answer("no") == "no"
