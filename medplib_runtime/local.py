@@ -64,7 +64,7 @@ class LocalRuntime:
 
     # -- Runtime protocol ---------------------------------------------------------------------
     def info(self) -> RuntimeInfo:
-        from .glue import glue_status
+        from .glue.files import glue_status
 
         trained = glue_status(self.config, self.glue_file)
         parts = [
@@ -119,7 +119,7 @@ class LocalRuntime:
         t1 = time.perf_counter()
         threshold = self.config.mask_threshold if request.threshold is None else request.threshold
         with self._seg_lock:
-            result = self._get_segmenter().segment(embedding, request.prompt, threshold=threshold)
+            result = self.segmenter().segment(embedding, request.prompt, threshold=threshold)
         t2 = time.perf_counter()
         timings = dict(result.timings_ms)
         timings.update(embed_wait=(t1 - t0) * 1e3, decode=(t2 - t1) * 1e3, total=(t2 - t0) * 1e3,
@@ -155,11 +155,11 @@ class LocalRuntime:
     # -- extras used by bench / plugin ------------------------------------------------------------
     def warm_up(self) -> None:
         """Import torch and load the segmentation model now (call from a background thread)."""
-        self._get_segmenter()
+        self.segmenter()
 
     def load_asker(self) -> None:
         """Load the full model (LLM + glue) now rather than on the first ``ask``."""
-        self._get_asker()
+        self.asker()
 
     def cache_stats(self) -> CacheStats:
         return self._cache.stats()
@@ -192,31 +192,31 @@ class LocalRuntime:
         # NaN elsewhere in a volume is common (registrations pad with it); on the slice, the mask would rest on it
         check_finite(plane, "the image" if img.was_2d else f"slice {index} (axis {axis})")
         unit = apply_window(plane, img.window)
-        return self._get_segmenter().embed(unit)
+        return self.segmenter().embed(unit)
 
     def _embedding_and_asker(self, key: tuple[str, int, int]):
         """The slice's embedding and the Asker. Cold, both are built side by side: the LLM load (file
         reads, copies) in a thread while the encoder runs here; torch releases the GIL in both."""
         if self._asker is not None or self._cache.contains(key):
-            return self._timed_embedding(key), self._get_asker()
+            return self._timed_embedding(key), self.asker()
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(1, thread_name_prefix="medplib-llm-load") as pool:
-            loading = pool.submit(self._get_asker)
+            loading = pool.submit(self.asker)
             embedding = self._timed_embedding(key)
             return embedding, loading.result()
 
     def _timed_embedding(self, key: tuple[str, int, int]):
         cached = self._cache.contains(key)
         if not cached:
-            self._get_segmenter()  # timed on its own
+            self.segmenter()  # timed on its own
         t0 = time.perf_counter()
         embedding = self._cache.get(key)
         if not cached:
             self.load_timings.setdefault("embed", time.perf_counter() - t0)
         return embedding
 
-    def _get_segmenter(self):
+    def segmenter(self):
         with self._seg_build_lock:
             if self._segmenter is None:
                 t0 = time.perf_counter()
@@ -224,18 +224,18 @@ class LocalRuntime:
 
                 t1 = time.perf_counter()
                 from .modeling.litemedsam import build_litemedsam
-                from .segmenter import SamSegmenter
+                from .predictors.segmenter import SamSegmenter
 
                 self._segmenter = SamSegmenter(build_litemedsam(pretrained=True).to(self.device))
                 self.load_timings.update(torch_import=t1 - t0, segmenter=time.perf_counter() - t1)
             return self._segmenter
 
-    def _get_asker(self):
+    def asker(self):
         with self._asker_build_lock:
             if self._asker is None:
-                segmenter = self._get_segmenter()  # its SAM parts are shared
+                segmenter = self.segmenter()  # its SAM parts are shared
                 t0 = time.perf_counter()
-                from .asker import build_asker
+                from .predictors.asker import build_asker
 
                 self._asker = build_asker(self.config, segmenter=segmenter, glue=self.glue_file)
                 self.load_timings["llm"] = time.perf_counter() - t0

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from medplib_runtime.cold_start import PREFIX, STAGES, parse_line  # noqa: E402
+from medplib_runtime.cli.cold_start import PREFIX, STAGES, parse_line  # noqa: E402
 
 COLUMNS = STAGES + ("rest", "total")
 

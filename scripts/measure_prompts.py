@@ -17,7 +17,7 @@ from medplib_runtime.imaging.transforms import rc_to_model_xy
 from medplib_runtime.imaging.windowing import apply_window, window_for
 from medplib_runtime.modeling.litemedsam import build_litemedsam
 from medplib_runtime.schemas import Box, Point, Prompt
-from medplib_runtime.segmenter import SamSegmenter
+from medplib_runtime.predictors.segmenter import SamSegmenter
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pyradiomics"
 

@@ -42,7 +42,7 @@ class FakeEmbedder:
 
     def __call__(self, sample):
         from medplib_runtime.imaging.transforms import resize_info
-        from medplib_runtime.segmenter import Embedding
+        from medplib_runtime.predictors.segmenter import Embedding
 
         g = torch.Generator().manual_seed(int(sample.key[1:]))
         return Embedding(torch.randn(1, 256, 64, 64, generator=g), resize_info(sample.image.shape, 256))

@@ -9,8 +9,8 @@ import torch
 
 from _tiny_training import tiny_model
 from medplib_runtime.errors import ModelError
-from medplib_runtime.modeling.glue_weights import (TrainedRouting, glue_state, load_glue, save_glue,
-                                                   trained_routing)
+from medplib_runtime.glue.recipe import TrainedRouting, trained_routing
+from medplib_runtime.modeling.glue_weights import glue_state, load_glue, save_glue
 from medplib_runtime.modeling.moe import VL_EXPERT
 
 SEQUENCE_STAGE = {"stage": 4, "routing": "sequence", "question_threshold": 0.444}
@@ -24,7 +24,7 @@ def test_routing_follows_the_last_stage():
 
 
 def test_a_glue_reads_a_chats_earlier_turns_only_when_it_was_trained_on_some():
-    from medplib_runtime.glue_recipe import trained_on_history
+    from medplib_runtime.glue.recipe import trained_on_history
 
     assert not trained_on_history({"stages": [{"stage": 2}, SEQUENCE_STAGE]})  # recipes before the field
     assert not trained_on_history({"stages": [{"stage": 2, "history_examples": 0}, SEQUENCE_STAGE]})
@@ -84,7 +84,7 @@ def test_info_and_serve_refuse_a_broken_glue_without_torch(tmp_path):
     import subprocess
     import sys
 
-    from medplib_runtime.glue import trained_parts
+    from medplib_runtime.glue.files import trained_parts
     from medplib_runtime.server.config import ServerConfig
 
     path = save_glue(tiny_model(), tmp_path / "glue.safetensors", trained_parts=("vision_projector",),
@@ -99,7 +99,7 @@ def test_info_and_serve_refuse_a_broken_glue_without_torch(tmp_path):
             trained_parts(broken)
         with pytest.raises(ModelError, match=message):
             ServerConfig(token="x" * 16, glue=str(broken))
-    probe = ("import sys; from medplib_runtime.glue import trained_parts\n"
+    probe = ("import sys; from medplib_runtime.glue.files import trained_parts\n"
              "try: trained_parts(sys.argv[1])\nexcept Exception: pass\nprint('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from _tiny_training import TINY_LITE, samples, tiny_model
-from medplib_runtime.asker import Asker
-from medplib_runtime.glue import glue_status
+from medplib_runtime.predictors.asker import Asker
+from medplib_runtime.glue.files import glue_status
 from medplib_runtime.imaging.transforms import mask_to_model, resize_info
 from medplib_runtime.modeling.glue_weights import load_glue, save_glue
 from medplib_runtime.modeling.ground_head import GroundHead, box_from_heat, label_4connected
-from medplib_runtime.segmenter import Embedding, SamSegmenter
+from medplib_runtime.predictors.segmenter import Embedding, SamSegmenter
 from medplib_runtime.training.config import TrainConfig
 from medplib_runtime.training.examples import encode
 from medplib_runtime.training.trainer import train

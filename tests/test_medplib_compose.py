@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from medplib_runtime.asker import Asker
+from medplib_runtime.predictors.asker import Asker
 from medplib_runtime.conversation import REGION_SPAN, build_prompt
 from medplib_runtime.errors import InputError, ModelError
 from medplib_runtime.modeling.medplib import build_medplib
 from medplib_runtime.modeling.moe import MoEFeedForward
 from medplib_runtime.presets import IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, SYSTEM_PROMPT, tiny_7b_config
 from medplib_runtime.schemas import Box, Point, Prompt, Turn
-from medplib_runtime.segmenter import SamSegmenter
+from medplib_runtime.predictors.segmenter import SamSegmenter
 
 
 @pytest.fixture(scope="module")

@@ -149,7 +149,7 @@ def test_question_pool_last_trains_and_routes_on_the_prompts_last_position_only(
     state has read the whole question (the per-token mean cannot tell "Describe this image." from a
     grounding question: docs/training.md). The adapter says so and reloads that way."""
     from medplib_runtime.errors import ModelError
-    from medplib_runtime.glue_recipe import trained_routing
+    from medplib_runtime.glue.recipe import trained_routing
     from medplib_runtime.imaging.transforms import mask_to_model
     from medplib_runtime.training.forward import LossWeights, TrainModule
     from medplib_runtime.training.trainer import _examples
@@ -190,7 +190,7 @@ def test_routers_can_read_a_question_without_the_region_that_follows_it(tmp_path
     adapter's recipe, which the Asker follows; a region inside the sentence stays."""
     from medplib_runtime.conversation import question_for_routing
     from medplib_runtime.errors import ModelError
-    from medplib_runtime.glue_recipe import trained_routing
+    from medplib_runtime.glue.recipe import trained_routing
     from medplib_runtime.imaging.transforms import mask_to_model
     from medplib_runtime.schemas import Turn
     from medplib_runtime.training.examples import TrainSample, encode

@@ -134,3 +134,23 @@ def test_non_axial_slice_and_2d_image(brain1_paths, local_runtime):
     assert res2.mask.shape == (256, 256)
     with pytest.raises(InputError, match="2D image has one slice"):
         local_runtime.segment(SegmentRequest(key2, SliceRef(0, 3), Prompt(box=Box(80, 150, 120, 210))))
+
+
+@pytest.mark.slow
+def test_clicks_veto_a_box_mask_that_disagrees_with_them(brain1_paths, local_runtime):
+    """Box + clicks: a background click on a pixel the box's mask covered removes it from the answer,
+    and the foreground click stays inside (the clicks veto; they are not ignored)."""
+    image, label, k = _lesion_case(brain1_paths)
+    key = local_runtime.set_image(image)
+    rows, cols = np.nonzero(label[k])
+    box = Box(rows.min() - 6, cols.min() - 6, rows.max() + 6, cols.max() + 6)
+    plain = local_runtime.segment(SegmentRequest(key, SliceRef(0, k), Prompt(box=box))).mask != 0
+    dist = ndimage.distance_transform_edt(label[k])
+    r, c = np.unravel_index(dist.argmax(), dist.shape)
+    edge = plain & ~ndimage.binary_erosion(plain, iterations=2)
+    edge[r - 8:r + 9, c - 8:c + 9] = False
+    br, bc = np.argwhere(edge)[0]
+    vetoed = local_runtime.segment(SegmentRequest(key, SliceRef(0, k), Prompt(
+        box=box, points=(Point(r, c), Point(br, bc, 0))))).mask != 0
+    assert plain[br, bc] and not vetoed[br, bc]
+    assert vetoed[r, c] and dice(vetoed, label[k]) >= 0.5

@@ -237,7 +237,7 @@ def test_serve_glue_is_the_glue_remote_clients_get(tmp_path):
 
     from _server import ServerProcess
 
-    from medplib_runtime.glue import glue_path
+    from medplib_runtime.glue.files import glue_path
     from medplib_runtime.presets import MEDPLIB_LITE
     from medplib_runtime.remote import RemoteRuntime
 

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from medplib_runtime.glue import ASSETS, trained_parts
+from medplib_runtime.glue.files import ASSETS, trained_parts
 
 GLUE = ASSETS / "medplib-lite-glue.safetensors"
 
@@ -81,7 +81,7 @@ def test_a_grounding_question_with_a_region_or_history_is_grounded_from_the_ques
     single-turn with no region, and the grounding expert that read one answered nothing (no text, no
     mask, measured on brain1): the runtime gives it the question alone, says so in the result, and the
     answer is the one the question gets alone."""
-    from medplib_runtime.asker import grounding_note
+    from medplib_runtime.predictors.asker import grounding_note
     from medplib_runtime.imaging.io import read_volume
     from medplib_runtime.schemas import AskRequest, Box, Prompt, SliceRef, Turn
 
@@ -114,7 +114,7 @@ def test_a_chat_turn_read_on_from_its_routing_prefill_answers_as_read_whole(loca
     from medplib_runtime.schemas import AskRequest, SliceRef, Turn
 
     key = local_runtime.set_image(read_volume(brain1_paths[0]).array)
-    asker = local_runtime._get_asker()
+    asker = local_runtime.asker()
     history = (Turn("What is shown in this image?", "A brain MRI slice."), Turn("Is this a CT image?", "no"))
     asker.model.reads_history = True  # as a glue trained on multi-turn answers does (the shipped one does not)
     try:
@@ -148,7 +148,7 @@ def test_a_question_routed_without_its_trailing_region_reads_the_region_on_from_
     rows, cols = np.nonzero(label[k])
     box = Prompt(box=Box(int(rows.min()) - 3, int(cols.min()) - 3, int(rows.max()) + 3, int(cols.max()) + 3))
     key = local_runtime.set_image(image.array)
-    asker = local_runtime._get_asker()
+    asker = local_runtime.asker()
     model, kept = asker.model, (asker.model.route_trailing_region, asker.model.reads_history)
     try:
         model.route_trailing_region = False
@@ -173,7 +173,7 @@ def test_the_shipped_glue_answers_each_chat_question_on_its_own(local_runtime, b
     """It was trained on single questions; read after two earlier questions and their reference answers,
     its closed accuracy on the test split fell 0.806 -> 0.667 (README). A chat turn gets the answer the
     question gets alone, and a note that says the earlier turns were not read."""
-    from medplib_runtime.asker import SINGLE_TURN_NOTE
+    from medplib_runtime.predictors.asker import SINGLE_TURN_NOTE
     from medplib_runtime.imaging.io import read_volume
     from medplib_runtime.modeling.glue_weights import read_glue_metadata
     from medplib_runtime.schemas import AskRequest, SliceRef, Turn

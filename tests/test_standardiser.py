@@ -149,7 +149,7 @@ def test_a_hand_broken_standardisation_is_refused_and_the_model_is_untouched(tmp
         load_glue(target, path)
     assert key in str(err.value) and "\n" not in str(err.value)
     assert all(torch.equal(before[k], v) for k, v in glue_state(target).items())
-    from medplib_runtime.glue import trained_parts  # what `medplib info --glue` / `serve --glue` read: no torch
+    from medplib_runtime.glue.files import trained_parts  # what `medplib info --glue` / `serve --glue` read: no torch
 
     with pytest.raises(ModelError, match=message):
         trained_parts(path)

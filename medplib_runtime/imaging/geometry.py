@@ -96,3 +96,12 @@ def orthonormalize(direction: np.ndarray) -> np.ndarray:
     """Nearest orthonormal matrix (polar decomposition via SVD); keeps the handedness."""
     u, _, vt = np.linalg.svd(np.asarray(direction, dtype=np.float64))
     return u @ vt
+
+
+def geometry_differences(a, b) -> str:
+    """Which of spacing, origin, direction differ between two volumes of one shape ('' when none)."""
+    names = [name for name, same in (
+        ("spacing", np.allclose(a.spacing, b.spacing, rtol=1e-4)),
+        ("origin", np.allclose(a.origin, b.origin, atol=1e-3)),
+        ("direction", np.allclose(a.direction, b.direction, atol=1e-4))) if not same]
+    return " and ".join(names) if len(names) < 3 else "spacing, origin and direction"

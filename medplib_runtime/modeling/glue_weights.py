@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from ..glue_recipe import FORMAT, TrainedRouting, read_glue_metadata, trained_routing
+from ..glue.recipe import FORMAT, TrainedRouting, read_glue_metadata
 from .standardiser import InputStandardiser
 
 # parts newer than the format: a file without them loads; the part stays untrained (the head) or the identity
@@ -140,8 +140,3 @@ def apply_routing(model, routing: TrainedRouting | None) -> None:
     force_expert(model.llm, routing.forced_expert)
     if routing.forced_expert is None:
         set_routing(model.llm, top_k=routing.top_k)
-
-
-def apply_trained_routing(model, recipe: dict) -> None:
-    """``trained_routing`` applied to ``model``."""
-    apply_routing(model, trained_routing(recipe))

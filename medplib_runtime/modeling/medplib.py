@@ -163,7 +163,7 @@ def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None 
     model.token_ids = add_special_tokens(llm, tokenizer, SPECIAL_TOKENS + (IMAGE_PLACEHOLDER, REGION_PLACEHOLDER))
     column_major_linears(llm)  # resizing made a new (row-major) LM head: restore the fast decode layout
     if pretrained and glue is not False:
-        from ..glue import glue_path
+        from ..glue.files import glue_path
         from .glue_weights import load_glue
 
         path = Path(glue) if glue is not None else glue_path(cfg)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..glue_recipe import GROUND_EXPERT, STAGE_EXPERT, VL_EXPERT  # torch-free: glue metadata checks need them
+from ..glue.recipe import GROUND_EXPERT, STAGE_EXPERT, VL_EXPERT  # torch-free: glue metadata checks need them
 from ..presets import MoEConfig
 from ..schemas import RoutingStats
 from .lora import LoRADelta

@@ -52,7 +52,7 @@ class ServerConfig:
         if self.max_slice_pixels < 4:
             raise InputError("--max-slice-pixels must be at least 4 (a 2×2 slice)")
         if self.glue is not None:  # refuse a missing or unreadable glue before any model work
-            from ..glue import trained_parts
+            from ..glue.files import trained_parts
 
             if not Path(self.glue).is_file():
                 raise InputError(f"glue file {self.glue} does not exist")

@@ -83,7 +83,7 @@ class _Embedder:
     by its pixels (``examples.pixel_key``)."""
 
     def __init__(self, model) -> None:
-        from ..segmenter import SamSegmenter
+        from ..predictors.segmenter import SamSegmenter
 
         self.segmenter = SamSegmenter(model.sam)
         self.cache: dict[tuple, object] = {}

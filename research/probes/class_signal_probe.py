@@ -45,7 +45,7 @@ def main() -> int:
                     help="part 3: fit a linear classifier of the asked structure on TRAIN's <SEG> states")
     args = ap.parse_args()
     runtime = LocalRuntime(glue=args.glue)
-    segmenter, asker = runtime._get_segmenter(), runtime._get_asker()
+    segmenter, asker = runtime.segmenter(), runtime.asker()
     ds = read_dataset(args.data)
     pairs = [r for r in ds.records if r.question_type == "G" and len(r.extra.get("targets", [])) == 2]
     print(f"1. <SEG> for two structures on one slice ({args.data}, glue {args.glue or 'shipped'})")

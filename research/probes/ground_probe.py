@@ -42,7 +42,7 @@ def main() -> int:
     ap.add_argument("--samples", default=None, help="write per-mask Dice of every variant here (JSONL)")
     args = ap.parse_args()
     runtime = LocalRuntime(glue=args.glue, device=args.device)
-    segmenter, asker = runtime._get_segmenter(), runtime._get_asker()
+    segmenter, asker = runtime.segmenter(), runtime.asker()
     threshold = runtime.config.mask_threshold
     ds = read_dataset(args.data)
     records = [r for r in ds.records if r.question_type == "G"][: args.limit or None]

@@ -35,7 +35,7 @@ def main() -> None:
     args = ap.parse_args()
     ds = read_dataset(args.data)
     runtime = LocalRuntime(glue=args.glue) if args.glue else LocalRuntime()
-    asker = runtime._get_asker()
+    asker = runtime.asker()
     by_image = collections.defaultdict(list)
     for rec in ds.records:
         by_image[rec.image].append(rec)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from medplib_runtime.data.mecovqa import read_dataset  # noqa: E402
 from medplib_runtime.modeling.medplib import build_medplib  # noqa: E402
 from medplib_runtime.presets import get_preset  # noqa: E402
-from medplib_runtime.segmenter import SamSegmenter  # noqa: E402
+from medplib_runtime.predictors.segmenter import SamSegmenter  # noqa: E402
 from medplib_runtime.training.data_source import samples_from_json  # noqa: E402
 from region_probe import fit_probe  # noqa: E402
 

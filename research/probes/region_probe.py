@@ -28,7 +28,7 @@ from medplib_runtime.data.mecovqa import read_dataset  # noqa: E402
 from medplib_runtime.imaging.transforms import mask_to_model  # noqa: E402
 from medplib_runtime.modeling.medplib import build_medplib  # noqa: E402
 from medplib_runtime.presets import get_preset  # noqa: E402
-from medplib_runtime.segmenter import SamSegmenter  # noqa: E402
+from medplib_runtime.predictors.segmenter import SamSegmenter  # noqa: E402
 from medplib_runtime.training.data_source import samples_from_json  # noqa: E402
 
 

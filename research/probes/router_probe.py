@@ -27,7 +27,7 @@ from medplib_runtime.modeling.medplib import build_medplib  # noqa: E402
 from medplib_runtime.modeling.moe import VL_EXPERT, force_expert, moe_layers  # noqa: E402
 from medplib_runtime.modeling.question_routing import question_positions  # noqa: E402
 from medplib_runtime.presets import get_preset  # noqa: E402
-from medplib_runtime.segmenter import SamSegmenter  # noqa: E402
+from medplib_runtime.predictors.segmenter import SamSegmenter  # noqa: E402
 from medplib_runtime.training.data_source import samples_from_json  # noqa: E402
 from medplib_runtime.training.examples import encode  # noqa: E402
 

@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from medplib_runtime.local import LocalRuntime
 from medplib_runtime.imaging.io import read_volume
-rt = LocalRuntime(); seg, asker = rt._get_segmenter(), rt._get_asker()
+rt = LocalRuntime(); seg, asker = rt.segmenter(), rt.asker()
 vol = np.asarray(read_volume('sample_data/brain1_image.nrrd').array, np.float32)[12]
 img = (vol - vol.min()) / (vol.max() - vol.min())
 emb = seg.embed(img)

@@ -35,10 +35,10 @@ from medplib_runtime.imaging.transforms import mask_to_model  # noqa: E402
 from medplib_runtime.modeling.medplib import build_medplib  # noqa: E402
 from medplib_runtime.modeling.moe import force_expert  # noqa: E402
 from medplib_runtime.presets import get_preset  # noqa: E402
-from medplib_runtime.segmenter import SamSegmenter  # noqa: E402
+from medplib_runtime.predictors.segmenter import SamSegmenter  # noqa: E402
 from medplib_runtime.training.data_source import samples_from_json  # noqa: E402
 from medplib_runtime.training.examples import IGNORE, encode  # noqa: E402
-from medplib_runtime.glue_recipe import VL_EXPERT  # noqa: E402
+from medplib_runtime.glue.recipe import VL_EXPERT  # noqa: E402
 
 LAYERS = (10, 15, 20, 25, 30)
 

@@ -22,7 +22,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def printable(text: str) -> str:
@@ -109,10 +109,10 @@ def check_output(out: str, inputs: Mapping[str, str | None], *, force: bool, opt
 def region_mask_from_file(path: str, volume, ref) -> np.ndarray:
     """A region mask file: a 2D mask of the slice's shape, or a label volume with the image's shape
     and geometry (its slice is taken). NaN/inf values are refused: ``NaN != 0`` would mark the voxel."""
-    from .validation import check_finite
-    from .cli_volume import geometry_differences
-    from .imaging.io import read_volume
-    from .imaging.slicing import take_slice
+    from ..imaging.io import read_volume
+    from ..imaging.slicing import take_slice
+    from ..validation import check_finite
+    from ..imaging.geometry import geometry_differences
 
     if path.endswith(".npy"):
         try:

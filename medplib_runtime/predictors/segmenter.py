@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .devices import module_device
-from .imaging.transforms import ResizeInfo, logits_to_original, rc_to_model_xy, resize_longest_and_pad
-from .modeling.litemedsam import SamParts
-from .schemas import Box, Prompt, SegmentResult
+from ..devices import module_device
+from ..imaging.transforms import ResizeInfo, logits_to_original, rc_to_model_xy, resize_longest_and_pad
+from ..modeling.litemedsam import SamParts
+from ..schemas import Box, Prompt, SegmentResult
 
 POINT_BOX_HALF_SIZES = (6, 10, 16, 24, 36)  # model pixels (256² space) around a click
 
@@ -110,7 +110,7 @@ class SamSegmenter:
         x1, y1 = xy.max(axis=0)
         limit = np.array([info.resized[1] - 1, info.resized[0] - 1, info.resized[1] - 1, info.resized[0] - 1])
         candidates = np.array([[x0 - h, y0 - h, x1 + h, y1 + h] for h in POINT_BOX_HALF_SIZES])
-        candidates = np.clip(candidates, 0, np.concatenate([limit[:2], limit[2:]]))
+        candidates = np.clip(candidates, 0, limit)
         logits, iou = self.decode_boxes(embedding, candidates)
         best = self._pick(embedding, prompt, logits, iou, threshold)
         mask = self.to_mask(logits[best:best + 1], embedding, threshold)
@@ -122,9 +122,26 @@ class SamSegmenter:
             return refit_logits, refit_iou
         return logits[best:best + 1], iou[best:best + 1]
 
-    def _respect_points(self, embedding, prompt, logits, iou, threshold):
-        """Box + points: the box decides; points only veto (kept for the plugin's mixed prompts)."""
-        return logits, iou
+    def _respect_points(self, embedding: Embedding, prompt: Prompt, logits: torch.Tensor, iou: torch.Tensor,
+                        threshold: float):
+        """Box + points: the box's mask stands when it agrees with every click (foreground clicks
+        inside, background clicks outside). Otherwise the clicks veto it: boxes around the
+        foreground clicks, kept inside the user's box, are decoded and the best admissible one wins."""
+        if self._admissible(self.to_mask(logits[:1], embedding, threshold), prompt):
+            return logits, iou
+        fg = [p for p in prompt.points if p.label == 1]
+        if not fg:
+            return logits, iou  # only background clicks and no box variant can honour them better
+        box = self._box_xy(prompt.box, embedding.info)[0]
+        xy = rc_to_model_xy(np.array([p.row for p in fg]), np.array([p.col for p in fg]), embedding.info)
+        x0, y0 = xy.min(axis=0)
+        x1, y1 = xy.max(axis=0)
+        candidates = np.array([box] + [[x0 - h, y0 - h, x1 + h, y1 + h] for h in POINT_BOX_HALF_SIZES])
+        candidates[:, 0::2] = np.clip(candidates[:, 0::2], box[0], box[2])  # inside the user's box
+        candidates[:, 1::2] = np.clip(candidates[:, 1::2], box[1], box[3])
+        logits, iou = self.decode_boxes(embedding, candidates)
+        best = self._pick(embedding, prompt, logits, iou, threshold)
+        return logits[best:best + 1], iou[best:best + 1]
 
     def _pick(self, embedding: Embedding, prompt: Prompt, logits: torch.Tensor, iou: torch.Tensor,
               threshold: float) -> int:

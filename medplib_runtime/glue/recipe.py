@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError
+from ..errors import ModelError
 
 FORMAT = "medplib-glue/1"
 GROUND_EXPERT, VL_EXPERT = 0, 1

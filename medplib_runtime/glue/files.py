@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .glue_recipe import read_glue_metadata
-from .presets import MedPLIBConfig
+from ..presets import MedPLIBConfig
+from .recipe import read_glue_metadata
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 GLUE_PARTS: dict[str, str] = {
     "vision_projector": "2-layer MLP+GELU, features → LLM tokens",
     "region_encoder": "region mask → 1 token between <region></region>",

@@ -10,17 +10,17 @@ import time
 import numpy as np
 import torch
 
-from .conversation import build_prompt, history_text, question_for_routing, without_region
-from .devices import compute_precision
-from .glue import GLUE_PARTS, glue_status
-from .imaging.transforms import mask_to_model
-from .modeling.generation import Prefill, extend_prefill, greedy_generate, shared_prefix
-from .modeling.ground_head import box_from_heat
-from .modeling.medplib import MedPLIB, build_medplib
-from .modeling.moe import GROUND_EXPERT, VL_EXPERT, RoutingRecorder, force_expert
-from .modeling.question_routing import QuestionRoute, choose_expert, question_positions
-from .presets import EXPERT_NAMES, IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, MedPLIBConfig
-from .schemas import AskResult, Prompt, Turn
+from ..conversation import build_prompt, history_text, question_for_routing, without_region
+from ..devices import compute_precision
+from ..glue.files import GLUE_PARTS, glue_status
+from ..imaging.transforms import mask_to_model
+from ..modeling.generation import Prefill, extend_prefill, greedy_generate, shared_prefix
+from ..modeling.ground_head import box_from_heat
+from ..modeling.medplib import MedPLIB, build_medplib
+from ..modeling.moe import GROUND_EXPERT, VL_EXPERT, RoutingRecorder, force_expert
+from ..modeling.question_routing import QuestionRoute, choose_expert, question_positions
+from ..presets import EXPERT_NAMES, IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, MedPLIBConfig
+from ..schemas import AskResult, Prompt, Turn
 from .segmenter import Embedding, SamSegmenter
 
 POINT_REGION_HALF = 20  # MedPLIB's demo: a click becomes a 41×41 square

@@ -8,50 +8,15 @@ from __future__ import annotations
 
 import platform
 import resource
-import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-SAMPLE = Path(__file__).resolve().parent.parent / "sample_data" / "brain1_image.nrrd"
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pyradiomics" / "brain1_image.nrrd"
+from .table import Row, print_table, row_ms, timed
 
-
-@dataclass(frozen=True)
-class Row:
-    name: str
-    unit: str
-    median: float
-    p90: float
-    n: int
-    note: str = ""
-
-
-def _p90(values: list[float]) -> float:
-    return float(np.percentile(values, 90)) if values else float("nan")
-
-
-def timed(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
-def row_ms(name: str, samples: list[float], note: str = "") -> Row:
-    return Row(name, "ms", statistics.median(samples), _p90(samples), len(samples), note)
-
-
-def print_table(rows: list[Row]) -> None:
-    width = max(len(r.name) for r in rows) + 2
-    print(f"{'measure':<{width}}{'median':>12}{'p90':>12}  {'unit':<6}{'n':>4}  note")
-    print("-" * (width + 48))
-    for r in rows:
-        print(f"{r.name:<{width}}{r.median:>12.3f}{r.p90:>12.3f}  {r.unit:<6}{r.n:>4}  {r.note}")
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "brain1_image.nrrd"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "pyradiomics" / "brain1_image.nrrd"
 
 
 def _image_path(args) -> Path:
@@ -63,15 +28,15 @@ def _image_path(args) -> Path:
 def run_bench(args) -> int:
     import torch
 
-    from .imaging.io import read_volume
-    from .imaging.windowing import apply_window
-    from .local import LocalRuntime
-    from .schemas import Box, Prompt, SegmentRequest, SliceRef
+    from ..imaging.io import read_volume
+    from ..imaging.windowing import apply_window
+    from ..local import LocalRuntime
+    from ..schemas import Box, Prompt, SegmentRequest, SliceRef
 
     repeats = 3 if args.quick else args.repeats
     volume = read_volume(_image_path(args))
     if getattr(args, "remote", None):
-        from .remote_bench import run_remote_bench
+        from .remote import run_remote_bench
 
         return run_remote_bench(args, volume, _image_path(args).name)
     z = volume.array.shape[0]
@@ -85,7 +50,7 @@ def run_bench(args) -> int:
     runtime = LocalRuntime(preset=args.preset, device=device)
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)  # GPU work is asynchronous
     t0 = time.perf_counter()
-    segmenter = runtime._get_segmenter()
+    segmenter = runtime.segmenter()
     rows.append(Row("load segmentation model", "ms", (time.perf_counter() - t0) * 1e3, float("nan"), 1))
     key = runtime.set_image(volume.array, modality="auto", spacing=volume.spacing)
     window = runtime._images[key].window
@@ -114,7 +79,7 @@ def run_bench(args) -> int:
         rows += _scroll_simulation(runtime, key, z, box)
 
     # 4. the LLM through the same runtime: ask latency, prefill / decode, MoE vs dense
-    from .llm_bench import llm_rows
+    from .llm import llm_rows
 
     rows += llm_rows(runtime, key, SliceRef(0, mid), repeats=repeats)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -133,7 +98,7 @@ def _scroll_simulation(runtime, key, z: int, box) -> list[Row]:
     The runtime is told about every slice change (prefetch), as the plugin does. We record
     the wait from click to mask, and the share of clicks whose slice was already embedded.
     """
-    from .schemas import Prompt, SegmentRequest, SliceRef
+    from ..schemas import Prompt, SegmentRequest, SliceRef
 
     dwell_s = 2.5
     start = max(0, z // 2 - 4)

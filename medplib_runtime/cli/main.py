@@ -18,11 +18,19 @@ import time
 
 import numpy as np
 
-from .cli_checks import (OneLineParser, check_output, check_port_free, error_line, port_number,
-                         printable, region_mask_from_file)
-from .errors import InputError, MedplibError
-from .presets import DEFAULT_PRESET, PRESETS
-from .schemas import AskRequest, Box, Point, Prompt, SegmentRequest, SliceRef
+from ..errors import InputError, MedplibError
+from ..presets import DEFAULT_PRESET, PRESETS
+from ..schemas import AskRequest, Box, Point, Prompt, SegmentRequest, SliceRef
+from .checks import (
+    OneLineParser,
+    check_output,
+    check_port_free,
+    error_line,
+    port_number,
+    printable,
+    region_mask_from_file,
+)
+from .runtime_args import add_remote_args, runtime_from_args
 
 
 def _parse_box(text: str) -> Box:
@@ -46,8 +54,8 @@ def _parse_point(text: str) -> Point:
 
 def _prompt(args, volume, ref: SliceRef) -> Prompt | None:
     """The prompt (or region), checked against the slice here: a bad one fails before the model loads."""
-    from .imaging.slicing import slice_shape
-    from .schemas import validate_prompt
+    from ..imaging.slicing import slice_shape
+    from ..schemas import validate_prompt
 
     given = [n for n in ("box", "point", "region_mask") if getattr(args, n)]
     if len(given) > 1 and not (set(given) == {"box", "point"}):
@@ -64,26 +72,14 @@ def _prompt(args, volume, ref: SliceRef) -> Prompt | None:
     return prompt
 
 
-def _runtime(args):
-    if getattr(args, "remote", None):
-        from .remote import RemoteRuntime
-
-        if getattr(args, "glue", None):
-            raise InputError("--glue applies to the local runtime: a server uses the glue it was started with")
-        if getattr(args, "device", "cpu") != "cpu":
-            raise InputError("--device applies to the local runtime: a server runs on the device it was started with")
-        return RemoteRuntime(args.remote, token=args.token)  # the server's preset is the one used
-    from .local import LocalRuntime
-
-    return LocalRuntime(preset=args.preset, glue=getattr(args, "glue", None), device=getattr(args, "device", "cpu"))
 
 
 def _load(args, *, whole: bool = False):
     """The image and the slice, checked: values the model can compute with, and no NaN/inf on the slice
     (``whole``: in the volume, for --propagate)."""
-    from .imaging.io import read_volume
-    from .imaging.slicing import check_slice, take_slice
-    from .validation import check_finite, check_image
+    from ..imaging.io import read_volume
+    from ..imaging.slicing import check_slice, take_slice
+    from ..validation import check_finite, check_image
 
     volume = read_volume(args.image, allow_2d=True)
     ref = SliceRef(axis=args.axis, index=args.slice)
@@ -105,8 +101,8 @@ def _inputs(args) -> dict[str, str | None]:
 
 def _write_masks(masks: list[np.ndarray], volume, ref: SliceRef, out: str) -> dict:
     """One label volume with IMAGE's geometry; mask i gets label i+1 on the chosen slice."""
-    from .imaging.io import write_labels
-    from .imaging.slicing import mask_area_mm2
+    from ..imaging.io import write_labels
+    from ..imaging.slicing import mask_area_mm2
 
     labels = np.zeros(volume.array.shape, dtype=np.uint8)
     plane = labels if labels.ndim == 2 else np.moveaxis(labels, ref.axis, 0)[ref.index]  # a view
@@ -119,7 +115,7 @@ def _write_masks(masks: list[np.ndarray], volume, ref: SliceRef, out: str) -> di
 
 
 def cmd_info(args) -> int:
-    runtime = _runtime(args)
+    runtime = runtime_from_args(args)
     info = runtime.info()
     print(json.dumps({
         "preset": info.preset, "device": info.device, "transport": info.transport,
@@ -131,8 +127,8 @@ def cmd_info(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    from .imaging.io import check_writable
-    from .validation import check_generation
+    from ..imaging.io import check_writable
+    from ..validation import check_generation
 
     t0 = time.perf_counter()
     check_generation(threshold=args.threshold)
@@ -142,11 +138,11 @@ def cmd_segment(args) -> int:
     prompt = _prompt(args, volume, ref)
     if prompt is None:
         raise InputError("no prompt: give --box R0,C0,R1,C1, --point R,C[,L] or --region-mask PATH")
-    runtime = _runtime(args)
+    runtime = runtime_from_args(args)
     key = runtime.set_image(volume.array, modality=args.modality, spacing=volume.spacing)
     result = runtime.segment(SegmentRequest(image_key=key, slice=ref, prompt=prompt, threshold=args.threshold))
     if args.propagate:
-        from .cli_volume import propagate_and_write
+        from .volume import propagate_and_write
 
         summary = propagate_and_write(runtime, volume, ref, result.mask, args.out, args.modality)
     else:
@@ -160,9 +156,8 @@ def cmd_segment(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from .imaging.io import check_writable
-
-    from .validation import check_generation, check_question
+    from ..imaging.io import check_writable
+    from ..validation import check_generation, check_question
 
     # before the volume and the model load: a question that cannot be asked fails in a second
     check_question(args.question, region=bool(args.box or args.point or args.region_mask))
@@ -174,10 +169,10 @@ def cmd_ask(args) -> int:
     region = _prompt(args, volume, ref)
     found = None
     if args.labels:
-        from .cli_volume import measurements_of_args
+        from .volume import measurements_of_args
 
         found = measurements_of_args(args)
-    runtime = _runtime(args)
+    runtime = runtime_from_args(args)
     key = runtime.set_image(volume.array, modality=args.modality, spacing=volume.spacing)
     result = runtime.ask(AskRequest(image_key=key, slice=ref, question=args.question, region=region,
                                     max_new_tokens=args.max_new_tokens, threshold=args.threshold))
@@ -186,16 +181,16 @@ def cmd_ask(args) -> int:
               + "): this answer is not grounded in the image yet", file=sys.stderr)
     for note in result.notes:
         print(f"medplib: note: {printable(note)}", file=sys.stderr)
-    from .conversation import readable_answer
+    from ..conversation import readable_answer
 
     answer = readable_answer(result.text)  # "Sure, it is [mask 1]." — never the raw <SEG>
     measured = None
     if args.labels:
-        from .cli_volume import measured_answer_for
+        from .volume import measured_answer_for
 
         measured = measured_answer_for(args.question, answer, args, found)
     if measured is None:  # a modality question: the file's answer (header or Hounsfield units), then the model's
-        from .cli_volume import file_fact_for
+        from .volume import file_fact_for
         measured = file_fact_for(args.question, answer, volume)
     if measured is not None:
         print(measured)
@@ -230,8 +225,8 @@ def _guard_names() -> list[str]:
 
 
 def cmd_serve(args) -> int:
-    from .server.config import ServerConfig, check_exposure, token_from_env
-    from .server.run import serve
+    from ..server.config import ServerConfig, check_exposure, token_from_env
+    from ..server.run import serve
 
     config = ServerConfig(host=args.host, port=args.port, token=args.token or token_from_env(), preset=args.preset,
                           device=args.device, preload=args.preload, max_body_mb=args.max_body_mb,
@@ -244,7 +239,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from ..bench.quick import run_bench
 
     return run_bench(args)
 
@@ -259,15 +254,9 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modality", default="auto", choices=("auto", "CT", "MR", "other"))
     p.add_argument("--threshold", type=float, default=None, help="mask probability threshold (preset default)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    _add_remote_args(p)
+    add_remote_args(p)
 
 
-def _add_remote_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--remote", metavar="URL", help="use a `medplib serve` runtime at URL instead of loading the model here")
-    p.add_argument("--token", default=None, help="the server's token (default: $MEDPLIB_TOKEN)")
-    p.add_argument("--glue", default=None, metavar="FILE",
-                   help="glue file to use instead of the shipped one, e.g. a training run's adapter.safetensors")
-    p.add_argument("--device", default="cpu", help="where a local runtime computes: cpu (default), cuda or cuda:N")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="JSON: preset, parts (trained or not), device, versions")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    _add_remote_args(p)
+    add_remote_args(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("serve", help="serve the runtime over HTTP for remote clients (FastAPI + uvicorn)")
@@ -316,13 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timings", action="store_true", help="print where the time went, one line on stderr")
     p.set_defaults(func=cmd_ask)
 
-    from .cli_train import add_train_parser
-    from .cli_volume import add_volume_parsers
+    from .train import add_train_parser
+    from .volume import add_volume_parsers
 
     add_train_parser(sub)
     add_volume_parsers(sub)
 
-    from .cli_data import add_data_parsers
+    from .data import add_data_parsers
 
     add_data_parsers(sub)
 

@@ -31,9 +31,9 @@ def add_train_parser(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training.config import load_config
-    from .training.data_source import samples_from_json
-    from .training.trainer import train
+    from ..training.config import load_config
+    from ..training.data_source import samples_from_json
+    from ..training.trainer import train
 
     cfg = load_config(args.config, stage=args.stage, data=tuple(args.data) if args.data else None,
                       out_dir=args.out_dir, steps=args.steps, init_glue=args.init_glue,

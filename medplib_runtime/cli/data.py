@@ -8,12 +8,12 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def add_data_parsers(sub) -> None:
-    from .cli import _add_remote_args
-    from .presets import DEFAULT_PRESET, PRESETS
+    from ..presets import DEFAULT_PRESET, PRESETS
+    from .runtime_args import add_remote_args
 
     p = sub.add_parser("build-data", help="labelled volumes → MeCoVQA-format dataset (PNG slices, masks, JSON)")
     p.add_argument("--out", required=True, help="output folder (images/, masks/, train/val/test.json, manifest.json)")
@@ -59,7 +59,7 @@ def add_data_parsers(sub) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out records that cannot be asked (missing or unreadable files, reserved tokens in a "
                         "question, ...) and list them in the report, instead of stopping at the first")
-    _add_remote_args(p)
+    add_remote_args(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -74,9 +74,9 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 def cmd_build_data(args: argparse.Namespace) -> int:
-    from .data.builder import BuildConfig, build_dataset
-    from .data.cases import case_from_dict, load_cases
-    from .data.sources import write_mni152_case, write_mni152_lesion_case, write_phantom_case
+    from ..data.builder import BuildConfig, build_dataset
+    from ..data.cases import case_from_dict, load_cases
+    from ..data.sources import write_mni152_case, write_mni152_lesion_case, write_phantom_case
 
     config = BuildConfig(seed=args.seed, fractions=_fractions(args.split), max_slices_per_volume=args.max_slices,
                          empty_slices_per_volume=args.empty_slices, r_per_label=args.r_per_label,
@@ -106,12 +106,11 @@ def cmd_build_data(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .cli import _runtime
-    from .evaluation.runner import evaluate
-    from .evaluation.screening import screen_dataset
-
-    from .cli_checks import check_output
-    from .validation import check_generation
+    from ..evaluation.runner import evaluate
+    from ..evaluation.screening import screen_dataset
+    from ..validation import check_generation
+    from .checks import check_output
+    from .runtime_args import runtime_from_args
 
     check_generation(max_new_tokens=args.max_new_tokens, threshold=args.threshold)
     out = args.predictions or f"{Path(args.data).stem}.predictions.jsonl"
@@ -125,7 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise InputError(f"dataset {args.data}: no record can be asked")
     if not Path(out).resolve().parent.is_dir():
         raise InputError(f"cannot write predictions {out}: its folder does not exist")
-    runtime = _runtime(args)
+    runtime = runtime_from_args(args)
     try:
         report = evaluate(runtime, screened.dataset, predictions=out, max_new_tokens=args.max_new_tokens,
                           threshold=args.threshold, model_id=args.preset, skip_bad=args.skip_bad,

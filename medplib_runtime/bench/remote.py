@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .bench import Row, print_table, row_ms
+from .table import Row, print_table, row_ms
 
 
 def _free_port() -> int:
@@ -27,7 +27,7 @@ def _start_server(preset: str) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "medplib_runtime.cli", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "medplib_runtime.cli.main", "serve", "--port", str(port),
                              "--preset", preset, "--preload", "all"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     end = time.time() + 300
@@ -55,9 +55,9 @@ def _first_token_ms(runtime, request) -> tuple[float, float, float]:
 def run_remote_bench(args, volume, image_name: str) -> int:
     import torch
 
-    from .local import LocalRuntime
-    from .remote import RemoteRuntime
-    from .schemas import AskRequest, Box, Prompt, SegmentRequest, SliceRef
+    from ..local import LocalRuntime
+    from ..remote import RemoteRuntime
+    from ..schemas import AskRequest, Box, Prompt, SegmentRequest, SliceRef
 
     repeats = 3 if args.quick else args.repeats
     rows_, cols_ = volume.array.shape[1:]
@@ -136,6 +136,6 @@ def run_remote_bench(args, volume, image_name: str) -> int:
 
 
 def _packed(plane: np.ndarray) -> bytes:
-    from .wire import pack_bytes
+    from ..wire import pack_bytes
 
     return pack_bytes(plane)

@@ -7,7 +7,8 @@ import json
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
+from ..imaging.geometry import geometry_differences
 
 
 def add_volume_parsers(sub) -> None:
@@ -25,7 +26,7 @@ def add_volume_parsers(sub) -> None:
 
 
 def load_pair(image_path: str, labels_path: str):
-    from .imaging.io import read_volume
+    from ..imaging.io import read_volume
 
     image = read_volume(image_path)
     labels = read_volume(labels_path)
@@ -38,17 +39,10 @@ def load_pair(image_path: str, labels_path: str):
     return image, labels
 
 
-def geometry_differences(a, b) -> str:
-    """Which of spacing, origin, direction differ between two volumes of one shape ('' when none)."""
-    names = [name for name, same in (
-        ("spacing", np.allclose(a.spacing, b.spacing, rtol=1e-4)),
-        ("origin", np.allclose(a.origin, b.origin, atol=1e-3)),
-        ("direction", np.allclose(a.direction, b.direction, atol=1e-4))) if not same]
-    return " and ".join(names) if len(names) < 3 else "spacing, origin and direction"
 
 
 def measurements_for(image, labels, label_ids=None, modality: str = "auto"):
-    from .volume.measure import measure_labels
+    from ..volume.measure import measure_labels
 
     return measure_labels(labels.array, spacing=image.spacing, origin=image.origin, direction=image.direction,
                           image=image.array, modality=modality,
@@ -64,8 +58,8 @@ def cmd_measure(args) -> int:
 
 def propagate_and_write(runtime, volume, ref, seed_mask: np.ndarray, out: str, modality: str) -> dict:
     """`segment --propagate`: the seed mask through the volume, written as label 1 with IMAGE's geometry."""
-    from .imaging.io import write_labels
-    from .volume.propagation import propagate
+    from ..imaging.io import write_labels
+    from ..volume.propagation import propagate
 
     if volume.array.ndim != 3:
         raise InputError("--propagate needs a 3D volume; this image is 2D")
@@ -86,7 +80,7 @@ def measurements_of_args(args):
 
 def measured_answer_for(question: str, model_text: str, args, found=None) -> str | None:
     """`ask --labels`: the measured answer for the label volume the user gave, if the question asks a quantity."""
-    from .volume.measured_answers import measured_answer
+    from ..volume.measured_answers import measured_answer
 
     found = measurements_of_args(args) if found is None else found
     answer = measured_answer(question, found, model_text=model_text, source=f"labels {args.labels}")
@@ -96,17 +90,17 @@ def measured_answer_for(question: str, model_text: str, args, found=None) -> str
 def file_fact_for(question: str, model_text: str, volume) -> str | None:
     """`ask`: the file's own answer to a modality question (DICOM/NRRD header, else Hounsfield units), or a note
     where the question or the model's answer names a modality the file contradicts; then the model's text."""
-    from .volume.file_facts import file_fact
+    from ..volume.file_facts import file_fact
 
     fact = file_fact(question, volume.metadata, volume.array, model_text=model_text)
     return None if fact is None else fact.text
 
 
 def cmd_bench_propagate(args) -> int:
-    from .volume.propagation_bench import run
+    from ..bench.propagation import run
 
     return run(args)
 
 
-__all__ = ["add_volume_parsers", "file_fact_for", "geometry_differences", "load_pair", "measured_answer_for",
+__all__ = ["add_volume_parsers", "file_fact_for", "load_pair", "measured_answer_for",
            "measurements_of_args", "propagate_and_write"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bench import Row, print_table
+from .table import Row, print_table
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "pyradiomics"
 NO_STOPS = dict(max_growth=float("inf"), intensity_tolerance=float("inf"), min_back_overlap=0.0)
@@ -40,7 +40,7 @@ def run(args) -> int:
     from ..imaging.windowing import apply_window
     from ..local import LocalRuntime
     from ..schemas import Box, Prompt, SegmentRequest, SliceRef
-    from .propagation import PropagationSettings, propagate
+    from ..volume.propagation import PropagationSettings, propagate
 
     folder = Path(args.data) if args.data else SHARED
     cases = sorted(p.name[:-len("_image.nrrd")] for p in folder.glob("*_image.nrrd"))
@@ -64,7 +64,7 @@ def run(args) -> int:
     if "lung2" in cases:
         image = read_volume(folder / "lung2_image.nrrd")
         truth = read_volume(folder / "lung2_label.nrrd").array == 1
-        segmenter = runtime._get_segmenter()
+        segmenter = runtime.segmenter()
         window = runtime._images[runtime.set_image(image.array)].window
         n = min(60, image.array.shape[0] - 1)
         enc, walks, ratios = [], [], []

@@ -12,9 +12,9 @@ from dataclasses import replace
 
 import torch
 
-from .bench import Row, row_ms
-from .modeling.generation import greedy_generate
-from .modeling.moe import force_expert, moe_layers
+from ..modeling.generation import greedy_generate
+from ..modeling.moe import force_expert, moe_layers
+from .table import Row, row_ms
 
 PROMPT_TOKENS = 200  # ≈ system + 64 image tokens + a question
 NEW_TOKENS = 32
@@ -38,18 +38,18 @@ def _top_k(llm) -> int:
 
 
 def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
-    from .devices import compute_precision
-    from .schemas import AskRequest, Turn
+    from ..devices import compute_precision
+    from ..schemas import AskRequest, Turn
 
     t0 = time.perf_counter()
     # the answering LLM's modules, reported apart from the model build (no transformers: llama_infer.py)
     import tokenizers  # noqa: F401
 
-    from .modeling import light_tokenizer, llama_infer  # noqa: F401
+    from ..modeling import light_tokenizer, llama_infer  # noqa: F401
 
     import_ms = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()
-    asker = runtime._get_asker()
+    asker = runtime.asker()
     load_ms = (time.perf_counter() - t0) * 1e3
     req = AskRequest(image_key=key, slice=slice_ref, question="What is shown in this image?", max_new_tokens=16)
     runtime.ask(req)  # warm-up (first touch of the weights is slow)
@@ -119,7 +119,7 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
 
 
 def _question_routing_ms(llm, embeds, repeats: int) -> list[float]:
-    from .modeling.question_routing import choose_expert
+    from ..modeling.question_routing import choose_expert
 
     positions = torch.arange(embeds.shape[1] - 20, embeds.shape[1], device=embeds.device)  # a question's worth
     choose_expert(llm, embeds, positions)  # warm-up

@@ -1,0 +1,1 @@
+"""What turns a cached image embedding into answers: SamSegmenter (prompt → mask) and Asker (question → text and masks)."""
