@@ -23,7 +23,8 @@ from .errors import InputError, RuntimeNotReady, UnknownImage
 from .presets import get_preset
 from .schemas import (AskRequest, AskResult, PartInfo, RuntimeInfo, SegmentRequest, SegmentResult, SliceRef,
                       validate_prompt)
-from .validation import check_finite, check_generation, check_image, check_question, normalise_slice, slice_shape
+from .validation import (check_finite, check_generation, check_image, check_question, is_rgb, normalise_slice,
+                         slice_shape)
 from .wire import image_key, slice_key
 
 DEFAULT_CACHE_MB = 256  # 4 MB per LiteMedSAM slice embedding → 64 slices; keeps peak RSS ≲ 1.5 GB
@@ -31,7 +32,7 @@ DEFAULT_CACHE_MB = 256  # 4 MB per LiteMedSAM slice embedding → 64 slices; kee
 
 @dataclass(frozen=True)
 class _Image:
-    array: np.ndarray  # (z, y, x); a 2D image is stored as (1, y, x)
+    array: np.ndarray  # (z, y, x); a 2D image is stored as (1, y, x), an RGB one as (1, y, x, 3)
     was_2d: bool
     window: object  # imaging.windowing.IntensityWindow
     spacing: tuple[float, ...] | None
@@ -78,21 +79,24 @@ class LocalRuntime:
 
     def set_image(self, image: np.ndarray, *, modality: str = "auto", spacing: tuple[float, ...] | None = None,
                   window=None) -> str:
-        """``window`` (an IntensityWindow) overrides the one computed from ``image``: the server gets
-        single slices of a volume whose window the client computed over the whole volume."""
-        from .imaging.windowing import window_for
+        """``image``: ``(z, y, x)``, ``(y, x)`` or an RGB picture ``(y, x, 3)`` (validation.is_rgb; its window is
+        min-max over its channels, as MedSAM's, and ``modality`` is not used). ``window`` (an IntensityWindow)
+        overrides the one computed from ``image``: the server gets single slices of a volume whose window the
+        client computed over the whole volume."""
+        from .imaging.windowing import rgb_window, window_for
 
         array = np.asarray(image)
         check_image(array)
+        rgb = is_rgb(array)
         key = image_key(array) if window is None else slice_key(array, lo=window.lo, hi=window.hi,
                                                                   modality=window.modality)
         with self._lock:
             if key in self._images:
                 self._images[key] = self._images.pop(key)  # most recently used last
                 return key
-            if window is None:
-                window = window_for(array, modality)  # raises InputError for NaN-only / constant images
-            was_2d = array.ndim == 2
+            if window is None:  # raises InputError for NaN-only / constant images
+                window = rgb_window(array) if rgb else window_for(array, modality)
+            was_2d = array.ndim == 2 or rgb
             self._images[key] = _Image(array[None] if was_2d else array, was_2d, window, spacing)
             while len(self._images) > self._max_images:  # forget the oldest image and its embeddings
                 old = next(iter(self._images))

@@ -23,9 +23,9 @@ import httpx
 import numpy as np
 
 from .errors import InputError, MedplibError, RemoteError
-from .imaging.windowing import IntensityWindow, window_for
+from .imaging.windowing import IntensityWindow, rgb_window, window_for
 from .schemas import AskRequest, AskResult, RuntimeInfo, SegmentRequest, SegmentResult, SliceRef, validate_prompt
-from .validation import check_image, check_question, normalise_slice, slice_shape
+from .validation import check_image, check_question, is_rgb, normalise_slice, slice_shape
 from .wire import (ask_result_from_wire, history_to_wire, image_key, info_from_wire, pack_bytes, prompt_to_wire,
                    segment_result_from_wire, slice_key)
 
@@ -35,7 +35,7 @@ BACKOFF_S = (0.25, 0.5, 1.0, 2.0)
 
 @dataclass(frozen=True)
 class _Image:
-    array: np.ndarray  # (z, y, x); a 2D image as (1, y, x)
+    array: np.ndarray  # (z, y, x); a 2D image as (1, y, x), an RGB one as (1, y, x, 3)
     was_2d: bool
     window: IntensityWindow
 
@@ -79,9 +79,11 @@ class RemoteRuntime:
             if key in self._images:
                 self._images[key] = self._images.pop(key)
                 return key
-        window = window_for(array, modality)  # the same window LocalRuntime computes
+        rgb = is_rgb(array)
+        window = rgb_window(array) if rgb else window_for(array, modality)  # the same window LocalRuntime computes
+        was_2d = array.ndim == 2 or rgb
         with self._lock:
-            self._images[key] = _Image(array[None] if array.ndim == 2 else array, array.ndim == 2, window)
+            self._images[key] = _Image(array[None] if was_2d else array, was_2d, window)
             while len(self._images) > self._max_images:
                 old = next(iter(self._images))
                 del self._images[old]
@@ -182,6 +184,8 @@ class RemoteRuntime:
         except _UnknownSlice:
             params = {"dtype": plane.dtype.name, "rows": plane.shape[0], "cols": plane.shape[1],
                       "lo": repr(w.lo), "hi": repr(w.hi), "modality": w.modality}
+            if plane.ndim == 3:  # RGB; left out for grey, so an older server still takes grey slices
+                params["channels"] = plane.shape[2]
             out = self._json("PUT", "/v1/slices", params=params, content=pack_bytes(plane),
                              headers={"Content-Type": "application/octet-stream"})
             if out.get("slice_key") != skey:

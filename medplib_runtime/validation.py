@@ -19,17 +19,30 @@ MAX_ABS_INTENSITY = 1e30
 MAX_QUESTION_CHARS = 2_000
 MAX_HISTORY_CHARS = 16_000  # questions and answers of the earlier turns together
 MAX_NEW_TOKENS = 512  # the same cap as `medplib serve`'s default (server/config.py)
+# an RGB picture is (y, x, 3) with both sides at least this; a thinner (n, m, 3) array is a grey volume of three
+# columns. Pictures smaller than this are refused when read (imaging/pictures.py), so a read RGB is never misread
+MIN_RGB_SIDE = 5
+
+
+def is_rgb(array: np.ndarray) -> bool:
+    """A 2D RGB picture ``(y, x, 3)`` (channels last, as napari and Pillow give them), not a 3D volume."""
+    return array.ndim == 3 and array.shape[-1] == 3 and min(array.shape[:2]) >= MIN_RGB_SIDE
 
 
 def check_image(array: np.ndarray) -> None:
-    """A 2D ``(y, x)`` or 3D ``(z, y, x)`` real-valued single-channel image, or InputError."""
+    """A real-valued 2D ``(y, x)`` or 3D ``(z, y, x)`` grey image or a 2D RGB ``(y, x, 3)`` one (:func:`is_rgb`;
+    uint8, or any real type: its window is min-max), or InputError."""
     if array.ndim not in (2, 3):
-        raise InputError(f"image must be 2D (y, x) or 3D (z, y, x); got shape {array.shape}")
-    if array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] > 4:
-        raise InputError(f"image of shape {array.shape} looks like RGB(A); give a single-channel volume")
+        raise InputError(f"image must be 2D (y, x), 3D (z, y, x) or RGB (y, x, 3); got shape {array.shape}")
+    rgb = is_rgb(array)
+    if array.ndim == 3 and array.shape[-1] == 4 and array.shape[0] > 4:
+        raise InputError(f"image of shape {array.shape} looks like RGBA: drop the alpha channel (keep [..., :3])")
+    if array.ndim == 3 and array.shape[-1] == 3 and array.shape[0] > 4 and not rgb:
+        raise InputError(f"image of shape {array.shape} looks like RGB, but an RGB image needs at least "
+                         f"{MIN_RGB_SIDE}×{MIN_RGB_SIDE} pixels")
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise InputError(f"image dtype {array.dtype} is not a real-valued number type")
-    if min(array.shape[-2:]) < 2:
+    if not rgb and min(array.shape[-2:]) < 2:
         raise InputError(f"image of shape {array.shape} is too small: slices need at least 2×2 voxels")
     if array.dtype.kind == "f" and array.size:
         with warnings.catch_warnings():  # an all-NaN image is window_for's to refuse, with its own message

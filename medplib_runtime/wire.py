@@ -23,7 +23,9 @@ MAX_ARRAY_ELEMENTS = 64 * 2**20  # one slice or mask; a larger one is refused be
 
 
 def image_key(array: np.ndarray) -> str:
-    """Content hash of an image (shape, dtype, bytes): the same data gets the same key anywhere."""
+    """Content hash of an image (shape, dtype, bytes): the same data gets the same key anywhere. An RGB picture
+    ``(y, x, 3)`` and its grey version differ in shape, so in key; whether an array is RGB is decided by its
+    shape alone (validation.is_rgb), so one key never names two readings of the same bytes."""
     h = hashlib.blake2b(digest_size=16)
     h.update(str((array.shape, array.dtype.str)).encode())
     h.update(np.ascontiguousarray(array).data)
@@ -31,7 +33,8 @@ def image_key(array: np.ndarray) -> str:
 
 
 def slice_key(plane: np.ndarray, *, lo: float, hi: float, modality: str) -> str:
-    """Content key of a 2D slice together with its intensity window (both decide its embedding)."""
+    """Content key of a 2D slice (grey ``(y, x)`` or RGB ``(y, x, 3)``: the shape is hashed) together with its
+    intensity window (both decide its embedding)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(str((plane.shape, plane.dtype.str, repr(float(lo)), repr(float(hi)), modality)).encode())
     h.update(np.ascontiguousarray(plane).data)

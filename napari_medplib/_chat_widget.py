@@ -31,7 +31,7 @@ from .colours import outline_references
 from .chat_view import mask_name, parse_chip, transcript_html
 from .layer_roles import is_prompt_layer
 from .prompt_capture import capture, current_slice
-from .runtime_factory import LANGUAGE_STEP, get_runtime, warm_language, warm_status
+from .runtime_factory import LANGUAGE_STEP, get_runtime, runtime_info, warm_language, warm_status
 from .volume_actions import measure_layer
 
 NO_REGION = "(no region)"
@@ -172,6 +172,7 @@ class ChatDock(QWidget):
 
         def job():
             runtime = get_runtime()
+            runtime_info(runtime)  # asked here, off the Qt thread: a chat mask's provenance names the model
             key = runtime.set_image(data, modality=modality)
             return runtime.ask(AskRequest(image_key=key, slice=ref, question=question, region=region,
                                           history=turns, max_new_tokens=48), on_token=relay.token.emit)

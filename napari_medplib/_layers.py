@@ -11,10 +11,15 @@ from medplib_runtime.imaging.io import Volume
 GEOMETRY_KEY = "medplib_geometry"
 
 
+# what a DICOM-SEG written from a layer needs of the series it was read from (its files and UIDs)
+SERIES_KEYS = ("format", "dicom_series", "dicom_files", "dicom_sop_uids")
+
+
 def geometry_metadata(volume: Volume) -> dict:
+    series = {key: volume.metadata[key] for key in SERIES_KEYS if key in volume.metadata}
     return {GEOMETRY_KEY: {"spacing": list(volume.spacing), "origin": list(volume.origin),
                            "direction": list(volume.direction), "source": volume.source,
-                           "shape": list(volume.shape)},
+                           "shape": list(volume.shape), "series": series},
             **{key: volume.metadata[key] for key in ("modality", "body_part") if key in volume.metadata}}
 
 
@@ -44,7 +49,7 @@ def volume_like(data: np.ndarray, meta: dict, scale, translate) -> Volume:
     geo = (meta or {}).get(GEOMETRY_KEY)
     if geo and tuple(geo["shape"]) == tuple(np.shape(data)):
         return Volume(np.asarray(data), tuple(geo["spacing"]), tuple(geo["origin"]), tuple(geo["direction"]),
-                      source=geo.get("source"))
+                      source=geo.get("source"), metadata=dict(geo.get("series", {})))
     ndim = np.ndim(data)
     identity = tuple(float(i == j) for i in range(ndim) for j in range(ndim))
     return Volume(np.asarray(data), tuple(float(s) for s in scale), tuple(float(t) for t in reversed(translate)),

@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLab
                             QSizePolicy, QSpinBox, QVBoxLayout, QWidget)
 
 from medplib_runtime.errors import MedplibError
-from medplib_runtime.schemas import SegmentRequest, SliceRef
+from medplib_runtime.schemas import Prompt, SegmentRequest, SliceRef
 from medplib_runtime.volume.propagation import Cancelled
 
 from ._runtime_line import RuntimeLine
@@ -31,9 +31,10 @@ from ._workers import run_call, user_message
 from .colours import give_colour, outline_references
 from .label_writes import undo_write, write_mask, write_volume
 from .layer_roles import PREDICTION, SCRIBBLE, add_quietly, is_prompt_layer, is_target_layer, role, with_role
-from .prompt_capture import capture, current_slice
-from .runtime_factory import (SEGMENTATION_STEP, get_runtime, run_background, warm, warm_segmentation,
-                              warm_status)
+from .prompt_capture import capture, current_slice, grid_shape
+from .provenance_log import record_write
+from .runtime_factory import (SEGMENTATION_STEP, get_runtime, last_runtime_info, run_background, runtime_info, warm,
+                              warm_segmentation, warm_status)
 from .volume_actions import describe, measure_layer, seed_from_layer
 
 NEW_LAYER = "(new labels layer)"
@@ -49,6 +50,7 @@ class WriteContext:
     label: int
     name: str
     overwrite: bool
+    prompt: Prompt | None = None  # what the user drew (kept as the write's provenance)
 
 
 class MedPLIBWidget(QWidget):
@@ -171,7 +173,7 @@ class MedPLIBWidget(QWidget):
         except MedplibError as exc:
             show_error(str(exc))
             return
-        layer = self.viewer.add_labels(np.zeros(image.data.shape, np.uint8), name="scribble", scale=image.scale,
+        layer = self.viewer.add_labels(np.zeros(grid_shape(image), np.uint8), name="scribble", scale=image.scale,
                                        translate=image.translate, metadata=with_role({}, SCRIBBLE))
         layer.mode = "paint"
         self.prompt_combo.setCurrentText(layer.name)
@@ -225,7 +227,7 @@ class MedPLIBWidget(QWidget):
             return
         job = _SegmentJob(np.asarray(image.data), captured, modality=image.metadata.get("modality", "auto"))
         context = WriteContext(target, captured.slice, int(self.label_id.value()), self.label_name.text().strip(),
-                               self.overwrite.isChecked())
+                               self.overwrite.isChecked(), captured.prompt)
         ignored = f"; the newest shape here is used, {captured.ignored} other(s) not" if captured.ignored else ""
         self._start(job.run, lambda result: self.on_segmented(result, context),
                     f"segmenting slice {captured.slice.index} ({captured.prompt.kind}{ignored})…")
@@ -233,9 +235,9 @@ class MedPLIBWidget(QWidget):
     def _target_layer(self, image):
         if self.target_combo.currentText() not in ("", NEW_LAYER):
             target = self.viewer.layers[self.target_combo.currentText()]
-            if target.data.shape != image.data.shape:
+            if target.data.shape != grid_shape(image):
                 raise MedplibError(f"target layer {target.name!r} has shape {target.data.shape}, "
-                                   f"but the image is {image.data.shape}")
+                                   f"but the image is {grid_shape(image)}")
             return target
         return None  # created on success, so a failure leaves no empty layer behind
 
@@ -249,7 +251,7 @@ class MedPLIBWidget(QWidget):
         self.on_discard_preview()
         ref = context.slice
         image = self.viewer.layers[self.image_combo.currentText()]
-        data = np.zeros(image.data.shape, np.uint8)
+        data = np.zeros(grid_shape(image), np.uint8)
         (data if data.ndim == 2 else np.moveaxis(data, ref.axis, 0)[ref.index])[result.mask != 0] = 1
         add_quietly(self.viewer, lambda: self.viewer.add_labels(data, name=PREVIEW_LAYER, scale=image.scale,
                                                                 translate=image.translate, opacity=0.6))
@@ -277,7 +279,7 @@ class MedPLIBWidget(QWidget):
     def _new_target(self):
         image = self.viewer.layers[self.image_combo.currentText()]
         target = add_quietly(self.viewer, lambda: self.viewer.add_labels(
-            np.zeros(image.data.shape, np.uint8), name=f"{image.name} MedPLIB", scale=image.scale,
+            np.zeros(grid_shape(image), np.uint8), name=f"{image.name} MedPLIB", scale=image.scale,
             translate=image.translate, metadata=with_role(image.metadata, PREDICTION)))
         self.target_combo.setCurrentText(target.name)
         return target
@@ -292,6 +294,7 @@ class MedPLIBWidget(QWidget):
             return
         self._recolour(target, context.label)
         self.writes.append((target, write))
+        record_write(target, runtime_info=last_runtime_info(), prompt=context.prompt, where=context.slice)
         total = result.timings_ms.get("total", 0) / 1e3
         embed = " (slice embedded first)" if not result.timings_ms.get("cached", 1.0) else ""
         self.status.done(f"{write.changed} voxels → label {context.label} on slice {context.slice.index} "
@@ -342,6 +345,7 @@ class MedPLIBWidget(QWidget):
             return
         self._recolour(context.target, context.label)
         self.writes.append((context.target, write))
+        record_write(context.target, runtime_info=last_runtime_info())
         stops = ", ".join(f"{k}: {v}" for k, v in result.stopped.items())
         self.status.done(f"propagated label {context.label} over slices {result.slices[0]}–{result.slices[-1]}: "
                          f"{write.changed} voxels added in {result.seconds:.1f} s (stopped {stops})")
@@ -445,5 +449,6 @@ class _SegmentJob:
 
     def run(self):
         runtime = get_runtime()
+        runtime_info(runtime)  # asked here, off the Qt thread, for the write's provenance
         key = runtime.set_image(self.data, modality=self.modality)
         return runtime.segment(SegmentRequest(image_key=key, slice=self.captured.slice, prompt=self.captured.prompt))

@@ -11,6 +11,9 @@ from .chat_state import ChatEntry, PlacedMask
 from .colours import forget_colour, give_colour
 from .label_writes import NAMES_KEY, LabelWrite, undo_write, write_mask
 from .layer_roles import PREDICTION, add_quietly, with_role
+from .prompt_capture import grid_shape
+from .provenance_log import record_write
+from .runtime_factory import last_runtime_info
 
 
 @dataclass(frozen=True)
@@ -40,13 +43,14 @@ def add_chat_mask(viewer, image_layer, entry: ChatEntry, entry_index: int, mask:
     created = layer_name not in viewer.layers
     if created:
         add_quietly(viewer, lambda: viewer.add_labels(
-            np.zeros(image_layer.data.shape, np.uint8), name=layer_name, scale=image_layer.scale,
+            np.zeros(grid_shape(image_layer), np.uint8), name=layer_name, scale=image_layer.scale,
             translate=image_layer.translate, metadata=with_role(image_layer.metadata, PREDICTION)))
     layer = viewer.layers[layer_name]
     label = next_label(layer)
     write = write_mask(layer, entry.masks[mask], entry.slice, label=label, name=name)
     give_colour(viewer.layers, layer, label)
     layer.selected_label = label
+    record_write(layer, runtime_info=last_runtime_info(), question=entry.question, answer=entry.answer)
     return (ChatWrite(image_layer.name, entry_index, mask, write, created),
             PlacedMask(layer_name, label, name))
 

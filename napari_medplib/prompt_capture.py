@@ -5,6 +5,7 @@ image data, so scale, translate and a different scale on the prompt layer are ho
 slice axis is the image axis not displayed (2D view); prompts on other slices are ignored and
 reported. Shapes: rectangle/ellipse → box; polygon/path → region mask. Points: clicks (a
 ``label`` feature of 0 marks background). Labels: the painted voxels on the slice → region mask.
+An RGB image layer (``rgb=True``, data ``(y, x, 3)``) is a 2D image: its labels are :func:`grid_shape`.
 """
 
 from __future__ import annotations
@@ -24,13 +25,20 @@ class CapturedPrompt:
     ignored: int  # prompts found on other slices
 
 
+def grid_shape(image_layer) -> tuple[int, ...]:
+    """The image layer's pixel grid: its data's shape, without the channels of an RGB layer. A Labels layer
+    for the image (prompts, predictions) has this shape."""
+    shape = tuple(image_layer.data.shape)
+    return shape[:-1] if image_layer.rgb else shape
+
+
 def current_slice(viewer, image_layer) -> SliceRef:
     """The image's slice under the viewer's current position along the non-displayed axis."""
     ndim = image_layer.ndim
     if ndim == 2:
         return SliceRef(axis=0, index=0)
     if ndim != 3:
-        raise InputError(f"image layer {image_layer.name!r} is {ndim}D; a 2D or 3D single-channel image is needed")
+        raise InputError(f"image layer {image_layer.name!r} is {ndim}D; a 2D or 3D image is needed")
     if viewer.dims.ndisplay != 2:
         raise InputError("switch the viewer to 2D to draw prompts on a slice")
     world_axis = viewer.dims.not_displayed[-1]
@@ -62,15 +70,17 @@ def capture(viewer, image_layer, prompt_layer) -> CapturedPrompt:
     """The prompt on the current slice from a Shapes, Points or Labels layer."""
     from napari.layers import Labels, Points, Shapes
 
-    if image_layer.rgb or image_layer.data.ndim not in (2, 3):
-        raise InputError(f"image layer {image_layer.name!r} must be a single-channel 2D or 3D image")
+    grid = grid_shape(image_layer)
+    if len(grid) not in (2, 3) or (image_layer.rgb and (len(grid) != 2 or image_layer.data.shape[-1] != 3)):
+        raise InputError(f"image layer {image_layer.name!r} must be a 2D or 3D grey image or a 2D RGB one "
+                         f"(RGBA: drop the alpha channel)")
     ref = current_slice(viewer, image_layer)
-    shape2d = tuple(s for i, s in enumerate(image_layer.data.shape) if image_layer.ndim == 2 or i != ref.axis)
+    shape2d = tuple(s for i, s in enumerate(grid) if image_layer.ndim == 2 or i != ref.axis)
     ignored = 0
     if isinstance(prompt_layer, Labels):
-        if prompt_layer.data.shape != image_layer.data.shape:
+        if prompt_layer.data.shape != grid:
             raise InputError(f"scribble layer {prompt_layer.name!r} has shape {prompt_layer.data.shape}, "
-                             f"the image {image_layer.data.shape}")
+                             f"the image {grid}")
         plane = prompt_layer.data if image_layer.ndim == 2 else np.take(prompt_layer.data, ref.index, axis=ref.axis)
         if not np.asarray(plane).any():
             raise InputError(f"nothing painted in {prompt_layer.name!r} on this slice")

@@ -76,6 +76,29 @@ def current_runtime():
         return _state.get("runtime")
 
 
+def runtime_info(runtime):
+    """``runtime.info()``, asked once per runtime (call it from a worker: a remote one asks its server).
+    Kept so that each label write can say which model made it (provenance) without a call on the Qt thread."""
+    with _lock:
+        cached = _state.get("info")
+        if cached is not None and cached[0] is runtime:
+            return cached[1]
+    try:
+        info = runtime.info()
+    except Exception:  # noqa: BLE001 — provenance must never cost the user a Segment or an answer
+        return None
+    with _lock:
+        _state["info"] = (runtime, info)
+    return info
+
+
+def last_runtime_info():
+    """The RuntimeInfo of the runtime in use, if a worker asked for it already (never calls the runtime)."""
+    with _lock:
+        cached = _state.get("info")
+        return cached[1] if cached is not None and cached[0] is _state.get("runtime") else None
+
+
 def run_background(fn) -> None:
     """Run ``fn`` on a plain thread (no Qt objects, so it can outlive a closed viewer safely)."""
 

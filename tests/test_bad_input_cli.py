@@ -358,7 +358,7 @@ CASES = [
     ("max-new-tokens-huge", _max_new_tokens("100000"), "from 1 to 512"),
     ("argparse-unknown-option", _argv("segment", "IMG", *SEG, "--out", "o.nii.gz", "--bogus"),
      "unrecognized arguments: --bogus"),
-    ("argparse-missing-required", _argv("segment", "IMG"), "the following arguments are required: --slice, --out"),
+    ("argparse-missing-required", _argv("segment", "IMG"), "the following arguments are required: --out"),
     ("argparse-bad-choice", _argv("segment", "IMG", "--slice", "1", "--axis", "5", "--out", "o.nii.gz"),
      "argument --axis: invalid choice"),
     ("argparse-not-an-int", _argv("segment", "IMG", "--slice", "x", "--out", "o.nii.gz"), "invalid int value: 'x'"),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medplib_runtime.cli.main import main
+from medplib_runtime.cli import main
 
 MEDPLIB = shutil.which("medplib", path=str(Path(sys.executable).parent)) or "medplib"
 

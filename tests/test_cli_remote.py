@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from medplib_runtime.cli.main import main
+from medplib_runtime.cli import main
 from medplib_runtime.imaging.io import read_volume
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medplib_runtime.cli.main import main
+from medplib_runtime.cli import main
 from medplib_runtime.data.builder import BuildConfig, assign_splits, build_dataset
 from medplib_runtime.data.cases import CaseSpec, load_cases
 from medplib_runtime.data.mecovqa import load_masks, read_dataset, read_png

@@ -32,7 +32,7 @@ def test_missing_gpu_is_one_line_error():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_cli_device_errors(capsys):
-    from medplib_runtime.cli.main import main
+    from medplib_runtime.cli import main
 
     assert main(["info", "--device", "cuda"]) == 2
     assert "sees no CUDA GPU" in capsys.readouterr().err

@@ -251,7 +251,7 @@ def test_a_record_the_runtime_refuses_is_left_out_whole_with_skip_bad(dataset, t
 
 
 def test_medplib_eval_refuses_bad_records_in_one_line_before_loading_a_model(dataset, capsys):
-    from medplib_runtime.cli.main import main
+    from medplib_runtime.cli import main
 
     root = dataset.parent
     (root / "mixed.json").write_text(json.dumps(json.loads(dataset.read_text())[:1] + _bad_records(root)))

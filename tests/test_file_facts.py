@@ -206,7 +206,7 @@ class _FakeRuntime:
 
 
 def test_cli_ask_prints_the_fact_then_the_model(capsys, monkeypatch, brain1_paths):
-    import medplib_runtime.cli.main as cli
+    import medplib_runtime.cli.commands as cli
 
     monkeypatch.setattr(cli, "_runtime", lambda args: _FakeRuntime())
     assert cli.main(["ask", str(brain1_paths[0]), "--slice", "12", "Is this a CT image?"]) == 0

@@ -6,7 +6,7 @@ import sys
 CODE = """
 import sys
 import medplib_runtime, medplib_runtime.schemas, medplib_runtime.protocol, medplib_runtime.local
-import medplib_runtime.cli.main, medplib_runtime.imaging.io, medplib_runtime.imaging.windowing
+import medplib_runtime.cli.commands, medplib_runtime.imaging.io, medplib_runtime.imaging.windowing
 import medplib_runtime.remote, medplib_runtime.wire  # the remote client needs no torch
 assert not any(m.startswith(("napari", "PyQt", "qtpy")) for m in sys.modules), "runtime imported Qt/napari"
 import napari_medplib, napari_medplib._reader, napari_medplib._writer, napari_medplib._sample_data

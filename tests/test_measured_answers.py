@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from medplib_runtime.cli.main import main
+from medplib_runtime.cli import main
 from medplib_runtime.volume.measure import measure_labels
 from medplib_runtime.volume.measured_answers import measured_answer, quantity_asked
 

@@ -56,7 +56,7 @@ def test_reader_and_writer_round_trip_geometry_exactly(make_napari_viewer, tmp_p
 def test_reader_declines_other_files_and_reports_bad_ones(tmp_path):
     from napari_medplib._reader import get_reader
 
-    assert get_reader(str(tmp_path / "photo.jpg")) is None
+    assert get_reader(str(tmp_path / "notes.txt")) is None
     bad = tmp_path / "broken.nrrd"
     bad.write_text("nope")
     reader = get_reader(str(bad))
@@ -83,3 +83,15 @@ def test_docks_open_from_the_manifest(make_napari_viewer):
         assert type(segment).__name__ == "MedPLIBWidget" and type(chat).__name__ == "ChatDock"
     finally:
         runtime_factory.set_runtime(None)  # the dock started a background warm-up
+
+
+def test_the_packages_hold_no_symlinks_so_a_windows_checkout_installs():
+    """The manifest, icons and sample data live in napari_medplib/; the top-level names point into it."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for package in ("napari_medplib", "medplib_runtime"):
+        links = [str(p.relative_to(root)) for p in (root / package).rglob("*") if p.is_symlink()]
+        assert links == [], links
+    for name in ("napari.yaml", "icons", "sample_data"):
+        assert (root / name).resolve() == (root / "napari_medplib" / name).resolve()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medplib_runtime.cli.main import main
+from medplib_runtime.cli import main
 from medplib_runtime.errors import InputError
 from medplib_runtime.training.data_source import samples_from_json
 

@@ -27,7 +27,7 @@ def _start_server(preset: str) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "medplib_runtime.cli.main", "serve", "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "medplib_runtime.cli.commands", "serve", "--port", str(port),
                              "--preset", preset, "--preload", "all"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     end = time.time() + 300

@@ -1,5 +1,5 @@
-"""`medplib`, the command line: one module per group of commands (main: info/segment/ask/serve/bench)."""
+"""`medplib`, the command line: one module per group of commands (commands: info/segment/ask/serve/bench)."""
 
-from .main import main
+from .commands import main
 
 __all__ = ["main"]

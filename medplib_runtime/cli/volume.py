@@ -26,10 +26,10 @@ def add_volume_parsers(sub) -> None:
 
 
 def load_pair(image_path: str, labels_path: str):
-    from ..imaging.io import read_volume
+    from ..imaging.io import read_labels, read_volume
 
     image = read_volume(image_path)
-    labels = read_volume(labels_path)
+    labels = read_labels(labels_path, like=image)  # a DICOM-SEG lands on its series' grid
     if labels.array.shape != image.array.shape:
         raise InputError(f"labels {labels_path} have shape {labels.array.shape}, the image {image.array.shape}")
     differ = geometry_differences(labels, image)
@@ -56,7 +56,8 @@ def cmd_measure(args) -> int:
     return 0
 
 
-def propagate_and_write(runtime, volume, ref, seed_mask: np.ndarray, out: str, modality: str) -> dict:
+def propagate_and_write(runtime, volume, ref, seed_mask: np.ndarray, out: str, modality: str,
+                        provenance=None) -> dict:
     """`segment --propagate`: the seed mask through the volume, written as label 1 with IMAGE's geometry."""
     from ..imaging.io import write_labels
     from ..volume.propagation import propagate
@@ -65,7 +66,7 @@ def propagate_and_write(runtime, volume, ref, seed_mask: np.ndarray, out: str, m
         raise InputError("--propagate needs a 3D volume; this image is 2D")
     result = propagate(runtime, volume.array, axis=ref.axis, seed_index=ref.index, seed_mask=seed_mask,
                        modality=modality)
-    path = write_labels(result.mask, like=volume, path=out)
+    path = write_labels(result.mask, like=volume, path=out, provenance=provenance)
     voxels = int(result.mask.sum())
     return {"out": str(path), "voxels": voxels, "volume_ml": round(voxels * float(np.prod(volume.spacing)) / 1000, 4),
             "slices": [result.slices[0], result.slices[-1]], "stopped": result.stopped,

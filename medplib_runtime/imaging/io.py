@@ -21,6 +21,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
@@ -29,18 +30,28 @@ from ..errors import InputError
 from .geometry import identity_direction, is_identity, napari_affine, orthonormalize
 from .integrity import check_dicom_series, check_nifti, check_nrrd, native_stderr, truncation_reason
 
+if TYPE_CHECKING:
+    from ..provenance import Provenance
+
 # ITK prints its warnings (non-uniform DICOM spacing, odd NIfTI sforms) to stderr ahead of our own
 # one-line error; the ones that matter are checked in integrity.py and raised as InputErrors instead
 sitk.ProcessObject_SetGlobalWarningDisplay(False)
 
 WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")  # single-file formats only: .mhd needs a .raw beside it
-LABEL_SUFFIXES = WRITE_SUFFIXES  # older name, kept for callers
+# labels may also go to a DICOM Segmentation (.dcm) of the DICOM series they were drawn on: dicom_seg.py
+LABEL_SUFFIXES = WRITE_SUFFIXES + (".dcm", ".png")  # .png: the labels of a 2D image (pictures.py; no geometry)
 _CHANNEL_NAMES = {2: "2 channels (complex/vector)", 3: "3 channels (RGB)", 4: "4 channels (RGBA)"}
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing/hashing numpy arrays has no single answer
 class Volume:
-    """A scalar image with its geometry. ``array`` is ``(z, y, x)`` (3D) or ``(y, x)`` (2D).
+    """An image with its geometry. ``array`` is ``(z, y, x)`` (3D) or ``(y, x)`` (2D) grey, or ``(y, x, 3)``
+    for a 2D RGB picture (:attr:`is_rgb`: the channels are the one axis the geometry does not cover).
+
+    :attr:`shape` and :attr:`ndim` are the pixel grid's (an RGB picture's ``(y, x)``, 2): a label volume for
+    this image has :attr:`shape`. RGB is 2D only (pictures and single-frame DICOM); a 2D image is one slice
+    (axis 0, index 0). ``metadata["spacing_known"]`` False (pictures): the spacing is 1 per pixel, not mm,
+    so sizes are in px (:attr:`unit`). ``metadata["notes"]``: what reading changed (alpha dropped, ...).
 
     Non-identity ``direction`` (rotated or flipped scans): napari's ``scale``/``translate`` cannot
     express a rotation, so :attr:`napari_translate` is simply the origin in array order (exact at
@@ -56,7 +67,9 @@ class Volume:
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        n = self.array.ndim
+        # an RGB picture: (y, x, 3) under 2D geometry (the channel axis has no spacing)
+        rgb = self.array.ndim == 3 and self.array.shape[-1] == 3 and len(self.spacing) == 2
+        n = 2 if rgb else self.array.ndim
         if n not in (2, 3):
             raise InputError(f"a Volume is 2D or 3D, got an array of shape {self.array.shape}")
         spacing = tuple(float(s) for s in self.spacing)
@@ -74,27 +87,44 @@ class Volume:
     @classmethod
     def from_array(cls, array: np.ndarray, *, spacing: tuple[float, ...] | None = None,
                    origin: tuple[float, ...] | None = None, direction: tuple[float, ...] | None = None,
-                   source: str | None = None, metadata: dict | None = None) -> "Volume":
-        """An array with default geometry: 1 mm spacing, origin 0, identity direction."""
+                   source: str | None = None, metadata: dict | None = None, rgb: bool = False) -> "Volume":
+        """An array with default geometry: 1 mm spacing, origin 0, identity direction (``rgb``: a ``(y, x, 3)``
+        picture, 2D geometry)."""
         array = np.asarray(array)
-        n = array.ndim
+        n = 2 if rgb else array.ndim
         return cls(array, spacing if spacing is not None else (1.0,) * n, origin if origin is not None else (0.0,) * n,
                    direction if direction is not None else identity_direction(n), source, dict(metadata or {}))
 
     def with_array(self, array: np.ndarray) -> "Volume":
-        """Same geometry, another array of the same shape (e.g. a label volume)."""
+        """Same geometry, another array of the same grid (e.g. a label volume; for an RGB image, ``(y, x)``)."""
         array = np.asarray(array)
-        if array.shape != self.array.shape:
+        if array.shape not in (self.shape, self.shape + (3,)):
             raise InputError(f"array has shape {array.shape}, but the image is {self.array.shape}")
         return replace(self, array=array)
 
     @property
     def ndim(self) -> int:
-        return self.array.ndim
+        """Dimensions of the pixel grid (2 for an RGB picture)."""
+        return len(self.spacing)
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.array.shape
+        """The pixel grid (an RGB picture's ``(y, x)``, without its channels)."""
+        return self.array.shape[:self.ndim]
+
+    @property
+    def is_rgb(self) -> bool:
+        return self.array.ndim == self.ndim + 1
+
+    @property
+    def spacing_known(self) -> bool:
+        """False for pictures (PNG/JPEG/...): their spacing is 1 per pixel, not a size in mm."""
+        return bool(self.metadata.get("spacing_known", True))
+
+    @property
+    def unit(self) -> str:
+        """What one spacing step is: "mm", or "px" when the file does not say."""
+        return "mm" if self.spacing_known else "px"
 
     @property
     def spacing_xyz(self) -> tuple[float, ...]:
@@ -135,15 +165,15 @@ class Volume:
         return arr.size == 0 or bool(arr.min() == arr.max())
 
     def to_sitk(self, array: np.ndarray | None = None) -> sitk.Image:
-        """A SimpleITK image of ``array`` (default: this volume's) with this geometry."""
+        """A SimpleITK image of ``array`` (default: this volume's) with this geometry (RGB: a vector image)."""
         arr = np.asarray(self.array if array is None else array)
-        if arr.shape != self.array.shape:
-            raise InputError(f"array has shape {arr.shape}, but the image is {self.array.shape}")
+        if arr.shape not in (self.shape, self.shape + (3,)):
+            raise InputError(f"array has shape {arr.shape}, but the image is {self.shape}")
         if arr.dtype == np.bool_:
             arr = arr.astype(np.uint8)
         elif arr.dtype == np.float16:  # no float16 pixel type in ITK
             arr = arr.astype(np.float32)
-        image = sitk.GetImageFromArray(arr, isVector=False)
+        image = sitk.GetImageFromArray(arr, isVector=arr.ndim == self.ndim + 1)
         image.SetSpacing(self.spacing_xyz)
         image.SetOrigin(self.origin)
         image.SetDirection(self.direction)
@@ -156,14 +186,27 @@ def read_volume(path: str | os.PathLike, *, allow_2d: bool = True) -> Volume:
     """Read an image file (NIfTI/NRRD/MHA/MHD/...) or a DICOM series folder, keeping geometry.
 
     2D files give a ``(y, x)`` Volume when ``allow_2d`` (else InputError). A 4D file with one time
-    point is reduced to 3D; other 4D files and multi-channel (RGB/vector) images are InputErrors.
-    Constant or all-NaN images are *not* errors here: see :attr:`Volume.is_constant`.
+    point is reduced to 3D; other 4D files and multi-channel (vector) volumes are InputErrors.
+    Pictures (PNG/JPEG/TIFF/BMP/GIF: pictures.py) and single-frame DICOM may be RGB: a ``(y, x, 3)``
+    Volume (see :class:`Volume`). Constant or all-NaN images are *not* errors here: see :attr:`Volume.is_constant`.
     """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p} does not exist")
     if p.is_dir():
         return _read_dicom_series(p, allow_2d=allow_2d)
+    from .pictures import PICTURE_SUFFIXES, read_picture
+
+    picture = read_picture(p) if _suffix(p) in PICTURE_SUFFIXES else None  # None: a TIFF z-stack, ITK's
+    if picture is not None:
+        if not allow_2d:
+            raise InputError(f"{p} is a 2D image; a 3D volume is needed here")
+        return Volume.from_array(picture.array, rgb=picture.is_rgb, source=picture.source, metadata=picture.metadata)
+    from .dicom_seg import is_dicom_seg
+
+    if is_dicom_seg(p):  # ITK would read its bit-packed frames as an image with a made-up geometry
+        raise InputError(f"{p} is a DICOM Segmentation, not an image: it is read as the labels of the DICOM "
+                         f"series it was drawn on")
     if _is_nifti(p):
         check_nifti(p)  # a truncated NIfTI reads without an error: its missing slices would be zeros
     elif _suffix(p) in (".nrrd", ".nhdr"):
@@ -175,12 +218,17 @@ def read_volume(path: str | os.PathLike, *, allow_2d: bool = True) -> Volume:
         if _is_nifti(p):
             return _read_nifti_nibabel(p, allow_2d=allow_2d, sitk_error=_reason(failed, said))
         raise InputError(f"{p} is not a readable image: {_reason(failed, said)}") from None
-    _check_header(str(p), reader.GetNumberOfComponents(), reader.GetDimension(), reader.GetSize(), allow_2d)
     filter_key = "ITK_InputFilterName"  # which ITK ImageIO read it
     meta = {"format": reader.GetMetaData(filter_key) if reader.HasMetaDataKey(filter_key) else _suffix(p)}
+    is_dicom = reader.HasMetaDataKey("0008|0016") or _suffix(p) == ".dcm"  # SOP Class UID: GDCM read it
+    colour_dicom = reader.GetNumberOfComponents() == 3 and is_dicom
+    if not colour_dicom:
+        _check_header(str(p), reader.GetNumberOfComponents(), reader.GetDimension(), reader.GetSize(), allow_2d)
     image, failed, said = _itk(reader.Execute)
     if failed is not None:
         raise InputError(f"{p} is not a readable image: {_reason(failed, said)}") from None
+    if colour_dicom:  # endoscopy, dermoscopy, secondary captures
+        return _rgb_dicom(image, str(p), meta, lambda tag: reader.HasMetaDataKey(tag), allow_2d)
     for key in reader.GetMetaDataKeys():  # NRRD/MHA headers may carry a free-form modality field
         if key.lower() == "modality":
             meta["modality"] = reader.GetMetaData(key).strip()
@@ -221,7 +269,8 @@ def _is_nifti(p: Path) -> bool:
 def _check_header(source: str, components: int, dim: int, size: tuple[int, ...], allow_2d: bool) -> None:
     if components != 1:
         what = _CHANNEL_NAMES.get(components, f"{components} channels (vector)")
-        raise InputError(f"{source} has {what} per voxel; a single-channel (grayscale) image is needed")
+        raise InputError(f"{source} has {what} per voxel; colour is read from 2D pictures (PNG/JPEG/TIFF) and "
+                         f"single-frame DICOM, a volume must be single-channel (grayscale)")
     if dim > 4 or (dim == 4 and size[3] != 1):
         raise InputError(f"{source} is {dim}D {tuple(size)}; pick one 3D volume (e.g. one time point) first")
     if dim == 2 and not allow_2d:
@@ -252,6 +301,9 @@ def _read_dicom_series(folder: Path, *, allow_2d: bool) -> Volume:
     image, failed, said = _itk(reader.Execute)
     if failed is not None:
         raise InputError(f"{folder}: DICOM series {sid} is not readable: {_reason(failed, said)}") from None
+    if image.GetNumberOfComponentsPerPixel() == 3:
+        meta = {"format": "DICOM", "dicom_series": sid, "files": len(files_by_series[sid])}
+        return _rgb_dicom(image, str(folder), meta, lambda tag: reader.HasMetaDataKey(0, tag), allow_2d)
     _check_header(str(folder), image.GetNumberOfComponentsPerPixel(), image.GetDimension(), image.GetSize(), allow_2d)
     listed = {os.path.abspath(f) for files in files_by_series.values() for f in files}
     check_dicom_series(folder, files_by_series[sid], listed, sid,
@@ -260,7 +312,30 @@ def _read_dicom_series(folder: Path, *, allow_2d: bool) -> Volume:
     for tag, key in (("0008|0060", "modality"), ("0008|103e", "series_description"), ("0018|0015", "body_part")):
         if reader.HasMetaDataKey(0, tag):
             meta[key] = reader.GetMetaData(0, tag).strip()
+    # file i is array slice i: a DICOM-SEG written for this volume references these instances (dicom_seg.py)
+    meta["dicom_files"] = [os.path.abspath(f) for f in files_by_series[sid]]
+    meta["dicom_sop_uids"] = [reader.GetMetaData(i, "0008|0018").strip(" \x00") if reader.HasMetaDataKey(i, "0008|0018")
+                              else "" for i in range(len(files_by_series[sid]))]
     return _from_sitk(image, str(folder), metadata=meta)
+
+
+def _rgb_dicom(image: sitk.Image, source: str, meta: dict, has_tag, allow_2d: bool) -> Volume:
+    """A single-frame colour DICOM → a 2D Volume, RGB ``(y, x, 3)`` (grey when its channels are equal);
+    the spacing is known when the file gives Pixel Spacing (or Imager Pixel Spacing)."""
+    from .pictures import as_picture
+
+    size = image.GetSize()
+    if image.GetDimension() == 3 and size[2] != 1:
+        raise InputError(f"{source} is a colour DICOM of {size[2]} frames; one 2D colour image is supported")
+    if not allow_2d:
+        raise InputError(f"{source} is a 2D image; a 3D volume is needed here")
+    if image.GetDimension() == 3:
+        image = sitk.Extract(image, [size[0], size[1], 0], [0, 0, 0])
+    meta = {**meta, "pixel_type": image.GetPixelIDTypeAsString(),
+            "spacing_known": bool(has_tag("0028|0030") or has_tag("0018|1164"))}
+    picture = as_picture(sitk.GetArrayFromImage(image), source)
+    return Volume(picture, tuple(reversed(image.GetSpacing())), image.GetOrigin(), image.GetDirection(), source,
+                  {**meta, "colour": "RGB" if picture.ndim == 3 else "grey"})
 
 
 def _read_nifti_nibabel(p: Path, *, allow_2d: bool, sitk_error: str) -> Volume:
@@ -302,11 +377,12 @@ def _suffix(path: Path) -> str:
     return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
-def check_writable(path: str | os.PathLike) -> Path:
-    """Fail early (before any model work) if ``path`` cannot take a volume: suffix, folder, rights."""
+def check_writable(path: str | os.PathLike, *, suffixes: tuple[str, ...] = LABEL_SUFFIXES) -> Path:
+    """Fail early (before any model work) if ``path`` cannot take a label volume (``suffixes``: an image
+    volume, WRITE_SUFFIXES): suffix, folder, rights. A .dcm also needs a DICOM image: dicom_seg.check_seg_target."""
     path = Path(path)
-    if _suffix(path) not in WRITE_SUFFIXES:
-        raise InputError(f"cannot write {path.name}: use one of {', '.join(WRITE_SUFFIXES)}")
+    if _suffix(path) not in suffixes:
+        raise InputError(f"cannot write {path.name}: use one of {', '.join(suffixes)}")
     if not path.parent.is_dir():
         raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK):
@@ -318,7 +394,7 @@ def check_writable(path: str | os.PathLike) -> Path:
 
 def _write_atomic(image: sitk.Image, path: Path) -> Path:
     """Write to a hidden temp file beside ``path`` and rename it over, so readers never see half a file."""
-    path = check_writable(path)
+    path = check_writable(path, suffixes=WRITE_SUFFIXES)
     # a fresh name (not mkstemp) so ITK creates the file with the usual umask permissions
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{_suffix(path)}"
     try:
@@ -333,22 +409,57 @@ def _write_atomic(image: sitk.Image, path: Path) -> Path:
     return path
 
 
-def write_labels(labels: np.ndarray, *, like: Volume, path: str | os.PathLike) -> Path:
+def write_labels(labels: np.ndarray, *, like: Volume, path: str | os.PathLike,
+                 provenance: Provenance | None = None, segment_names: dict[int, str] | None = None) -> Path:
     """Write an integer label array ``(z, y, x)``/``(y, x)`` with ``like``'s exact geometry.
 
     Stored as uint8, or uint16 when a label id exceeds 255. Suffix picks the format
-    (.nii, .nii.gz, .nrrd, .mha). Returns the written path.
+    (.nii, .nii.gz, .nrrd, .mha; .dcm: a DICOM-SEG of ``like``'s DICOM series, segments named by
+    ``segment_names``). With ``provenance``, ``OUT.provenance.json`` is written beside it (provenance.py);
+    without, a sidecar left by an earlier write to ``path`` is removed: it would describe other labels.
+    Returns the written path.
     """
     labels = np.asarray(labels)
-    if labels.shape != like.array.shape:
-        raise InputError(f"labels have shape {labels.shape}, but the image is {like.array.shape}")
+    if labels.shape != like.shape:  # the pixel grid: an RGB picture's labels are (y, x)
+        raise InputError(f"labels have shape {labels.shape}, but the image is {like.shape}")
     if labels.dtype.kind not in "biu":
         raise InputError(f"labels must be integers, got {labels.dtype}")
+    if _suffix(Path(path)) == ".png" and labels.ndim != 2:
+        volume_suffixes = ", ".join(s for s in LABEL_SUFFIXES if s != ".png")
+        raise InputError(f"cannot write {Path(path).name}: use one of {volume_suffixes} (a PNG holds the labels of "
+                         f"one 2D image)")
     check_writable(path)
     if labels.size and (labels.min() < 0 or labels.max() > 65535):
         raise InputError(f"label ids must lie in 0..65535, got {labels.min()}..{labels.max()}")
-    dtype = np.uint8 if (labels.size == 0 or labels.max() <= 255) else np.uint16
-    return _write_atomic(like.to_sitk(labels.astype(dtype, copy=False)), Path(path))
+    if _suffix(Path(path)) == ".dcm":
+        from .dicom_seg import write_dicom_seg
+
+        written = write_dicom_seg(labels, like=like, path=path, segment_names=segment_names, provenance=provenance)
+    elif _suffix(Path(path)) == ".png":
+        from .pictures import write_label_picture
+
+        written = write_label_picture(labels, Path(path))
+    else:
+        dtype = np.uint8 if (labels.size == 0 or labels.max() <= 255) else np.uint16
+        written = _write_atomic(like.to_sitk(labels.astype(dtype, copy=False)), Path(path))
+    from ..provenance import sidecar_path, write_sidecar
+
+    if provenance is not None:
+        write_sidecar(provenance, written)
+    else:
+        sidecar_path(written).unlink(missing_ok=True)
+    return written
+
+
+def read_labels(path: str | os.PathLike, *, like: Volume) -> Volume:
+    """A label volume for the image ``like``: a DICOM-SEG (.dcm) is put onto ``like``'s series grid (it must
+    reference that series), any other file is read by :func:`read_volume` (callers check its geometry)."""
+    from .dicom_seg import is_dicom_seg, read_dicom_seg
+
+    if is_dicom_seg(path):
+        return Volume(read_dicom_seg(path, like=like), like.spacing, like.origin, like.direction, str(path),
+                      {"format": "DICOM-SEG", "dicom_series": like.metadata.get("dicom_series")})
+    return read_volume(path)
 
 
 def write_volume(volume: Volume, path: str | os.PathLike) -> Path:

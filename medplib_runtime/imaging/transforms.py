@@ -38,14 +38,16 @@ def resize_info(shape: tuple[int, int], target: int) -> ResizeInfo:
 
 
 def resize_longest_and_pad(image: np.ndarray, target: int) -> tuple[torch.Tensor, ResizeInfo]:
-    """``(h, w)`` float image in [0, 1] → ``1×3×target×target`` tensor, and its ResizeInfo."""
-    info = resize_info(image.shape, target)
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    """``(h, w)`` grey or ``(h, w, 3)`` RGB float image in [0, 1] → ``1×3×target×target`` tensor (grey is
+    replicated to the 3 channels LiteMedSAM takes; RGB keeps its own), and its ResizeInfo."""
+    info = resize_info(image.shape[:2], target)
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    x = x.permute(2, 0, 1)[None] if x.ndim == 3 else x[None, None]
     if info.resized != info.original:
         x = F.interpolate(x, size=info.resized, mode="bilinear", align_corners=False,
                           antialias=info.resized[0] < info.original[0])
     x = F.pad(x, (0, target - info.resized[1], 0, target - info.resized[0]))
-    return x.expand(1, 3, target, target).contiguous(), info
+    return x.expand(1, 3, target, target).contiguous(), info  # (a no-op for RGB)
 
 
 def rc_to_model_xy(rows: np.ndarray, cols: np.ndarray, info: ResizeInfo) -> np.ndarray:

@@ -59,7 +59,19 @@ def window_for(array: np.ndarray, modality: str = "auto") -> IntensityWindow:
     return IntensityWindow(float(lo), float(hi), modality=modality if modality in ("MR", "other") else "MR")
 
 
+def rgb_window(array: np.ndarray) -> IntensityWindow:
+    """An RGB picture's window: min-max over all its channels together, as MedSAM/LiteMedSAM normalise a
+    colour image (no CT/MR windowing: its values are already display values). NaN-only/constant → InputError."""
+    values = finite_sample(array)
+    if values.size == 0:
+        raise InputError("image has no finite values (all NaN/inf): nothing to segment")
+    vmin, vmax = float(values.min()), float(values.max())
+    if vmax - vmin <= 1e-6 * max(1.0, abs(vmax)):
+        raise InputError(f"image is constant (every pixel = {vmin:g} in every channel): nothing to segment")
+    return IntensityWindow(vmin, vmax, modality="RGB")
+
+
 def apply_window(array: np.ndarray, window: IntensityWindow) -> np.ndarray:
-    """→ float32 in [0, 1]; NaNs become 0."""
+    """→ float32 in [0, 1], the same shape (an RGB ``(y, x, 3)`` keeps its channels); NaNs become 0."""
     x = (np.asarray(array, dtype=np.float32) - window.lo) / (window.hi - window.lo)
     return np.nan_to_num(np.clip(x, 0.0, 1.0), nan=0.0)

@@ -49,7 +49,7 @@ class SamSegmenter:
 
     @torch.inference_mode()
     def embed(self, image: np.ndarray) -> Embedding:
-        """``(h, w)`` float32 slice in [0, 1] → Embedding."""
+        """``(h, w)`` grey or ``(h, w, 3)`` RGB float32 slice in [0, 1] → Embedding."""
         x, info = resize_longest_and_pad(image, self.image_size)
         return Embedding(self.model.image_encoder(x.to(self.device)), info)
 

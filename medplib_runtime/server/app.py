@@ -167,16 +167,21 @@ def create_app(config: ServerConfig, *, runtime=None) -> FastAPI:
     async def put_slice(request: Request, dtype: str = Query(max_length=16), rows: int = Query(ge=2, le=16384),
                         cols: int = Query(ge=2, le=16384), lo: float = Query(allow_inf_nan=False),
                         hi: float = Query(allow_inf_nan=False),
-                        modality: Literal["CT", "MR", "other"] = Query()) -> SliceOut:
+                        modality: Literal["CT", "MR", "other", "RGB"] = Query(),
+                        channels: int = Query(1, ge=1, le=3)) -> SliceOut:  # 3: RGB (rows, cols, 3); 2: refused
         if not hi > lo:
             raise InputError(f"window [{lo:g}, {hi:g}] is empty: hi must be above lo")
         # before a byte of the body is read: what it would cost once decoded (a zlib bomb stops here)
-        check_size(dtype, rows, cols, max_pixels=config.max_slice_pixels, max_bytes=store.per_client_bytes)
+        if (channels == 3) != (modality == "RGB"):  # an RGB slice is windowed min-max, a grey one is not
+            raise InputError(f"a {channels}-channel slice cannot have a {modality} window")
+        check_size(dtype, rows, cols, max_pixels=config.max_slice_pixels, max_bytes=store.per_client_bytes,
+                   channels=channels)
         body = await request.body()
         client = _client_id(request)
 
         def register() -> SliceOut:
-            decoded = decode_slice(body, dtype=dtype, rows=rows, cols=cols, lo=lo, hi=hi, modality=modality)
+            decoded = decode_slice(body, dtype=dtype, rows=rows, cols=cols, lo=lo, hi=hi, modality=modality,
+                                   channels=channels)
             own = runtime.set_image(decoded.plane, window=IntensityWindow(float(lo), float(hi), modality))
             nbytes = int(decoded.plane.nbytes)
             store.add(client, decoded.key, StoredSlice((rows, cols), nbytes, own))

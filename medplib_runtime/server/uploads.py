@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-from ..validation import MAX_ABS_INTENSITY
+from ..validation import MAX_ABS_INTENSITY, MIN_RGB_SIDE
 from ..wire import WIRE_DTYPES
 
 CHUNK_BYTES = 4 * 2**20  # inflated per step: the most an upload holds beyond its stored plane
@@ -31,36 +31,43 @@ class TooLarge(InputError):
 @dataclass(frozen=True)
 class Decoded:
     key: str  # the client's key: blake2b over the uploaded bytes, shape, dtype and window
-    plane: np.ndarray  # (rows, cols), float32 for a float64 upload, else the uploaded dtype
+    plane: np.ndarray  # (rows, cols) or RGB (rows, cols, 3); float32 for a float64 upload, else the uploaded dtype
 
 
 def stored_dtype(dtype: str) -> np.dtype:
     return np.dtype(np.float32) if dtype == "float64" else np.dtype(dtype)
 
 
-def check_size(dtype: str, rows: int, cols: int, *, max_pixels: int, max_bytes: int) -> int:
+def check_size(dtype: str, rows: int, cols: int, *, max_pixels: int, max_bytes: int, channels: int = 1) -> int:
     """The bytes the slice will be stored as, or TooLarge/InputError before anything is read."""
     if dtype not in WIRE_DTYPES:
         raise InputError(f"array dtype {dtype!r} is not one of {', '.join(WIRE_DTYPES)}")
+    if channels not in (1, 3):
+        raise InputError(f"a slice has 1 (grey) or 3 (RGB) channels, not {channels}")
+    if channels == 3 and min(rows, cols) < MIN_RGB_SIDE:  # it would be taken for a grey volume (is_rgb)
+        raise InputError(f"an RGB slice needs at least {MIN_RGB_SIDE}×{MIN_RGB_SIDE} pixels, got {rows}×{cols}")
     pixels = rows * cols
     if pixels > max_pixels:
         raise TooLarge(f"slice of {rows}×{cols} = {pixels / 1e6:.1f} MP is over this server's limit of"
                        f" {max_pixels / 1e6:.1f} MP")
-    nbytes = pixels * stored_dtype(dtype).itemsize
+    nbytes = pixels * channels * stored_dtype(dtype).itemsize
     if nbytes > max_bytes:
         raise TooLarge(f"slice of {nbytes / 2**20:.1f} MB (as stored) is over this server's per-client budget of"
                        f" {max_bytes / 2**20:g} MB")
     return nbytes
 
 
-def decode_slice(data: bytes, *, dtype: str, rows: int, cols: int, lo: float, hi: float, modality: str) -> Decoded:
-    """Inflate, key and (float64 → float32) compact one slice; InputError for a bad payload."""
+def decode_slice(data: bytes, *, dtype: str, rows: int, cols: int, lo: float, hi: float, modality: str,
+                 channels: int = 1) -> Decoded:
+    """Inflate, key and (float64 → float32) compact one slice (``channels`` 3: RGB, channels last);
+    InputError for a bad payload."""
     src = np.dtype(dtype).newbyteorder("<")
-    want = rows * cols * src.itemsize
-    out = np.empty((rows, cols), dtype=stored_dtype(dtype))
+    shape = (rows, cols) if channels == 1 else (rows, cols, channels)
+    want = rows * cols * channels * src.itemsize
+    out = np.empty(shape, dtype=stored_dtype(dtype))
     flat = out.reshape(-1)
     h = hashlib.blake2b(digest_size=16)  # the same header as wire.slice_key, over the same bytes
-    h.update(str(((rows, cols), np.dtype(dtype).str, repr(float(lo)), repr(float(hi)), modality)).encode())
+    h.update(str((shape, np.dtype(dtype).str, repr(float(lo)), repr(float(hi)), modality)).encode())
     inflater = zlib.decompressobj()
     pending, done, carry = data, 0, b""
     try:
@@ -70,7 +77,7 @@ def decode_slice(data: bytes, *, dtype: str, rows: int, cols: int, lo: float, hi
             if not chunk:
                 break
             if done + len(chunk) > want:
-                raise InputError(f"array payload holds more than the {want} bytes {dtype}{[rows, cols]} needs")
+                raise InputError(f"array payload holds more than the {want} bytes {dtype}{list(shape)} needs")
             h.update(chunk)
             chunk, done = carry + chunk, done + len(chunk)
             whole = len(chunk) - len(chunk) % src.itemsize
@@ -81,7 +88,7 @@ def decode_slice(data: bytes, *, dtype: str, rows: int, cols: int, lo: float, hi
     except zlib.error:
         raise InputError("array payload is not valid zlib data") from None
     if done != want:
-        raise InputError(f"array payload holds {done} bytes, but {dtype}{[rows, cols]} needs {want}")
+        raise InputError(f"array payload holds {done} bytes, but {dtype}{list(shape)} needs {want}")
     return Decoded("s" + h.hexdigest(), out)
 
 

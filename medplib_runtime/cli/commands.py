@@ -68,7 +68,7 @@ def _prompt(args, volume, ref: SliceRef) -> Prompt | None:
         if box is None and not points:
             return None
         prompt = Prompt(box=box, points=points)
-    validate_prompt(prompt, slice_shape(volume.array.shape, axis=ref.axis))
+    validate_prompt(prompt, slice_shape(volume.shape, axis=ref.axis))  # the pixel grid (an RGB picture's too)
     return prompt
 
 
@@ -76,20 +76,35 @@ def _prompt(args, volume, ref: SliceRef) -> Prompt | None:
 
 def _load(args, *, whole: bool = False):
     """The image and the slice, checked: values the model can compute with, and no NaN/inf on the slice
-    (``whole``: in the volume, for --propagate)."""
+    (``whole``: in the volume, for --propagate). A 2D image (grey or RGB) is one slice: ``--slice`` may be
+    left out. What reading changed (an alpha channel dropped, ...) is said on stderr."""
+    from pathlib import Path
+
     from ..imaging.io import read_volume
     from ..imaging.slicing import check_slice, take_slice
     from ..validation import check_finite, check_image
 
     volume = read_volume(args.image, allow_2d=True)
-    ref = SliceRef(axis=args.axis, index=args.slice)
-    check_slice(volume.array.shape, axis=ref.axis, index=ref.index)
+    for note in volume.metadata.get("notes", ()):
+        print(f"medplib: note: {args.image}: {printable(note)}", file=sys.stderr)
+    if args.slice is None and volume.ndim == 3:
+        raise InputError(f"{args.image} is a 3D volume {volume.shape}: give --slice K (0–{volume.shape[args.axis] - 1}"
+                         f" along --axis {args.axis})")
+    ref = SliceRef(axis=args.axis, index=0 if args.slice is None else args.slice)
+    check_slice(volume.shape, axis=ref.axis, index=ref.index)
     check_image(volume.array)
+    out = getattr(args, "out", None)
+    if volume.ndim == 2 and whole:
+        raise InputError("--propagate needs a 3D volume; this image is 2D")
+    if out and volume.ndim == 3 and Path(out).suffix.lower() == ".png":
+        raise InputError(f"cannot write {Path(out).name}: a PNG holds the labels of one 2D image, this one is 3D "
+                         f"{volume.shape}; use .nii.gz, .nrrd or .mha")
     if whole:
         check_finite(volume.array, f"the image {args.image}")
     else:
-        where = "the image" if volume.array.ndim == 2 else f"slice {ref.index} (axis {ref.axis})"
-        check_finite(take_slice(volume.array, axis=ref.axis, index=ref.index), where)
+        where = "the image" if volume.ndim == 2 else f"slice {ref.index} (axis {ref.axis})"
+        plane = volume.array if volume.ndim == 2 else take_slice(volume.array, axis=ref.axis, index=ref.index)
+        check_finite(plane, where)
     return volume, ref
 
 
@@ -99,19 +114,38 @@ def _inputs(args) -> dict[str, str | None]:
             "--labels": getattr(args, "labels", None), "--glue": getattr(args, "glue", None)}
 
 
-def _write_masks(masks: list[np.ndarray], volume, ref: SliceRef, out: str) -> dict:
+def _write_masks(masks: list[np.ndarray], volume, ref: SliceRef, out: str, provenance=None) -> dict:
     """One label volume with IMAGE's geometry; mask i gets label i+1 on the chosen slice."""
     from ..imaging.io import write_labels
     from ..imaging.slicing import mask_area_mm2
 
-    labels = np.zeros(volume.array.shape, dtype=np.uint8)
+    labels = np.zeros(volume.shape, dtype=np.uint8)  # the pixel grid: an RGB picture's labels are (y, x)
     plane = labels if labels.ndim == 2 else np.moveaxis(labels, ref.axis, 0)[ref.index]  # a view
     area = 0.0
     for i, mask in enumerate(masks, start=1):
         plane[(mask != 0) & (plane == 0)] = i  # earlier masks keep their voxels
         area += mask_area_mm2(mask != 0, volume.spacing, ref.axis)
-    path = write_labels(labels, like=volume, path=out)
-    return {"out": str(path), "voxels": int(np.count_nonzero(labels)), "area_mm2": round(area, 3)}
+    path = write_labels(labels, like=volume, path=out, provenance=provenance)
+    # a picture's spacing is 1 per pixel, not mm: its area is in pixels
+    return {"out": str(path), "voxels": int(np.count_nonzero(labels)),
+            ("area_mm2" if volume.spacing_known else "area_px"): round(area, 3)}
+
+
+def _check_dicom_seg_target(out: str | None, volume) -> None:
+    """--out x.dcm: a DICOM-SEG needs an image read from a DICOM series; said before the model loads."""
+    if out and out.lower().endswith(".dcm"):
+        from ..imaging.dicom_seg import check_seg_target
+
+        check_seg_target(out, like=volume)
+
+
+def _provenance(runtime, args, *, prompts=(), turns=()):
+    """What made the labels an --out file holds (written beside it as OUT.provenance.json)."""
+    from ..provenance import PromptRecord, Provenance
+
+    return Provenance.from_runtime(runtime.info(), prompts=tuple(PromptRecord.from_prompt(p, ref) for p, ref in prompts
+                                                                 if p is not None),
+                                   turns=tuple(turns), source_image=args.image)
 
 
 def cmd_info(args) -> int:
@@ -135,6 +169,7 @@ def cmd_segment(args) -> int:
     check_output(args.out, _inputs(args), force=args.force)
     check_writable(args.out)
     volume, ref = _load(args, whole=args.propagate)
+    _check_dicom_seg_target(args.out, volume)
     prompt = _prompt(args, volume, ref)
     if prompt is None:
         raise InputError("no prompt: give --box R0,C0,R1,C1, --point R,C[,L] or --region-mask PATH")
@@ -144,9 +179,11 @@ def cmd_segment(args) -> int:
     if args.propagate:
         from .volume import propagate_and_write
 
-        summary = propagate_and_write(runtime, volume, ref, result.mask, args.out, args.modality)
+        summary = propagate_and_write(runtime, volume, ref, result.mask, args.out, args.modality,
+                                      provenance=_provenance(runtime, args, prompts=((prompt, ref),)))
     else:
-        summary = _write_masks([result.mask], volume, ref, args.out)
+        summary = _write_masks([result.mask], volume, ref, args.out,
+                               provenance=_provenance(runtime, args, prompts=((prompt, ref),)))
     summary.update({"slice": ref.index, "axis": ref.axis, "prompt": result.prompt_kind,
                     "score": round(result.score, 4), "time_s": round(time.perf_counter() - t0, 3),
                     "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()}})
@@ -166,6 +203,7 @@ def cmd_ask(args) -> int:
         check_output(args.out, _inputs(args), force=args.force)
         check_writable(args.out)
     volume, ref = _load(args)
+    _check_dicom_seg_target(args.out, volume)
     region = _prompt(args, volume, ref)
     found = None
     if args.labels:
@@ -198,7 +236,10 @@ def cmd_ask(args) -> int:
         print(answer if answer.strip() else "(the model produced no answer text)")
     if result.masks:
         if args.out:
-            summary = _write_masks(list(result.masks), volume, ref, args.out)
+            from ..schemas import Turn
+
+            summary = _write_masks(list(result.masks), volume, ref, args.out, provenance=_provenance(
+                runtime, args, prompts=((region, ref),), turns=(Turn(args.question, answer),)))
             print(json.dumps({"masks": len(result.masks), **summary}), file=sys.stderr)
         else:
             print(f"medplib: {len(result.masks)} mask(s) returned; pass --out LABELS to write them", file=sys.stderr)
@@ -245,8 +286,8 @@ def cmd_bench(args) -> int:
 
 
 def _add_image_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("image", help="NIfTI/NRRD/MHA file or DICOM folder")
-    p.add_argument("--slice", type=int, required=True, help="slice index K along --axis")
+    p.add_argument("image", help="NIfTI/NRRD/MHA file, DICOM folder, or a 2D PNG/JPEG/TIFF picture (grey or RGB)")
+    p.add_argument("--slice", type=int, default=None, help="slice index K along --axis (a 2D image: 0, the default)")
     p.add_argument("--axis", type=int, default=0, choices=(0, 1, 2), help="0 = z (default), 1 = y, 2 = x")
     p.add_argument("--box", help="R0,C0,R1,C1 in voxel indices of the slice")
     p.add_argument("--point", action="append", help="R,C[,L] (L=1 foreground, 0 background); repeatable")
@@ -289,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="box/points/region mask on one slice → label volume")
     _add_image_args(p)
-    p.add_argument("--out", required=True, help="output label volume (.nii.gz/.nrrd/.mha), IMAGE's geometry")
+    p.add_argument("--out", required=True, help="output label volume (.nii.gz/.nrrd/.mha), IMAGE's geometry; "
+                                                ".png for a 2D image")
     p.add_argument("--propagate", action="store_true", help="follow the structure through the volume (3D)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (never an input file)")
     p.set_defaults(func=cmd_segment)
