@@ -14,11 +14,12 @@ TINY_LITE = MEDPLIB_LITE.with_overrides(preset="medplib-lite-tiny", llm_hidden=6
                                         llm_kv_heads=4, llm_intermediate=128, llm_vocab=512)
 
 
-def tiny_model():
+def tiny_model(glue=None):
+    """The tiny lite model, random weights; ``glue``: built with that glue file (its weights and routing)."""
     from medplib_runtime.modeling.medplib import build_medplib
 
     torch.manual_seed(0)  # the random SAM and LLM are the same in every call
-    return build_medplib(TINY_LITE, pretrained=False)
+    return build_medplib(TINY_LITE, pretrained=False, glue=glue)
 
 
 def samples(n: int = 4, region_names: tuple[str, ...] = ()) -> list[TrainSample]:

@@ -9,18 +9,21 @@ import torch
 
 from _tiny_training import tiny_model
 from medplib_runtime.errors import ModelError
-from medplib_runtime.glue.recipe import TrainedRouting, trained_routing
+from medplib_runtime.glue.recipe import RoutingConfig, trained_routing
 from medplib_runtime.modeling.glue_weights import glue_state, load_glue, save_glue
-from medplib_runtime.modeling.moe import VL_EXPERT
+from medplib_runtime.glue.routing import VL_EXPERT
 
 SEQUENCE_STAGE = {"stage": 4, "routing": "sequence", "question_threshold": 0.444}
 
 
 def test_routing_follows_the_last_stage():
-    assert trained_routing({"stages": [SEQUENCE_STAGE]}) == TrainedRouting("sequence", 0.444, VL_EXPERT)
-    assert trained_routing({"stages": [{"stage": 4, "top_k": 2}]}) == TrainedRouting("token", 0.5, None, 2)
+    assert trained_routing({"stages": [SEQUENCE_STAGE]}) == RoutingConfig("sequence", 0.444, VL_EXPERT,
+                                                                           reads_history=False)
+    assert trained_routing({"stages": [{"stage": 4, "top_k": 2}]}) == RoutingConfig("token", 0.5, None, 2,
+                                                                                    reads_history=False)
     assert trained_routing({"stages": [{"stage": 3}]}).forced_expert == 0  # the grounding expert
-    assert trained_routing({}) is None  # no stage: the routing stays as built
+    assert trained_routing({"stages": [{"stage": 2, "history_examples": 4}]}).reads_history
+    assert trained_routing({}) == RoutingConfig(reads_history=False)  # no stage: the layers stay as built
 
 
 def test_a_glue_reads_a_chats_earlier_turns_only_when_it_was_trained_on_some():

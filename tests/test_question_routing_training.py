@@ -10,7 +10,7 @@ import torch
 
 from _tiny_training import FakeEmbedder, samples, tiny_model
 from medplib_runtime.errors import InputError
-from medplib_runtime.modeling.glue_weights import load_glue, read_glue_metadata
+from medplib_runtime.modeling.glue_weights import read_glue_metadata
 from medplib_runtime.training.config import TrainConfig
 from medplib_runtime.training.trainer import train
 
@@ -24,7 +24,9 @@ def test_question_level_routing_trains_only_the_routers_and_routes_each_question
     question-routed, and the trained routers send the grounding question to the grounding expert
     and the region question to the vision-language expert (the tiny model learns these four samples)."""
     from medplib_runtime.imaging.transforms import mask_to_model
-    from medplib_runtime.modeling.moe import GROUND_EXPERT, VL_EXPERT, moe_layers
+    from medplib_runtime.glue.routing import GROUND_EXPERT, VL_EXPERT
+    from medplib_runtime.modeling.moe import moe_layers
+    from medplib_runtime.modeling.generation import prefill
     from medplib_runtime.modeling.question_routing import choose_expert, question_positions
     from medplib_runtime.training.examples import encode
 
@@ -38,9 +40,8 @@ def test_question_level_routing_trains_only_the_routers_and_routes_each_question
     assert changed and all(".router." in k for k in changed), sorted(changed)[:5]
     log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert "ce" not in log[0] and log[-1]["route"] < log[0]["route"]  # no text loss: the routers alone
-    fresh = tiny_model()
-    load_glue(fresh, report.adapter)
-    assert fresh.answer_routing == "sequence" and {m.forced_expert for m in moe_layers(fresh.llm)} == {VL_EXPERT}
+    fresh = tiny_model(glue=report.adapter)
+    assert fresh.routing.per_question and {m.forced_expert for m in moe_layers(fresh.llm)} == {VL_EXPERT}
     fresh.eval()
     emb = FakeEmbedder()(samples(1)[0])
     vqa, seg = encode(samples(1)[0], fresh.tokenizer, system=fresh.cfg.system_prompt,
@@ -54,11 +55,14 @@ def test_question_level_routing_trains_only_the_routers_and_routes_each_question
                                     image_tokens=fresh.image_tokens(pixel_embedding=emb.image_embedding))
         at = question_positions(ex.input_ids[0], turn_start=ex.turn_start, im_end_id=fresh.token_ids["<im_end>"],
                                 end=answer0)
-        route = choose_expert(fresh.llm, embeds, at, threshold=fresh.question_threshold)
-        assert route.expert == expert, (expert, route.p_ground, fresh.question_threshold)
-        assert {m.forced_expert for m in moe_layers(fresh.llm)} == {expert}  # the answer is written by it
+        route = choose_expert(fresh.llm, lambda: prefill(fresh.llm, embeds), at,
+                              threshold=fresh.routing.question_threshold)
+        assert route.expert == expert, (expert, route.p_ground, fresh.routing.question_threshold)
+        # the choice is the call's: the layers keep the routing the model was built with
+        assert {m.forced_expert for m in moe_layers(fresh.llm)} == {VL_EXPERT}
         assert (route.prefilled is not None) == (expert == VL_EXPERT)  # the cache of the expert that read it
-    assert read_glue_metadata(report.adapter)["recipe"]["stages"][-1]["question_threshold"] == fresh.question_threshold
+    threshold = read_glue_metadata(report.adapter)["recipe"]["stages"][-1]["question_threshold"]
+    assert threshold == fresh.routing.question_threshold
 
 
 def test_question_level_routing_reads_each_question_once_and_its_cached_loss_is_the_full_one(tmp_path):
@@ -161,10 +165,8 @@ def test_question_pool_last_trains_and_routes_on_the_prompts_last_position_only(
     report = train(cfg, samples(4), model=model, embedder=FakeEmbedder(), progress=False)
     meta = read_glue_metadata(report.adapter)
     assert meta["recipe"]["stages"][-1]["question_pool"] == "last" and meta["routing"].question_pool == "last"
-    fresh = tiny_model()
-    assert fresh.question_pool == "mean"
-    load_glue(fresh, report.adapter)
-    assert fresh.question_pool == "last"
+    assert tiny_model().routing.question_pool == "mean"
+    assert tiny_model(glue=report.adapter).routing.question_pool == "last"
 
     fn = lambda region, e: mask_to_model(region, e.info, 256)[0, 0]  # noqa: E731
     for pool, rows in (("last", 1), ("mean", None)):
@@ -227,10 +229,8 @@ def test_routers_can_read_a_question_without_the_region_that_follows_it(tmp_path
     report = train(cfg, [trailing] * 2, model=model, embedder=FakeEmbedder(), progress=False)
     meta = read_glue_metadata(report.adapter)
     assert meta["recipe"]["stages"][-1]["route_trailing_region"] is False
-    fresh = tiny_model()
-    assert fresh.route_trailing_region
-    load_glue(fresh, report.adapter)
-    assert not fresh.route_trailing_region
+    assert tiny_model().routing.route_trailing_region
+    assert not tiny_model(glue=report.adapter).routing.route_trailing_region
     with pytest.raises(InputError, match="route_trailing_region false"):
         TrainConfig(stage=4, data=("x",), out_dir="o", route_trailing_region=False)
     with pytest.raises(ModelError, match="route_trailing_region 'no' is not"):

@@ -9,6 +9,7 @@ paths, and that grounding finds the structure asked for, not just some structure
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,20 +26,33 @@ def test_the_glue_ships_with_its_recipe():
     assert {"vision_projector", "region_encoder", "seg_projector", "ground_head", "expert_ground", "expert_vl",
             "router", "new_token_rows"} <= set(trained_parts(GLUE))
     stages = read_glue_metadata(GLUE)["recipe"]["stages"]
-    # the second 3: the head-only run (stage3_head.json); the second to fourth 2: stage2_more.json,
-    # stage2_align.json and stage2_closed.json, on build/glue-vqa, build/glue-pairs and build/glue-pairs4; the
-    # second 4: stage4_realign.json (the region projection fitted again, names balanced, and the routers)
-    assert [s["stage"] for s in stages] == [1, 2, 3, 3, 2, 2, 2, 4, 4]
-    assert stages[-1]["align_region_balanced"] is True
     assert all(s["seed"] == 0 for s in stages)
     configs = ASSETS.parent.parent / "configs"
     recipes = [json.loads(p.read_text()) for p in sorted((configs / "training" / "default_glue").glob("*.json"))]
-    by_out_dir = {r["out_dir"]: r for r in recipes}
-    for stage in stages:  # the shipped file is what the recipe in configs/ makes
-        recipe = by_out_dir[stage["out_dir"]]
+    # the shipped file is what the recipe in configs/ makes: its stages in the order their init_glue chains
+    # them (from the one that starts from nothing), each with that stage file's settings
+    chain = _recipe_chain(recipes)
+    assert [s["out_dir"] for s in stages] == [r["out_dir"] for r in chain]
+    for stage, recipe in zip(stages, chain):
         assert {k: stage[k] for k in recipe} == recipe
     cases = json.loads((configs / "data" / "default_glue_cases.json").read_text())
     assert next(c for c in cases if c["id"] == "brain1")["split"] == "test", "brain1 is held out"
+
+
+def _recipe_chain(recipes: list[dict]) -> list[dict]:
+    """The stage configs in training order: each one's ``init_glue`` is the adapter of the one before."""
+    by_adapter = {f"{r['out_dir']}/adapter.safetensors": r for r in recipes}
+    starts = [r for r in recipes if not r.get("init_glue")]
+    assert len(starts) == 1, "one stage starts from the random-init glue"
+    chain = starts
+    while True:
+        after = [r for r in recipes if by_adapter.get(r.get("init_glue")) is chain[-1]]
+        assert len(after) <= 1, f"two stages start from {chain[-1]['out_dir']}"
+        if not after:
+            break
+        chain = chain + after
+    assert len(chain) == len(recipes), "every stage config is part of the chain"
+    return chain
 
 
 @pytest.mark.slow
@@ -116,7 +130,8 @@ def test_a_chat_turn_read_on_from_its_routing_prefill_answers_as_read_whole(loca
     key = local_runtime.set_image(read_volume(brain1_paths[0]).array)
     asker = local_runtime.asker()
     history = (Turn("What is shown in this image?", "A brain MRI slice."), Turn("Is this a CT image?", "no"))
-    asker.model.reads_history = True  # as a glue trained on multi-turn answers does (the shipped one does not)
+    shipped = asker.routing
+    asker.routing = replace(shipped, reads_history=True)  # as a glue trained on multi-turn answers (not the shipped)
     try:
         for question in ("What is the modality of this image?", "Is this an MRI image?"):
             answers = []
@@ -131,7 +146,7 @@ def test_a_chat_turn_read_on_from_its_routing_prefill_answers_as_read_whole(loca
             assert len(read_on.routing.tokens) < len(whole.routing.tokens)
     finally:
         asker.reuse_routing_prefix = True
-        asker.model.reads_history = False
+        asker.routing = shipped
 
 
 @pytest.mark.slow
@@ -149,11 +164,10 @@ def test_a_question_routed_without_its_trailing_region_reads_the_region_on_from_
     box = Prompt(box=Box(int(rows.min()) - 3, int(cols.min()) - 3, int(rows.max()) + 3, int(cols.max()) + 3))
     key = local_runtime.set_image(image.array)
     asker = local_runtime.asker()
-    model, kept = asker.model, (asker.model.route_trailing_region, asker.model.reads_history)
+    shipped = asker.routing
     try:
-        model.route_trailing_region = False
         for history in ((), (Turn("Is this an MRI image?", "yes"),)):
-            model.reads_history = bool(history)
+            asker.routing = replace(shipped, route_trailing_region=False, reads_history=bool(history))
             answers = []
             for reuse in (True, False):
                 asker.reuse_routing_prefix = reuse
@@ -165,7 +179,7 @@ def test_a_question_routed_without_its_trailing_region_reads_the_region_on_from_
             assert len(read_on.routing.tokens) < len(whole.routing.tokens)  # the question was not read again
     finally:
         asker.reuse_routing_prefix = True
-        model.route_trailing_region, model.reads_history = kept
+        asker.routing = shipped
 
 
 @pytest.mark.slow

@@ -40,9 +40,7 @@ def test_routing_is_trained_and_reloaded_as_configured(tmp_path, stage, extra, e
     report = train(cfg, samples(1), model=model, embedder=FakeEmbedder(), progress=False)
     hook.remove()
     assert set(seen) == expected_train
-    fresh = tiny_model()
-    load_glue(fresh, report.adapter)
-    assert _moe_settings(fresh) == expected_loaded
+    assert _moe_settings(tiny_model(glue=report.adapter)) == expected_loaded
     if extra.get("dense_expert") is not None:
         assert "router" not in read_glue_metadata(report.adapter)["trained_parts"]
 

@@ -61,18 +61,18 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
     first = replace(req, max_new_tokens=1)
     chat = replace(first, history=(Turn("Is this an MRI image?", "yes"),))
     first_asks, chat_asks, read_on_asks, whole_asks = [], [], [], []
-    reads_history = asker.model.reads_history
+    shipped = asker.routing  # a frozen RoutingConfig: the variants below are copies, the shipped one is put back
     try:
         for _ in range(max(3, repeats // 2)):  # interleaved: a slow moment of the host hits all four
             first_asks.append(runtime.ask(first).timings_ms["total"])
             chat_asks.append(runtime.ask(chat).timings_ms["total"])
-            asker.model.reads_history = True
+            asker.routing = replace(shipped, reads_history=True)
             read_on_asks.append(runtime.ask(chat).timings_ms["total"])
             asker.reuse_routing_prefix = False
             whole_asks.append(runtime.ask(chat).timings_ms["total"])
-            asker.reuse_routing_prefix, asker.model.reads_history = True, reads_history
+            asker.reuse_routing_prefix, asker.routing = True, shipped
     finally:
-        asker.reuse_routing_prefix, asker.model.reads_history = True, reads_history
+        asker.reuse_routing_prefix, asker.routing = True, shipped
 
     llm = asker.model.llm
     torch.manual_seed(0)
@@ -85,7 +85,7 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
     try:
         with compute_precision(asker.device):  # as ask runs it
             runs = _interleaved(llm, embeds, repeats)
-            if asker.model.answer_routing == "sequence":
+            if asker.routing.per_question:
                 choose_ms = _question_routing_ms(llm, embeds, repeats)
     finally:
         for m, forced in zip(layers, glue_routing):
@@ -101,7 +101,7 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
         row_ms("ask, 1 new token (the prompt read)", first_asks),
         row_ms("the same after one earlier turn", chat_asks,
                f"{statistics.median(chat_asks) / statistics.median(first_asks):.2f} x alone (earlier turns "
-               f"{'read' if reads_history else 'not read: a single-question glue'})"),
+               f"{'read' if shipped.reads_history else 'not read: a single-question glue'})"),
         row_ms("  ... earlier turn read (routing prefill reused)", read_on_asks,
                f"{statistics.median(read_on_asks) / statistics.median(first_asks):.2f} x alone"),
         row_ms("  ... earlier turn read, prompt read whole", whole_asks,

@@ -1,8 +1,8 @@
 """What a glue file's metadata says, read and checked without torch.
 
 A glue's safetensors header names its format, the added tokens, the parts its stages trained and
-the recipe (every stage's resolved config). The recipe's last stage decides how the MoE routes
-(``trained_routing``). Everything here is plain JSON, so ``medplib info`` and ``medplib serve
+the recipe (every stage's resolved config). The recipe decides how the MoE routes (``trained_routing``
+→ a ``RoutingConfig``, routing.py). Everything here is plain JSON, so ``medplib info`` and ``medplib serve
 --glue`` refuse a hand-broken file in one line before torch or any weight is loaded.
 """
 
@@ -10,29 +10,14 @@ from __future__ import annotations
 
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import ModelError
+from .routing import GROUND_EXPERT, STAGE_EXPERT, VL_EXPERT, RoutingConfig
 
 FORMAT = "medplib-glue/1"
-GROUND_EXPERT, VL_EXPERT = 0, 1
-# the expert each stage trains (MedPLIB: II the vision-language expert, III the grounding expert);
-# stage IV trains the router, which then decides
-STAGE_EXPERT: dict[int, int | None] = {1: VL_EXPERT, 2: VL_EXPERT, 3: GROUND_EXPERT, 4: None}
 _MAX_HEADER = 100_000_000
-
-
-@dataclass(frozen=True)
-class TrainedRouting:
-    """How a glue's MoE routes, from its last stage (``trained_routing``)."""
-
-    answer_routing: str = "token"  # "token": per token; "sequence": one expert per question (question_routing.py)
-    question_threshold: float = 0.5
-    forced_expert: int | None = None  # every token to this expert; None: the router decides
-    top_k: int = 1
-    question_pool: str = "mean"  # "sequence": the question's positions averaged, or the prompt's "last" one
-    route_trailing_region: bool = True  # "sequence": False — routed on the question without a region after it
 
 
 def read_header(path: str | Path) -> dict:
@@ -55,8 +40,8 @@ def read_header(path: str | Path) -> dict:
 
 
 def read_glue_metadata(path: str | Path) -> dict:
-    """``{"preset", "tokens", "trained_parts", "recipe"}`` of a glue file, every field checked (the
-    recipe's routing too): ModelError naming the file and the field a hand edit broke."""
+    """``{"preset", "tokens", "trained_parts", "recipe", "routing", "reads_history"}`` of a glue file, every
+    field checked (the recipe's routing too): ModelError naming the file and the field a hand edit broke."""
     meta = read_header(path).get("__metadata__") or {}
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelError(f"glue file {path} is not a {FORMAT} file")
@@ -71,7 +56,7 @@ def read_glue_metadata(path: str | Path) -> dict:
         out[key] = tuple(value) if key == "trained_parts" else value
     try:
         out["routing"] = trained_routing(out["recipe"])
-        out["reads_history"] = trained_on_history(out["recipe"])
+        out["reads_history"] = out["routing"].reads_history
     except ModelError as exc:
         raise ModelError(f"glue file {path}: {exc}") from None
     check_standardisation(path)
@@ -99,12 +84,18 @@ def check_standardisation(path: str | Path) -> None:
         raise ModelError(f"glue file {path}: its standardisation cannot be read: {exc}") from None
 
 
-def trained_routing(recipe: dict) -> TrainedRouting | None:
-    """Route the MoE as the glue's last stage was trained: before stage IV the router is untrained,
+def trained_routing(recipe: dict) -> RoutingConfig:
+    """Route the MoE as the glue's stages were trained: before stage IV the router is untrained,
     so every token goes to the expert that stage trained (I/II: vision-language, III: grounding);
     after it, the router decides with the stage's top-k (capacity: the preset's eval factor), per
-    token, or per question for a stage IV trained with ``routing: "sequence"``. ModelError names a
-    recipe field a hand edit broke; None where the recipe names no stage (the routing is left as built)."""
+    token, or per question for a stage IV trained with ``routing: "sequence"``; earlier turns are read
+    when some stage trained on them (``trained_on_history``). ModelError names a recipe field a hand
+    edit broke; where the last stage names no stage I–IV the layers stay as built (the defaults)."""
+    routing = _last_stage_routing(recipe) or RoutingConfig()
+    return replace(routing, reads_history=trained_on_history(recipe))
+
+
+def _last_stage_routing(recipe: dict) -> RoutingConfig | None:
     stages = recipe.get("stages") or []
     if not isinstance(stages, list) or not all(isinstance(st, dict) for st in stages):
         raise ModelError("recipe's stages are not a list of stage configs")
@@ -124,14 +115,14 @@ def trained_routing(recipe: dict) -> TrainedRouting | None:
         trailing = last.get("route_trailing_region", True)  # recipes from before the field: read
         if not isinstance(trailing, bool):
             raise ModelError(f"recipe's route_trailing_region {trailing!r} is not true or false")
-        return TrainedRouting("sequence", threshold, VL_EXPERT, question_pool=pool, route_trailing_region=trailing)
+        return RoutingConfig("sequence", threshold, VL_EXPERT, question_pool=pool, route_trailing_region=trailing)
     forced = last.get("dense_expert") if STAGE_EXPERT[stage] is None else STAGE_EXPERT[stage]
     if forced is not None and forced not in (0, 1):
         raise ModelError(f"recipe's dense_expert {forced!r} is not an expert (0 or 1)")
     top_k = _recipe_number(last, "top_k", 1, int) if forced is None else 1
     if forced is None and top_k not in (1, 2):
         raise ModelError(f"recipe's top_k {top_k!r} is not 1 or 2")
-    return TrainedRouting("token", 0.5, forced, top_k)
+    return RoutingConfig("token", 0.5, forced, top_k)
 
 
 def trained_on_history(recipe: dict) -> bool:
@@ -156,5 +147,5 @@ def _recipe_number(stage: dict, key: str, default, kind: type):
     return kind(value)
 
 
-__all__ = ["FORMAT", "GROUND_EXPERT", "STAGE_EXPERT", "TrainedRouting", "VL_EXPERT", "read_glue_metadata",
+__all__ = ["FORMAT", "GROUND_EXPERT", "STAGE_EXPERT", "RoutingConfig", "VL_EXPERT", "read_glue_metadata",
            "read_header", "trained_on_history", "trained_routing"]

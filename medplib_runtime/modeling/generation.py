@@ -35,6 +35,11 @@ class GenerationOutput:
     decode_s: float
 
 
+def cache_kwargs(body, cache) -> dict:
+    """The keywords that run ``body`` on with ``cache`` (and grow it)."""
+    return {_cache_keyword(body): cache, "use_cache": True}
+
+
 def _cache_keyword(body) -> str:
     """Newer transformers (5.24 here) name the KV cache argument ``cache``; ``past_key_values`` warns there."""
     import inspect
@@ -42,7 +47,7 @@ def _cache_keyword(body) -> str:
     return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
 
 
-def _new_cache(body):
+def new_cache(body):
     """The body's own cache (llama_infer's, no transformers import), else transformers' DynamicCache."""
     if hasattr(body, "new_cache"):
         return body.new_cache()
@@ -55,7 +60,7 @@ def _new_cache(body):
 def prefill(llm, inputs_embeds: torch.Tensor) -> Prefill:
     """Run the prompt ``1×T×D`` through the LLM body once, keeping its KV cache."""
     body = llm.model
-    cache = _new_cache(body)
+    cache = new_cache(body)
     t0 = time.perf_counter()
     out = body(inputs_embeds=inputs_embeds, **{_cache_keyword(body): cache, "use_cache": True})
     last = out.last_hidden_state[:, -1]

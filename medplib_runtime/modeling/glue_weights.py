@@ -5,7 +5,8 @@ Keys: ``vision_projector.*``, ``region_encoder.*``, ``seg_projector.*``, ``groun
 from before it existed load without it), ``moe.{layer}.router.weight``,
 ``moe.{layer}.experts.{e}.{proj}.lora_A|lora_B``, ``new_token_rows`` (``n_new×D``: the rows of the
 added tokens in the tied embedding / LM head), and optionally ``mask_decoder.*``. The metadata
-names the preset, the added tokens, which parts were trained, and the recipe.
+names the preset, the added tokens, which parts were trained, and the recipe. The recipe's routing
+(``RoutingConfig``) is not copied into a model here: the model is built with it (``build_medplib``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from ..glue.recipe import FORMAT, TrainedRouting, read_glue_metadata
+from ..glue.recipe import FORMAT, read_glue_metadata
 from .standardiser import InputStandardiser
 
 # parts newer than the format: a file without them loads; the part stays untrained (the head) or the identity
@@ -80,7 +81,8 @@ def save_glue(model, path: str | Path, *, trained_parts: tuple[str, ...], recipe
 
 @torch.no_grad()
 def load_glue(model, path: str | Path) -> dict:
-    """Copy the glue in ``path`` into ``model`` (shapes and token list checked); returns its metadata."""
+    """Copy the glue's weights in ``path`` into ``model`` (shapes and token list checked); returns its
+    metadata. Its routing (``meta["routing"]``) is the model's to be built with (``build_medplib``)."""
     from safetensors.torch import load_file
 
     meta = read_glue_metadata(path)  # every field, the routing too, checked before any weight is copied
@@ -112,8 +114,6 @@ def load_glue(model, path: str | Path) -> dict:
     decoder = {k[len("mask_decoder."):]: v for k, v in state.items() if k.startswith("mask_decoder.")}
     if decoder:
         model.sam.mask_decoder.load_state_dict(decoder)
-    apply_routing(model, meta["routing"])
-    model.reads_history = meta["reads_history"]
     return meta
 
 
@@ -125,18 +125,3 @@ def _load_part(module: torch.nn.Module, part: dict[str, torch.Tensor]) -> None:
         if isinstance(sub, InputStandardiser) and not any(k.startswith(sub_name + ".") for k in part):
             sub.reset()
 
-
-def apply_routing(model, routing: TrainedRouting | None) -> None:
-    from .moe import force_expert, set_routing
-
-    if routing is None:
-        model.answer_routing, model.question_threshold, model.question_pool = "token", 0.5, "mean"
-        model.route_trailing_region = True
-        return
-    model.answer_routing = routing.answer_routing  # "sequence": the Asker picks the expert per question
-    model.question_threshold = routing.question_threshold
-    model.question_pool = routing.question_pool
-    model.route_trailing_region = routing.route_trailing_region
-    force_expert(model.llm, routing.forced_expert)
-    if routing.forced_expert is None:
-        set_routing(model.llm, top_k=routing.top_k)

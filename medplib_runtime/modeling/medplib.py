@@ -13,16 +13,20 @@ ground head's query instead: heat map over the image embedding → box → mask 
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..glue.routing import RoutingConfig
 from ..presets import IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, SPECIAL_TOKENS, MedPLIBConfig
 from .litemedsam import SamParts, build_litemedsam, build_sam_decoder
+from .generation import Prefill, cache_kwargs, new_cache
 from .ground_head import GroundHead
-from .moe import install_moe
+from .moe import install_moe, route_as_configured
 from .projector import VisionProjector
 from .region_encoder import RegionEncoder
 from .seg_projector import SegProjector
@@ -31,8 +35,17 @@ from .vision_tower import ClipTower, PooledPixelFeatures
 GLUE_SEED = 0
 
 
+@dataclass(frozen=True)
+class MedPLIBOutput:
+    """``MedPLIB.forward``'s result. The LM head (49k wide, the costliest matmul) is left to the caller,
+    at the positions it needs: training's text loss at the supervised ones, decoding at the last."""
+
+    hidden: torch.Tensor  # 1×T×D last-layer states (at each <SEG>: the seg projector's input)
+
+
 class MedPLIB(nn.Module):
-    def __init__(self, cfg: MedPLIBConfig, *, sam: SamParts, llm: nn.Module, tokenizer, vision_tower: nn.Module):
+    def __init__(self, cfg: MedPLIBConfig, *, sam: SamParts, llm: nn.Module, tokenizer, vision_tower: nn.Module,
+                 routing: RoutingConfig = RoutingConfig()):
         super().__init__()
         self.cfg = cfg
         self.sam = sam
@@ -40,19 +53,14 @@ class MedPLIB(nn.Module):
         self.tokenizer = tokenizer
         self.vision_tower = vision_tower
         self.glue_file: Path | None = None  # the glue loaded into this model (None: random-init glue)
-        self.answer_routing = "token"  # or "sequence": one expert per answer (question_routing.py), set by the glue
-        self.question_threshold = 0.5  # sequence: p(grounding) above which the grounding expert answers
-        self.question_pool = "mean"  # sequence: the question's positions averaged, or the prompt's "last" one
-        self.route_trailing_region = True  # sequence: False — routed on the question without a region after it
-        # whether an answer reads the chat's earlier turns (MedPLIB's multi-turn template); a glue trained on
-        # single questions only sets False (glue_recipe.trained_on_history)
-        self.reads_history = True
+        self.routing = routing  # the glue's recipe's (glue/routing.py); the MoE layers are set to it below
         self.token_ids: dict[str, int] = {}
         torch.manual_seed(GLUE_SEED)  # untrained glue is reproducible
         self.vision_projector = VisionProjector(cfg.vision_feature_dim, cfg.llm_hidden)
         self.region_encoder = RegionEncoder(cfg.prompt_embed_dim, cfg.llm_hidden, max_samples=cfg.region_max_samples)
         self.seg_projector = SegProjector(cfg.llm_hidden, cfg.prompt_embed_dim)
         self.moe = install_moe(llm, cfg.moe)
+        route_as_configured(llm, routing)
         self.ground_head = GroundHead(cfg.prompt_embed_dim)  # built last: the other parts' init is unchanged
         self.ground_head_trained = False  # set by load_glue; until then <SEG> masks take the token path
 
@@ -85,6 +93,27 @@ class MedPLIB(nn.Module):
                 raise ModelError("the prompt has a region placeholder but no region was given")
             embeds = _fill(embeds, region_mask, region_tokens, "region")
         return embeds
+
+    def forward(self, input_ids: torch.Tensor, *, image_tokens: torch.Tensor, region_tokens: torch.Tensor | None = None,
+                cache=None) -> MedPLIBOutput:
+        """Token ids ``1×T`` with ``image_tokens`` (``1×N×D``) and ``region_tokens`` in their placeholders →
+        the LLM's last-layer states. The one wiring of the LLM side: training runs it with gradients, the
+        Asker's prefill with a KV ``cache`` (``prefill``); decoding continues from that cache (generation.py)."""
+        embeds = self.embed_inputs(input_ids, image_tokens=image_tokens, region_tokens=region_tokens)
+        body = self.llm.model
+        kv = {} if cache is None else cache_kwargs(body, cache)
+        return MedPLIBOutput(body(inputs_embeds=embeds, **kv).last_hidden_state)
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.Tensor, *, image_tokens: torch.Tensor,
+                region_tokens: torch.Tensor | None = None) -> Prefill:
+        """``forward`` over a prompt, keeping its KV cache: where ``generation.greedy_generate`` decodes on."""
+        cache = new_cache(self.llm.model)
+        t0 = time.perf_counter()
+        out = self(input_ids, image_tokens=image_tokens, region_tokens=region_tokens, cache=cache)
+        if input_ids.device.type == "cuda":  # GPU work is asynchronous: the prefill's time is its own
+            torch.cuda.synchronize(input_ids.device)
+        return Prefill(cache, out.hidden[:, -1], input_ids.shape[1], time.perf_counter() - t0)
 
     def seg_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
         """``N×D`` hidden states at ``<SEG>`` positions → ``N×1×C`` sparse prompt tokens."""
@@ -137,7 +166,8 @@ def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None 
                   glue: "Path | None | bool" = None, light: bool = False) -> MedPLIB:
     """Build MedPLIB for ``cfg``. ``pretrained`` loads the real weights the preset names, and the
     shipped glue (``assets/<preset>-glue.safetensors``) if there is one; ``glue`` names another
-    file, or ``False`` keeps the random-init glue (training starts from there). ``light`` (with
+    file (random base weights too), or ``False`` keeps the random-init glue (training starts from there).
+    The model is built with the glue's routing (its recipe's ``RoutingConfig``). ``light`` (with
     ``pretrained``): the LLM for answering only, without transformers (llm.load_smollm2).
 
     medplib-lite: LiteMedSAM + SmolLM2 (glue randomly initialised until trained).
@@ -159,18 +189,31 @@ def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None 
         sam = sam or _tiny_sam(cfg)
         tower = ClipTower(cfg)
         llm, tokenizer = build_random_llama(cfg), _tiny_tokenizer()
-    model = MedPLIB(cfg, sam=sam, llm=llm, tokenizer=tokenizer, vision_tower=tower)
+    path = _glue_to_load(cfg, pretrained=pretrained, glue=glue)
+    routing = RoutingConfig()
+    if path is not None:
+        from ..glue.recipe import read_glue_metadata
+
+        routing = read_glue_metadata(path)["routing"]  # every field checked before the model is built
+    model = MedPLIB(cfg, sam=sam, llm=llm, tokenizer=tokenizer, vision_tower=tower, routing=routing)
     model.token_ids = add_special_tokens(llm, tokenizer, SPECIAL_TOKENS + (IMAGE_PLACEHOLDER, REGION_PLACEHOLDER))
     column_major_linears(llm)  # resizing made a new (row-major) LM head: restore the fast decode layout
-    if pretrained and glue is not False:
-        from ..glue.files import glue_path
+    if path is not None:
         from .glue_weights import load_glue
 
-        path = Path(glue) if glue is not None else glue_path(cfg)
-        if path.is_file():
-            load_glue(model, path)
-            model.glue_file = path
+        load_glue(model, path)
+        model.glue_file = path
     return model.eval()
+
+
+def _glue_to_load(cfg: MedPLIBConfig, *, pretrained: bool, glue: "Path | None | bool") -> Path | None:
+    """The glue file a build loads: ``glue`` when named, else the shipped one for a pretrained model."""
+    if glue is False or (glue is None and not pretrained):
+        return None
+    from ..glue.files import glue_path
+
+    path = Path(glue) if glue is not None else glue_path(cfg)
+    return path if path.is_file() else None
 
 
 def _tiny_tokenizer():

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..glue.recipe import GROUND_EXPERT, STAGE_EXPERT, VL_EXPERT  # torch-free: glue metadata checks need them
+from ..glue.routing import RoutingConfig  # torch-free (glue metadata)
 from ..presets import MoEConfig
 from ..schemas import RoutingStats
 from .lora import LoRADelta
@@ -255,6 +255,28 @@ def force_expert(llm: nn.Module, expert: int | None) -> None:
         if expert is not None and not 0 <= expert < m.cfg.num_experts:
             raise ValueError(f"expert must be in 0..{m.cfg.num_experts - 1} or None, got {expert}")
         m.forced_expert = expert
+
+
+def route_as_configured(llm: nn.Module, routing: RoutingConfig) -> None:
+    """Every layer as the glue's recipe routes (done once, when the model is built): forced to one expert,
+    or the router with its top-k (capacity: the preset's eval factor)."""
+    force_expert(llm, routing.forced_expert)
+    if routing.forced_expert is None and routing.top_k is not None:
+        set_routing(llm, top_k=routing.top_k)
+
+
+@contextmanager
+def expert_forced(llm: nn.Module, expert: int):
+    """``with expert_forced(llm, e):`` every token of the forwards inside goes to expert ``e`` (one call's
+    choice, question_routing.py); each layer goes back to its own setting after."""
+    layers = moe_layers(llm)
+    kept = [m.forced_expert for m in layers]
+    force_expert(llm, expert)
+    try:
+        yield
+    finally:
+        for m, forced in zip(layers, kept):
+            m.forced_expert = forced
 
 
 def set_routing(llm: nn.Module, *, top_k: int | None = None, capacity_factor: float | None = None) -> None:

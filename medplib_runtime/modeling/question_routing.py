@@ -25,11 +25,13 @@ handed to the grounding expert pays a second prefill.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from .generation import Prefill, prefill
-from .moe import GROUND_EXPERT, VL_EXPERT, force_expert, tap_router_logits
+from .generation import Prefill
+from ..glue.routing import GROUND_EXPERT, VL_EXPERT
+from .moe import expert_forced, tap_router_logits
 
 
 @dataclass(frozen=True)
@@ -56,16 +58,17 @@ def ground_probability(taps: list[list[torch.Tensor]], positions: torch.Tensor) 
 
 
 @torch.inference_mode()
-def choose_expert(llm, embeds: torch.Tensor, positions: torch.Tensor, *, threshold: float = 0.5) -> QuestionRoute:
-    """The expert that answers the prompt ``embeds`` ``1×T×D``; leaves every layer forced to it."""
-    force_expert(llm, VL_EXPERT)  # the states the routers were trained on
-    with tap_router_logits(llm) as taps:
-        read = prefill(llm, embeds)
+def choose_expert(llm, read: Callable[[], Prefill], positions: torch.Tensor, *,
+                  threshold: float = 0.5) -> QuestionRoute:
+    """The expert that answers a prompt, from ``read()``: its prefill (``MedPLIB.prefill``, or
+    ``generation.prefill``) run here by the vision-language expert. The answer is then written inside
+    ``expert_forced(llm, route.expert)``; the layers' own setting is left as it was."""
+    with expert_forced(llm, VL_EXPERT), tap_router_logits(llm) as taps:  # the states the routers were trained on
+        prefilled = read()
     p = ground_probability(taps, positions)
     if p > threshold:
-        force_expert(llm, GROUND_EXPERT)
         return QuestionRoute(GROUND_EXPERT, p, None)  # its cache holds the other expert's states
-    return QuestionRoute(VL_EXPERT, p, read)
+    return QuestionRoute(VL_EXPERT, p, prefilled)
 
 
 def best_threshold(scores: list[tuple[float, bool]]) -> float:

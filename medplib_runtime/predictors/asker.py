@@ -6,6 +6,8 @@ MedPLIB used only the first ``<SEG>``; we return every one, in order (multi-obje
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -13,11 +15,12 @@ import torch
 from ..conversation import build_prompt, history_text, question_for_routing, without_region
 from ..devices import compute_precision
 from ..glue.files import GLUE_PARTS, glue_status
+from ..glue.routing import GROUND_EXPERT, VL_EXPERT, RoutingConfig
 from ..imaging.transforms import mask_to_model
-from ..modeling.generation import Prefill, extend_prefill, greedy_generate, shared_prefix
+from ..modeling.generation import GenerationOutput, Prefill, extend_prefill, greedy_generate, shared_prefix
 from ..modeling.ground_head import box_from_heat
 from ..modeling.medplib import MedPLIB, build_medplib
-from ..modeling.moe import GROUND_EXPERT, VL_EXPERT, RoutingRecorder, force_expert
+from ..modeling.moe import RoutingRecorder, expert_forced
 from ..modeling.question_routing import QuestionRoute, choose_expert, question_positions
 from ..presets import EXPERT_NAMES, IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, MedPLIBConfig
 from ..schemas import AskResult, Prompt, Turn
@@ -38,12 +41,39 @@ def grounding_note(*, region: bool, history: bool) -> str:
     return f"a grounding question: the grounding expert segments from this question alone ({unread}: not read)"
 
 
+@dataclass(frozen=True)
+class _Features:
+    """What stands behind a prompt's placeholders: ``1×N×D`` image tokens, the region's ``1×1×D`` token."""
+
+    image: torch.Tensor
+    region: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    ids: torch.Tensor  # 1×T
+    embeds: torch.Tensor  # 1×T×D, features in their placeholders
+    features: _Features
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How an answer is written: from ``prompt``, continuing ``prefilled`` when its cache holds it, with
+    every layer forced to ``expert`` (None: the layers as the glue's recipe set them)."""
+
+    prompt: _Prompt
+    prefilled: Prefill | None
+    expert: int | None
+    notes: tuple[str, ...]
+
+
 class Asker:
     def __init__(self, model: MedPLIB, segmenter: SamSegmenter) -> None:
         self.model = model
         self.segmenter = segmenter
         self.device = segmenter.device  # the whole model lives where LiteMedSAM does
         self.tokenizer = model.tokenizer
+        self.routing: RoutingConfig = model.routing  # the glue's recipe's, read once when the model was built
         self.seg_id = model.token_ids["<SEG>"]
         self.im_end_id = model.token_ids["<im_end>"]
         self.stop_ids = {i for i in (self.tokenizer.eos_token_id,) if i is not None}
@@ -61,54 +91,117 @@ class Asker:
             max_new_tokens: int = 64, threshold: float = 0.5, image: np.ndarray | None = None,
             on_token=None) -> AskResult:
         t0 = time.perf_counter()
-        m = self.model
-        with compute_precision(self.device):
-            clip = m.vision_tower.preprocess(image).to(self.device) \
-                if image is not None and hasattr(m.vision_tower, "preprocess") else None
-            image_tokens = m.image_tokens(pixel_embedding=embedding.image_embedding, clip_pixels=clip)
-            region_tokens = None
-            if region is not None:
-                region_tokens = m.region_token(embedding.image_embedding, self.region_mask(region, embedding))
-            # a glue trained on single questions answers each one on its own (measured: README, "The model")
-            read = history if m.reads_history else ()
-            ids, embeds = self._encode(question, read, image_tokens, region_tokens)
-            recorder = RoutingRecorder(m.llm)
-            notes: tuple[str, ...] = (SINGLE_TURN_NOTE,) if history and not read else ()
-            try:
-                with recorder.record():
-                    prefilled = None
-                    if m.answer_routing == "sequence":  # one expert for the whole answer, chosen from the question
-                        # Routed on this turn alone: the routers learnt single-turn questions, and read after
-                        # earlier yes/no turns, "Segment the lesion." went to the vision-language expert ("Yes").
-                        single = self._encode(question, (), image_tokens, region_tokens) if read else (ids, embeds)
-                        routed = single
-                        q, has_region = question_for_routing(question, region_tokens is not None)
-                        if not m.route_trailing_region and not has_region and region_tokens is not None:
-                            routed = self._encode(q, (), image_tokens, None)  # as the routers were trained
-                        route = self._route_question(*routed)
-                        prefilled = route.prefilled
-                        if prefilled is not None and routed is not single:  # the region still to read
-                            recorder.restart()
-                            prefilled = self._continue(prefilled, routed, single)
-                        if read and prefilled is not None:
-                            # that cache holds no history, but the system line and the image are the chat
-                            # prompt's too: keep them, read the rest (the earlier turns and this question)
-                            recorder.restart()  # routing counts the positions read for this answer
-                            prefilled = self._continue(prefilled, single, (ids, embeds))
-                        if route.expert == GROUND_EXPERT and (region_tokens is not None or history):
-                            # Grounding questions are single-turn and carry no region (MeCoVQA-G, our data):
-                            # reading a region the grounding expert answered nothing, and after earlier turns
-                            # no <SEG> ("The lesion is inces."; measured on brain1). It reads the question alone.
-                            ids, embeds = self._encode(without_region(question), (), image_tokens, None)
-                            notes = (grounding_note(region=region_tokens is not None, history=bool(history)),)
-                        if prefilled is None:
-                            recorder.restart()  # the prompt is read again, by the chosen expert
-                    gen = greedy_generate(m.llm, embeds, max_new_tokens=max_new_tokens, stop_ids=self.stop_ids,
-                                          on_token=on_token, suppress_ids=self.suppress_ids, prefilled=prefilled)
-            finally:
-                if m.answer_routing == "sequence":
-                    force_expert(m.llm, VL_EXPERT)  # the state the next question is read in
+        recorder = RoutingRecorder(self.model.llm)
+        with compute_precision(self.device), recorder.record():
+            plan = self._plan(question, history, self._features(embedding, region, image), recorder)
+            with self._experts(plan.expert):
+                prefilled = plan.prefilled or self._prefill(plan.prompt)
+                gen = greedy_generate(self.model.llm, plan.prompt.embeds, max_new_tokens=max_new_tokens,
+                                      stop_ids=self.stop_ids, on_token=on_token, suppress_ids=self.suppress_ids,
+                                      prefilled=prefilled)
         masks = self.masks_for(gen.token_ids, gen.hidden, embedding, threshold)
+        return self._result(gen, masks, recorder, plan.notes, t0)
+
+    def _features(self, embedding: Embedding, region: Prompt | None, image: np.ndarray | None) -> _Features:
+        m = self.model
+        clip = m.vision_tower.preprocess(image).to(self.device) \
+            if image is not None and hasattr(m.vision_tower, "preprocess") else None
+        image_tokens = m.image_tokens(pixel_embedding=embedding.image_embedding, clip_pixels=clip)
+        region_token = None
+        if region is not None:
+            region_token = m.region_token(embedding.image_embedding, self.region_mask(region, embedding))
+        return _Features(image_tokens, region_token)
+
+    def _plan(self, question: str, history: tuple[Turn, ...], features: _Features,
+              recorder: RoutingRecorder) -> _Plan:
+        # a glue trained on single questions answers each one on its own (measured: README, "The model")
+        read = history if self.routing.reads_history else ()
+        notes = (SINGLE_TURN_NOTE,) if history and not read else ()
+        chat = self._encode(question, read, features)
+        if not self.routing.per_question:
+            return _Plan(chat, None, None, notes)
+        # Routed on this turn alone: the routers learnt single-turn questions, and read after earlier
+        # yes/no turns, "Segment the lesion." went to the vision-language expert ("Yes").
+        single = self._encode(question, (), features) if read else chat
+        routed = self._routing_prompt(question, single)
+        route = self._route_question(routed)
+        if route.expert == GROUND_EXPERT:
+            recorder.restart()  # the prompt is read again, by the grounding expert
+            return self._grounding_plan(question, history, chat, notes)
+        with expert_forced(self.model.llm, VL_EXPERT):  # the expert whose cache is continued
+            prefilled = self._read_on(route.prefilled, (routed, single, chat), recorder)
+        return _Plan(chat, prefilled, VL_EXPERT, notes)
+
+    def _routing_prompt(self, question: str, single: _Prompt) -> _Prompt:
+        """The prompt the routers read: the single-turn one, or, for routers trained on questions
+        without the region after them (``route_trailing_region`` false), that question alone."""
+        q, has_region = question_for_routing(question, single.features.region is not None)
+        if self.routing.route_trailing_region or has_region or single.features.region is None:
+            return single
+        return self._encode(q, (), replace(single.features, region=None))  # as the routers were trained
+
+    def _grounding_plan(self, question: str, history: tuple[Turn, ...], chat: _Prompt,
+                        notes: tuple[str, ...]) -> _Plan:
+        """Grounding questions are single-turn and carry no region (MeCoVQA-G, our data): reading a region
+        the grounding expert answered nothing, and after earlier turns no <SEG> ("The lesion is inces.";
+        measured on brain1). It reads the question alone."""
+        region = chat.features.region is not None
+        if not region and not history:
+            return _Plan(chat, None, GROUND_EXPERT, notes)
+        alone = self._encode(without_region(question), (), replace(chat.features, region=None))
+        return _Plan(alone, None, GROUND_EXPERT, (grounding_note(region=region, history=bool(history)),))
+
+    def _read_on(self, prefilled: Prefill | None, prompts: tuple[_Prompt, ...],
+                 recorder: RoutingRecorder) -> Prefill | None:
+        """The routing prefill of ``prompts[0]`` read on to the last prompt, step by step, over what each
+        shares with the one before (system line, image): the region still to read, the earlier turns.
+        None where a step shares nothing (the last prompt is then read whole)."""
+        for before, after in zip(prompts, prompts[1:]):
+            if before is after or prefilled is None:
+                continue
+            recorder.restart()  # routing counts the positions read for this answer
+            prefilled = self._continue(prefilled, before, after)
+        if prefilled is None:
+            recorder.restart()  # the prompt is read again
+        return prefilled
+
+    def _experts(self, expert: int | None):
+        """Every layer forced to this call's ``expert``; None: the layers as the glue's recipe set them."""
+        return nullcontext() if expert is None else expert_forced(self.model.llm, expert)
+
+    def _prefill(self, prompt: _Prompt) -> Prefill:
+        f = prompt.features
+        return self.model.prefill(prompt.ids, image_tokens=f.image, region_tokens=f.region)
+
+    def _encode(self, question: str, history: tuple[Turn, ...], features: _Features) -> _Prompt:
+        """The prompt's token ids and input embeddings (image and region features in place)."""
+        m = self.model
+        text = build_prompt(question, system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens,
+                            history=history, region=features.region is not None)
+        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
+        return _Prompt(ids, m.embed_inputs(ids, image_tokens=features.image, region_tokens=features.region), features)
+
+    def _continue(self, routed: Prefill, single: _Prompt, chat: _Prompt) -> Prefill | None:
+        """The prompt ``chat`` read on from the prefill of ``single``: their shared start is not run
+        again. None when they share nothing."""
+        shared = min(shared_prefix(single.ids, single.embeds, chat.ids, chat.embeds), chat.ids.shape[1] - 1)
+        if shared <= 0 or not self.reuse_routing_prefix:
+            return None
+        return extend_prefill(self.model.llm, routed, chat.embeds, shared=shared)
+
+    def _route_question(self, prompt: _Prompt) -> QuestionRoute:
+        """Question-level routing: the expert the routers pick from the question of a single-turn prompt,
+        with the prompt's KV cache when that expert read it."""
+        m = self.model
+        before = history_text(system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens)
+        turn_start = len(self.tokenizer(before, add_special_tokens=False)["input_ids"])
+        at = question_positions(prompt.ids[0], turn_start=turn_start, im_end_id=self.im_end_id, end=prompt.ids.shape[1])
+        if self.routing.question_pool == "last":  # the prompt's last position has read the whole question
+            at = at[-1:]
+        return choose_expert(m.llm, lambda: self._prefill(prompt), at, threshold=self.routing.question_threshold)
+
+    def _result(self, gen: GenerationOutput, masks: tuple[np.ndarray, ...], recorder: RoutingRecorder,
+                notes: tuple[str, ...], t0: float) -> AskResult:
         answer_ids = [t for t in gen.token_ids if t not in self.stop_ids]
         answer = self.tokenizer.decode(answer_ids, skip_special_tokens=False).strip()
         token_texts = ["<prompt>"] * (gen.prefill_tokens - gen.prefill_reused) + \
@@ -120,35 +213,6 @@ class Asker:
                    "total": (time.perf_counter() - t0) * 1e3}
         return AskResult(text=answer, masks=masks, routing=routing, untrained_parts=self.untrained, timings_ms=timings,
                          notes=notes)
-
-    def _encode(self, question: str, history: tuple[Turn, ...], image_tokens: torch.Tensor,
-                region_tokens: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The prompt's token ids and input embeddings (image and region features in place)."""
-        m = self.model
-        text = build_prompt(question, system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens,
-                            history=history, region=region_tokens is not None)
-        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
-        return ids, m.embed_inputs(ids, image_tokens=image_tokens, region_tokens=region_tokens)
-
-    def _continue(self, routed: Prefill, single: tuple[torch.Tensor, torch.Tensor],
-                  chat: tuple[torch.Tensor, torch.Tensor]) -> Prefill | None:
-        """The chat prompt ``chat`` (ids, inputs) read on from the routing prefill of its single-turn
-        prompt ``single``: their shared start is not run again. None when they share nothing."""
-        shared = min(shared_prefix(*single, *chat), chat[0].shape[1] - 1)
-        if shared <= 0 or not self.reuse_routing_prefix:
-            return None
-        return extend_prefill(self.model.llm, routed, chat[1], shared=shared)
-
-    def _route_question(self, ids: torch.Tensor, embeds: torch.Tensor) -> QuestionRoute:
-        """Question-level routing: the expert the routers pick from the question of a single-turn prompt
-        (every layer is left forced to it), with the prompt's KV cache when that expert read it."""
-        m = self.model
-        before = history_text(system=m.cfg.system_prompt, n_image_tokens=m.n_image_tokens)
-        turn_start = len(self.tokenizer(before, add_special_tokens=False)["input_ids"])
-        at = question_positions(ids[0], turn_start=turn_start, im_end_id=self.im_end_id, end=ids.shape[1])
-        if m.question_pool == "last":  # the prompt's last position has read the whole question
-            at = at[-1:]
-        return choose_expert(m.llm, embeds, at, threshold=m.question_threshold)
 
     def text_callback(self, on_text):
         """Token-id callback → text callback; stop tokens are not shown."""

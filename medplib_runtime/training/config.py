@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from ..errors import InputError
-from ..modeling.moe import STAGE_EXPERT, VL_EXPERT
+from ..glue.routing import STAGE_EXPERT, VL_EXPERT  # torch-free: parsing a config imports no torch
 from .json_files import read_json
 
 

@@ -1,7 +1,7 @@
-"""One example through MedPLIB with gradients: the same path as ``Asker.ask`` (image tokens,
-region token, placeholders filled with ``masked_scatter``, the LLM, ``<SEG>`` hidden states →
-seg projector → mask decoder, or the lite preset's ground head's heat map),
-teacher-forced, returning the weighted loss and its parts.
+"""One example through MedPLIB with gradients, teacher-forced: image tokens and region token into
+``MedPLIB.forward`` (the same call the Asker's prefill makes), then ``<SEG>`` hidden states → seg
+projector → mask decoder, or the lite preset's ground head's heat map; returns the weighted loss
+and its parts.
 
 Wrapped in an ``nn.Module`` so DDP can wrap it (its parameters are the model's).
 """
@@ -15,7 +15,8 @@ from torch import nn
 
 from ..devices import compute_precision
 from ..imaging.transforms import mask_to_model
-from ..modeling.moe import GROUND_EXPERT, VL_EXPERT, tap_router_logits
+from ..glue.routing import GROUND_EXPERT, VL_EXPERT
+from ..modeling.moe import tap_router_logits
 from ..modeling.question_routing import ground_probability, question_positions
 from .examples import Example
 from .losses import mask_losses, routing_loss, text_loss
@@ -66,11 +67,11 @@ class TrainModule(nn.Module):
     def seg_states(self, example: Example, embedding) -> torch.Tensor:
         """``N×D``: the last-layer states where each ``<SEG>`` of the answer is the input (the seg
         projector's input)."""
-        input_ids, labels, embeds = self._inputs(example, embedding)
-        hidden = self.model.llm.model(inputs_embeds=embeds).last_hidden_state
+        input_ids, labels, hidden = self._run(example, embedding)
         return hidden[0, self._seg_positions(input_ids, labels)]
 
-    def _inputs(self, example: Example, embedding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _run(self, example: Example, embedding) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """→ the example's ``1×T`` ids and labels, and ``MedPLIB.forward``'s ``1×T×D`` last-layer states."""
         m = self.model
         pixel = embedding.image_embedding
         input_ids, labels = example.input_ids.to(pixel.device), example.labels.to(pixel.device)
@@ -78,7 +79,7 @@ class TrainModule(nn.Module):
         region_tokens = None
         if example.region:
             region_tokens = m.region_token(pixel, self.region_mask_fn(example.sample.region, embedding))
-        return input_ids, labels, m.embed_inputs(input_ids, image_tokens=image_tokens, region_tokens=region_tokens)
+        return input_ids, labels, m(input_ids, image_tokens=image_tokens, region_tokens=region_tokens).hidden
 
     def _seg_positions(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return ((input_ids[0] == self.seg_id) & (labels[0] != -100)).nonzero()[:, 0]
@@ -89,10 +90,8 @@ class TrainModule(nn.Module):
         if self.router_input_cache is not None:
             return self._forward_routers_only(example, embedding)
         m = self.model
-        pixel = embedding.image_embedding
-        input_ids, labels, embeds = self._inputs(example, embedding)
         with tap_router_logits(m.llm) as taps:
-            hidden = m.llm.model(inputs_embeds=embeds).last_hidden_state  # 1×T×D
+            input_ids, labels, hidden = self._run(example, embedding)  # hidden 1×T×D
         loss = hidden.new_zeros(())
         parts: dict[str, float] = {}
         if self.weights.ce:  # a router-only stage skips the LM head (49k-wide, the costliest matmul)
@@ -157,8 +156,7 @@ class TrainModule(nn.Module):
         llm.eval()
         try:
             with torch.no_grad():
-                input_ids, labels, embeds = self._inputs(example, embedding)
-                llm.model(inputs_embeds=embeds)
+                input_ids, labels, _ = self._run(example, embedding)
         finally:
             llm.train(was_training)
             for h in hooks:

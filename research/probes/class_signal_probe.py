@@ -96,7 +96,8 @@ def main() -> int:
 
 def _teacher_forced_states(model, segmenter, path: str) -> tuple[torch.Tensor, list[str]]:
     """``N×D`` last-layer ``<SEG>`` states of every grounding answer in ``path`` and the structure each asks for."""
-    from medplib_runtime.modeling.moe import GROUND_EXPERT, force_expert
+    from medplib_runtime.glue.routing import GROUND_EXPERT
+    from medplib_runtime.modeling.moe import force_expert
     from medplib_runtime.training.data_source import samples_from_json
     from medplib_runtime.training.examples import encode
     from medplib_runtime.training.forward import LossWeights, TrainModule

@@ -12,6 +12,8 @@ keeps each record's two answers. The runtime reads earlier turns only for a glue
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import argparse
 import collections
 import json
@@ -55,7 +57,7 @@ def main() -> None:
             turn = rec.turns[0]
             row = {"id": rec.id, "gt": turn.plain_answer}
             for mode, turns in (("alone", ()), ("history", history)):
-                asker.model.reads_history = bool(turns)
+                asker.routing = replace(asker.routing, reads_history=bool(turns))
                 result = runtime.ask(AskRequest(key, SliceRef(0, 0), turn.plain_question, history=turns,
                                                 region=Prompt(mask=region) if turn.region_paths else None,
                                                 max_new_tokens=32))

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from medplib_runtime.imaging.transforms import mask_to_model  # noqa: E402
 from medplib_runtime.modeling.medplib import build_medplib  # noqa: E402
-from medplib_runtime.modeling.moe import VL_EXPERT, force_expert, moe_layers  # noqa: E402
+from medplib_runtime.glue.routing import VL_EXPERT  # noqa: E402
+from medplib_runtime.modeling.moe import force_expert, moe_layers  # noqa: E402
 from medplib_runtime.modeling.question_routing import question_positions  # noqa: E402
 from medplib_runtime.presets import get_preset  # noqa: E402
 from medplib_runtime.predictors.segmenter import SamSegmenter  # noqa: E402
