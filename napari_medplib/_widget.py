@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
-
 import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
@@ -22,35 +20,22 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLab
                             QSizePolicy, QSpinBox, QVBoxLayout, QWidget)
 
 from medplib_runtime.errors import MedplibError
-from medplib_runtime.schemas import Prompt, SegmentRequest, SliceRef
+from medplib_runtime.schemas import SegmentRequest
 from medplib_runtime.volume.propagation import Cancelled
 
 from ._runtime_line import RuntimeLine
 from ._status_line import StatusLine
 from ._workers import run_call, user_message
-from .colours import give_colour, outline_references
-from .label_writes import undo_write, write_mask, write_volume
-from .layer_roles import PREDICTION, SCRIBBLE, add_quietly, is_prompt_layer, is_target_layer, role, with_role
+from .colours import outline_references
+from .layer_roles import PREDICTION, SCRIBBLE, add_quietly, is_prompt_layer, is_target_layer, with_role
 from .prompt_capture import capture, current_slice, grid_shape
-from .provenance_log import record_write
-from .runtime_factory import (SEGMENTATION_STEP, get_runtime, last_runtime_info, run_background, runtime_info, warm,
-                              warm_segmentation, warm_status)
+from .runtime_factory import (SEGMENTATION_STEP, get_runtime, run_background, runtime_info, warm, warm_segmentation,
+                              warm_status)
+from .segment_session import SegmentSession, WriteContext
 from .volume_actions import describe, measure_layer, seed_from_layer
 
 NEW_LAYER = "(new labels layer)"
 PREVIEW_LAYER = "MedPLIB preview"
-
-
-@dataclass(frozen=True)
-class WriteContext:
-    """Where a result goes, fixed when the user pressed the button (later dock changes do not move it)."""
-
-    target: object | None  # a Labels layer, or None: a new one is made on success
-    slice: SliceRef | None
-    label: int
-    name: str
-    overwrite: bool
-    prompt: Prompt | None = None  # what the user drew (kept as the write's provenance)
 
 
 class MedPLIBWidget(QWidget):
@@ -58,9 +43,8 @@ class MedPLIBWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.synchronous = os.environ.get("MEDPLIB_SYNC_WORKERS") == "1"
-        self.writes: list = []  # (layer, LabelWrite), newest last
+        self.session = SegmentSession(napari_viewer.layers)  # undo stack, preview, writes: no Qt there
         self._worker = None
-        self._pending = None  # (result, WriteContext) shown as a preview, not yet written
         self._cancel_event: threading.Event | None = None
         self._relay = _ProgressRelay()
         self._relay.progress.connect(self.on_progress)
@@ -95,6 +79,11 @@ class MedPLIBWidget(QWidget):
             self._warm_timer.setInterval(250)
             self._warm_timer.timeout.connect(self.on_warm_tick)
             self._warm_timer.start()
+
+    @property
+    def writes(self) -> list:
+        """(layer, LabelWrite) of every write still undoable, newest last."""
+        return self.session.writes
 
     def _layout(self) -> None:
         form = QFormLayout()
@@ -255,19 +244,19 @@ class MedPLIBWidget(QWidget):
         (data if data.ndim == 2 else np.moveaxis(data, ref.axis, 0)[ref.index])[result.mask != 0] = 1
         add_quietly(self.viewer, lambda: self.viewer.add_labels(data, name=PREVIEW_LAYER, scale=image.scale,
                                                                 translate=image.translate, opacity=0.6))
-        self._pending = (result, context)
+        self.session.hold(result, context)
         self._enable_preview_buttons(True)
         self.status.done(f"preview: {int(result.mask.sum())} voxels on slice {ref.index} — Accept or Discard")
 
     def on_accept_preview(self) -> None:
-        if self._pending is None:
+        pending = self.session.take_pending()
+        if pending is None:
             return
-        result, context = self._pending
         self.on_discard_preview()
-        self._commit(result, context)
+        self._commit(*pending)
 
     def on_discard_preview(self) -> None:
-        self._pending = None
+        self.session.take_pending()
         if PREVIEW_LAYER in self.viewer.layers:
             self.viewer.layers.remove(PREVIEW_LAYER)
         self._enable_preview_buttons(False)
@@ -287,22 +276,13 @@ class MedPLIBWidget(QWidget):
     def _commit(self, result, context: WriteContext) -> None:
         target = context.target if context.target is not None else self._new_target()
         try:
-            write = write_mask(target, result.mask, context.slice, label=context.label, name=context.name or None,
-                               overwrite=context.overwrite)
+            written = self.session.write_slice(target, result, context)
         except MedplibError as exc:
             show_error(str(exc))
             return
-        self._recolour(target, context.label)
-        self.writes.append((target, write))
-        record_write(target, runtime_info=last_runtime_info(), prompt=context.prompt, where=context.slice)
         total = result.timings_ms.get("total", 0) / 1e3
         embed = " (slice embedded first)" if not result.timings_ms.get("cached", 1.0) else ""
-        self.status.done(f"{write.changed} voxels → label {context.label} on slice {context.slice.index} "
-                         f"in {total:.1f} s{embed}, score {result.score:.2f}")
-
-    def _recolour(self, target, label: int) -> None:
-        if role(target) == PREDICTION:  # a layer MedPLIB made; a user's own layer keeps its colours
-            give_colour(self.viewer.layers, target, label)
+        self.status.done(f"{written.summary} in {total:.1f} s{embed}, score {result.score:.2f}")
 
     # -- volumes -----------------------------------------------------------------------------------
     def on_propagate(self) -> None:
@@ -338,17 +318,13 @@ class MedPLIBWidget(QWidget):
 
     def on_propagated(self, result, context: WriteContext) -> None:
         try:
-            write = write_volume(context.target, result.mask, label=context.label, name=context.name or None,
-                                 overwrite=context.overwrite)
+            written = self.session.write_volume(context.target, result.mask, context)
         except MedplibError as exc:
             show_error(str(exc))
             return
-        self._recolour(context.target, context.label)
-        self.writes.append((context.target, write))
-        record_write(context.target, runtime_info=last_runtime_info())
         stops = ", ".join(f"{k}: {v}" for k, v in result.stopped.items())
         self.status.done(f"propagated label {context.label} over slices {result.slices[0]}–{result.slices[-1]}: "
-                         f"{write.changed} voxels added in {result.seconds:.1f} s (stopped {stops})")
+                         f"{written.write.changed} voxels added in {result.seconds:.1f} s (stopped {stops})")
 
     def on_measure(self) -> None:
         try:
@@ -365,14 +341,11 @@ class MedPLIBWidget(QWidget):
         show_info(describe(found[0]))
 
     def on_undo(self) -> None:
-        if not self.writes:
+        said = self.session.undo()
+        if said is None:
             show_info("nothing to undo")
             return
-        layer, write = self.writes.pop()
-        restored = undo_write(layer, write)
-        kept = write.changed - restored
-        extra = f"; {kept} voxels painted since were kept" if kept else ""
-        self.status.done(f"undid the write on {write.describe()}{extra}")
+        self.status.done(said)
 
     def on_cancel(self) -> None:
         if self._cancel_event is not None:

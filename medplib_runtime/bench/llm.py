@@ -119,13 +119,15 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
 
 
 def _question_routing_ms(llm, embeds, repeats: int) -> list[float]:
+    from ..modeling.generation import prefill
     from ..modeling.question_routing import choose_expert
 
     positions = torch.arange(embeds.shape[1] - 20, embeds.shape[1], device=embeds.device)  # a question's worth
-    choose_expert(llm, embeds, positions)  # warm-up
+    read = lambda: prefill(llm, embeds)  # noqa: E731 — the routing prefill, as the asker runs it
+    choose_expert(llm, read, positions)  # warm-up
     out = []
     for _ in range(repeats):
         t = time.perf_counter()
-        choose_expert(llm, embeds, positions)  # the routing prefill; ends in a .item(): timed to completion on a GPU too
+        choose_expert(llm, read, positions)  # the routing prefill; ends in a .item(): timed to completion on a GPU too
         out.append((time.perf_counter() - t) * 1e3)
     return out

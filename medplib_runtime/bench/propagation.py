@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +18,6 @@ import numpy as np
 from .table import Row, print_table
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "pyradiomics"
-NO_STOPS = dict(max_growth=float("inf"), intensity_tolerance=float("inf"), min_back_overlap=0.0)
-
-
 def _seed(runtime, key, labels: np.ndarray):
     from ..schemas import Box, Prompt, SegmentRequest, SliceRef
 
@@ -86,7 +82,7 @@ def run(args) -> int:
                 seed[230:270, 230:270] = True
             t = time.perf_counter()
             res = propagate(runtime, volume, axis=0, seed_index=0, seed_mask=seed,
-                            settings=replace(PropagationSettings(), max_slices=n, **NO_STOPS))
+                            settings=PropagationSettings.unguarded(max_slices=n))
             walks.append(time.perf_counter() - t)
             ratios.append(walks[-1] / (statistics.median(these) * len(res.steps)))
             runtime.forget(key)

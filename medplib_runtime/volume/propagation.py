@@ -5,24 +5,39 @@ then down the axis. Each slice is prompted with boxes around the previous slice'
 (padded by 10 %, 30 % and 60 % of its size: structures grow between thick slices) and the
 mask the decoder scores best is taken; the next slice's embedding is prefetched while this
 one decodes, so the walk costs about one encoder pass per slice. A direction stops at the
-volume's edge or when the structure ends:
+volume's edge or when the structure ends (the rejected slice is not written):
 
 * ``empty``: the new mask is empty;
 * ``growth``: its area jumped past ``max_growth`` × the previous slice's (a leak into a neighbour);
+* ``seed_growth``: its area passed ``max_seed_growth`` × the seed's (a slow leak, slice by slice);
 * ``drift``: its overlap (IoU) with the previous slice's mask fell below ``min_overlap``;
 * ``low_score``: the decoder's predicted IoU fell below ``min_score``;
 * ``intensity``: its mean intensity left the seed's by more than ``intensity_tolerance`` × the
   seed's standard deviation (a different tissue);
 * ``inconsistent``: prompting the previous slice back from the new mask does not give the
-  previous mask again (IoU < ``min_back_overlap``).
+  previous mask again (IoU < ``min_back_overlap``);
+* ``unsure``: the slice's confidence (below) fell under ``min_confidence``.
 
-The thresholds were chosen on the three pyradiomics cases (docs/volumes.md has the numbers).
-The rejected slice is not written. Cancel (a threading.Event) raises Cancelled and returns
-nothing partial; ``progress(done, estimate)`` is called after every slice.
+Confidence per slice, in [0, 1] (``slice_confidence``): a weighted geometric mean of four agreements,
+
+    score  = clip((decoder IoU − 0.5) / 0.4, 0, 1)
+    back   = IoU(previous mask, previous slice re-segmented from the new mask's box)
+    area   = clip(1 − |ln(area / previous area)| / ln(max_growth), 0, 1)
+    inten  = clip(1 − |mean − seed mean| / (intensity_tolerance × seed std), 0, 1)
+    confidence = (score · back · area · inten^½) ** (1/3.5)
+
+so any one signal at zero makes the slice unsure. Intensity weighs half: it has its own hard stop,
+and partial volume at a structure's tip moves the mean (a synthetic ellipsoid's last good slice:
+z = −2.2) without the mask being wrong. Kept slices under ``unsure_below`` are flagged
+(``SliceStep.unsure``, ``PropagationResult.unsure``) for the user to check; a slice under
+``min_confidence`` ends the walk. Thresholds were tuned on brain1, lung2 and breast1 only
+(scripts/volume_eval.py prints the numbers; brain2 and lung1 are held out). Cancel (a threading.Event)
+raises Cancelled and returns nothing partial; ``progress(done, estimate)`` is called after every slice.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -42,13 +57,26 @@ class Cancelled(MedplibError):
 @dataclass(frozen=True)
 class PropagationSettings:
     paddings: tuple[float, ...] = (0.1, 0.3, 0.6)  # candidate box paddings (fraction of the mask's size)
+    # tuned on brain1, lung2, breast1 (walks with the rules off; scripts/volume_eval.py measures the
+    # result, brain2 and lung1 held out); the margins are thin: read them as tuned, not validated
     max_growth: float = 3.0
-    min_overlap: float = 0.0
-    min_score: float = 0.0
+    max_seed_growth: float = 3.0  # legit: ≤ 1.3 from a largest cross-section; leaks: 4–60
+    min_overlap: float = 0.15  # legit ≥ 0.24; a jump to another structure: 0.03
+    min_score: float = 0.745  # inside a lesion ≥ 0.765; the first slice past its end: 0.57–0.79
     intensity_tolerance: float = 2.5
     min_back_overlap: float = 0.5
+    min_confidence: float = 0.65  # below: stop ("unsure"); lung2's lesion slices ≥ 0.78, brain1's first
+    #   slice past the lesion 0.62, the ellipsoid's tip 0.70, breast1's 10: 0.60
+    unsure_below: float = 0.85  # below: kept but flagged for review
     max_slices: int | None = None  # per direction; None = to the edge
     threshold: float | None = None  # mask threshold (None: the preset's)
+
+    @classmethod
+    def unguarded(cls, **overrides) -> "PropagationSettings":
+        """Every stop rule off (speed benches walk a fixed number of slices); same candidates and decodes."""
+        off = dict(max_growth=math.inf, max_seed_growth=math.inf, min_overlap=0.0, min_score=0.0,
+                   intensity_tolerance=math.inf, min_back_overlap=0.0, min_confidence=0.0)
+        return cls(**(off | overrides))
 
 
 @dataclass(frozen=True)
@@ -59,6 +87,11 @@ class SliceStep:
     overlap: float  # IoU with the previous slice's mask
     kept: bool
     reason: str = ""  # why a direction stopped here ("" for kept slices)
+    confidence: float = 1.0  # slice_confidence(), in [0, 1]
+    unsure: bool = False  # confidence < settings.unsure_below
+    back_overlap: float = 1.0  # the consistency IoU that went into the confidence
+    seed_ratio: float = 1.0  # area / the seed's area
+    intensity_z: float = 0.0  # (mean − seed mean) / seed std
 
 
 @dataclass(frozen=True)
@@ -77,12 +110,40 @@ class PropagationResult:
     def slices(self) -> tuple[int, ...]:
         return tuple(sorted({self.seed_index} | {s.index for s in self.steps if s.kept}))
 
+    @property
+    def confidence(self) -> dict[int, float]:
+        """Per written slice (the seed: 1.0)."""
+        return {self.seed_index: 1.0} | {s.index: s.confidence for s in self.steps if s.kept}
+
+    @property
+    def unsure(self) -> tuple[int, ...]:
+        """Slices to check: kept ones flagged unsure, and where a walk stopped for want of confidence
+        (the structure may go on there; nothing was written)."""
+        soft = {"unsure", "low_score", "inconsistent", "drift"}
+        return tuple(sorted({s.index for s in self.steps if s.unsure and (s.kept or s.reason in soft)}))
+
+
+def slice_confidence(score: float, back: float, ratio: float, z: float, s: PropagationSettings) -> float:
+    """The documented per-slice confidence (module docstring), in [0, 1]."""
+    parts = (
+        min(1.0, max(0.0, (score - 0.5) / 0.4)),
+        min(1.0, max(0.0, back)),
+        min(1.0, max(0.0, 1 - abs(math.log(max(ratio, 1e-6))) / math.log(max(s.max_growth, 1.01)))),
+        min(1.0, max(0.0, 1 - abs(z) / s.intensity_tolerance)) if math.isfinite(s.intensity_tolerance) else 1.0,
+    )
+    weights = (1.0, 1.0, 1.0, 0.5)
+    return float(np.prod([p ** w for p, w in zip(parts, weights)]) ** (1 / sum(weights)))
+
 
 def propagate(runtime: Runtime, volume: np.ndarray, *, axis: int, seed_index: int, seed_mask: np.ndarray,
               modality: str = "auto", settings: PropagationSettings = PropagationSettings(),
               progress: Callable[[int, int], None] | None = None,
-              cancel: threading.Event | None = None) -> PropagationResult:
-    """Propagate ``seed_mask`` (a 2D mask on slice ``seed_index`` along ``axis``) through ``volume`` (z, y, x)."""
+              cancel: threading.Event | None = None, directions: tuple[str, ...] = ("up", "down"),
+              reference: tuple[float, float] | None = None) -> PropagationResult:
+    """Propagate ``seed_mask`` (a 2D mask on slice ``seed_index`` along ``axis``) through ``volume`` (z, y, x).
+
+    ``directions``: which of "up" (increasing index) and "down" to walk. ``reference``: the
+    structure's (mean, std) intensity, when known from more than the seed slice (seeded walks)."""
     t0 = time.perf_counter()
     volume = np.asarray(volume)
     if volume.ndim != 3:
@@ -98,9 +159,15 @@ def propagate(runtime: Runtime, volume: np.ndarray, *, axis: int, seed_index: in
         raise InputError(f"seed mask has shape {seed.shape}, but slices along axis {axis} are {plane}")
     if not seed.any():
         raise InputError(f"the seed mask on slice {seed_index} is empty: segment or paint the structure first")
+    unknown = set(directions) - {"up", "down"}
+    if unknown or not directions:
+        raise InputError(f"directions must be 'up' and/or 'down'; got {directions}")
     key = runtime.set_image(volume, modality=modality)
-    seed_values = np.moveaxis(volume, axis, 0)[seed_index][seed].astype(np.float64)
-    reference = (float(seed_values.mean()), float(seed_values.std()) + 1e-6)
+    slices = np.moveaxis(volume, axis, 0)
+    if reference is None:
+        values = slices[seed_index][seed].astype(np.float64)
+        reference = (float(values.mean()), float(values.std()))
+    reference = (reference[0], reference[1] + 1e-6)
     out = np.zeros(volume.shape, np.uint8)
     np.moveaxis(out, axis, 0)[seed_index] = seed
     steps: list[SliceStep] = []
@@ -108,6 +175,8 @@ def propagate(runtime: Runtime, volume: np.ndarray, *, axis: int, seed_index: in
     estimate = max(1, int(np.ceil(n / 2)))  # refined as directions end
     done = 0
     for direction, step in (("up", 1), ("down", -1)):
+        if direction not in directions:
+            continue
         previous, index, walked = seed, seed_index + step, 0
         while True:
             if not 0 <= index < n:
@@ -120,20 +189,16 @@ def propagate(runtime: Runtime, volume: np.ndarray, *, axis: int, seed_index: in
                 raise Cancelled("propagation cancelled: nothing was written")
             if 0 <= index + step < n:  # embed the next slice while this one decodes
                 runtime.prefetch(key, SliceRef(axis, index + step), radius=0)
-            mask, score = _best_candidate(runtime, key, SliceRef(axis, index), previous, settings)
-            plane = np.moveaxis(volume, axis, 0)[index]
-            verdict, overlap = _verdict(mask, previous, score, plane, reference, settings)
-            if not verdict and settings.min_back_overlap > 0:
-                back = _segment(runtime, key, SliceRef(axis, index - step), _box(mask, settings.paddings[0]),
-                                settings)[0]
-                if _iou(back, previous) < settings.min_back_overlap:
-                    verdict = "inconsistent"
-            steps.append(SliceStep(index, int(mask.sum()), float(score), overlap, verdict == "", verdict))
+            limit = min(settings.max_growth * previous.sum(), settings.max_seed_growth * seed.sum())
+            mask, score = _best_candidate(runtime, key, SliceRef(axis, index), previous, settings, limit)
+            s = _judge(runtime, key, SliceRef(axis, index), step, mask, score, previous, seed, slices[index],
+                       reference, settings)
+            steps.append(s)
             done += 1
             if progress is not None:
                 progress(done, max(estimate, done + 1))
-            if verdict:
-                stopped[direction] = verdict
+            if not s.kept:
+                stopped[direction] = s.reason
                 break
             np.moveaxis(out, axis, 0)[index] = mask
             previous, index, walked = mask, index + step, walked + 1
@@ -143,6 +208,42 @@ def propagate(runtime: Runtime, volume: np.ndarray, *, axis: int, seed_index: in
     if progress is not None:
         progress(done, done)
     return PropagationResult(out, axis, seed_index, tuple(steps), stopped, time.perf_counter() - t0)
+
+
+def _judge(runtime: Runtime, key: str, ref: SliceRef, step: int, mask: np.ndarray, score: float,
+           previous: np.ndarray, seed: np.ndarray, plane: np.ndarray, reference: tuple[float, float],
+           s: PropagationSettings) -> SliceStep:
+    """The new slice's features, confidence and verdict ("" = keep)."""
+    area, before = int(mask.sum()), int(previous.sum())
+    overlap = _iou(mask, previous)
+    if area == 0:
+        return SliceStep(ref.index, 0, score, overlap, False, "empty", 0.0, True, 0.0, 0.0, 0.0)
+    back = 1.0
+    if s.min_back_overlap > 0 or s.min_confidence > 0 or s.unsure_below > 0:
+        back = _iou(_segment(runtime, key, SliceRef(ref.axis, ref.index - step), _box(mask, s.paddings[0]), s)[0],
+                    previous)
+    mean, std = reference
+    z = (float(plane[mask].astype(np.float64).mean()) - mean) / std
+    seed_ratio = area / int(seed.sum())
+    confidence = slice_confidence(score, back, area / before, z, s)
+    if area > s.max_growth * before:
+        reason = "growth"
+    elif seed_ratio > s.max_seed_growth:
+        reason = "seed_growth"
+    elif overlap < s.min_overlap:
+        reason = "drift"
+    elif score < s.min_score:
+        reason = "low_score"
+    elif abs(z) > s.intensity_tolerance:
+        reason = "intensity"
+    elif back < s.min_back_overlap:
+        reason = "inconsistent"
+    elif confidence < s.min_confidence:
+        reason = "unsure"
+    else:
+        reason = ""
+    return SliceStep(ref.index, area, score, overlap, reason == "", reason, confidence,
+                     confidence < s.unsure_below, back, seed_ratio, z)
 
 
 def _box(mask: np.ndarray, pad: float) -> Box:
@@ -161,30 +262,14 @@ def _segment(runtime: Runtime, key: str, ref: SliceRef, box: Box, settings: Prop
 
 
 def _best_candidate(runtime: Runtime, key: str, ref: SliceRef, previous: np.ndarray,
-                    settings: PropagationSettings) -> tuple[np.ndarray, float]:
-    """The candidate box (one per padding) whose mask the decoder scores best."""
-    return max((_segment(runtime, key, ref, _box(previous, pad), settings) for pad in settings.paddings),
-               key=lambda candidate: candidate[1])
+                    settings: PropagationSettings, limit: float = math.inf) -> tuple[np.ndarray, float]:
+    """The candidate box (one per padding) whose mask the decoder scores best, among those no larger
+    than ``limit`` voxels when there are any (a wide box that leaks must not outvote a tight one)."""
+    candidates = [_segment(runtime, key, ref, _box(previous, pad), settings) for pad in settings.paddings]
+    fitting = [c for c in candidates if 0 < c[0].sum() <= limit]
+    return max(fitting or candidates, key=lambda candidate: candidate[1])
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
-
-
-def _verdict(mask: np.ndarray, previous: np.ndarray, score: float, plane: np.ndarray,
-             reference: tuple[float, float], s: PropagationSettings) -> tuple[str, float]:
-    area, before = int(mask.sum()), int(previous.sum())
-    overlap = _iou(mask, previous)
-    if area == 0:
-        return "empty", overlap
-    if area > s.max_growth * before:
-        return "growth", overlap
-    if overlap < s.min_overlap:
-        return "drift", overlap
-    if score < s.min_score:
-        return "low_score", overlap
-    mean, std = reference
-    if abs(float(plane[mask].astype(np.float64).mean()) - mean) > s.intensity_tolerance * std:
-        return "intensity", overlap
-    return "", overlap
