@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from medplib_runtime.cli.main import main
+from medplib_runtime.cli import main
 from medplib_runtime.errors import InputError
 from medplib_runtime.imaging.io import read_volume
 from medplib_runtime.schemas import Box, Prompt, SegmentRequest, SliceRef
