@@ -1,4 +1,4 @@
-"""Bad input files and helpers for tests/test_bad_input_cli.py: brain1 copies, truncated files, odd
+"""Bad input files and helpers for tests/runtime/test_bad_input_cli.py: brain1 copies, truncated files, odd
 headers, small DICOM series; and a hash of every file a case could touch."""
 
 from __future__ import annotations

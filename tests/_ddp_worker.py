@@ -1,4 +1,4 @@
-"""Run by tests/test_training_ddp.py under torchrun: one stage-1 run of the tiny model, DDP over gloo."""
+"""Run by tests/training/test_training_ddp.py under torchrun: one stage-1 run of the tiny model, DDP over gloo."""
 
 import sys
 from dataclasses import replace

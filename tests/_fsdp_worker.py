@@ -1,4 +1,4 @@
-"""Run by tests/test_training_fsdp.py under torchrun (2 processes, gloo): stages 2 and 3 of the tiny
+"""Run by tests/training/test_training_fsdp.py under torchrun (2 processes, gloo): stages 2 and 3 of the tiny
 model with FSDP2 and with DDP, then an FSDP run interrupted after its step-2 checkpoint and resumed.
 Several runs in one launch: starting a process costs far more than these 3-step runs."""
 

@@ -90,3 +90,16 @@ def remote_runtime(remote_server):
     runtime = RemoteRuntime(remote_server.url)
     yield runtime
     runtime.close()
+
+
+NAPARI_FIXTURES = {"make_napari_viewer", "qtbot", "make_napari_viewer_proxy"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tiers by cost: ``napari`` for tests that build a viewer or drive Qt, ``unit`` for the rest that
+    load no weights (``pytest -m unit`` is the inner loop)."""
+    for item in items:
+        if NAPARI_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.napari)
+        if item.get_closest_marker("weights") is None and item.get_closest_marker("napari") is None:
+            item.add_marker(pytest.mark.unit)

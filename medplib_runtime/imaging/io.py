@@ -7,7 +7,7 @@ Writers put back exactly this geometry, atomically (temp file in the target fold
 Files ITK would read wrongly without a word (truncated NIfTI, NaN or zero spacing, a DICOM series with
 a file left out or two slices at one position) are InputErrors: see integrity.py.
 
-Precision of a round trip (measured in tests/test_imaging_io.py): MHA stores spacing, origin and
+Precision of a round trip (measured in tests/runtime/test_imaging_io.py): MHA stores spacing, origin and
 direction as separate full-precision numbers → bit-identical. NRRD stores spacing × direction
 ("space directions") → bit-identical for axis-aligned/flipped volumes, ~1e-13 for rotated ones,
 and bit-identical from the second trip on. NIfTI stores float32 (pixdim, quaternion, sform)
