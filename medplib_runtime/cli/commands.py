@@ -155,7 +155,7 @@ def cmd_info(args) -> int:
         "preset": info.preset, "device": info.device, "transport": info.transport,
         "parts": [{"name": p.name, "source": p.source, "trained": p.trained} for p in info.parts],
         "untrained": list(info.untrained()), "versions": info.versions,
-    }, indent=2))
+    }, indent=2, ensure_ascii=False))
     runtime.close()
     return 0
 
@@ -187,7 +187,7 @@ def cmd_segment(args) -> int:
     summary.update({"slice": ref.index, "axis": ref.axis, "prompt": result.prompt_kind,
                     "score": round(result.score, 4), "time_s": round(time.perf_counter() - t0, 3),
                     "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()}})
-    print(json.dumps(summary))
+    print(json.dumps(summary, ensure_ascii=False))
     runtime.close()
     return 0
 
@@ -240,7 +240,7 @@ def cmd_ask(args) -> int:
 
             summary = _write_masks(list(result.masks), volume, ref, args.out, provenance=_provenance(
                 runtime, args, prompts=((region, ref),), turns=(Turn(args.question, answer),)))
-            print(json.dumps({"masks": len(result.masks), **summary}), file=sys.stderr)
+            print(json.dumps({"masks": len(result.masks), **summary}, ensure_ascii=False), file=sys.stderr)
         else:
             print(f"medplib: {len(result.masks)} mask(s) returned; pass --out LABELS to write them", file=sys.stderr)
     if args.timings:
@@ -292,9 +292,10 @@ def _add_image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--box", help="R0,C0,R1,C1 in voxel indices of the slice")
     p.add_argument("--point", action="append", help="R,C[,L] (L=1 foreground, 0 background); repeatable")
     p.add_argument("--region-mask", help="mask file: slice-shaped 2D (.npy/.png/...) or a label volume like IMAGE")
-    p.add_argument("--modality", default="auto", choices=("auto", "CT", "MR", "other"))
+    p.add_argument("--modality", default="auto", choices=("auto", "CT", "MR", "other"),
+                   help="how the image is windowed: auto (from the file), CT, MR or other")
     p.add_argument("--threshold", type=float, default=None, help="mask probability threshold (preset default)")
-    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="the model (local runtime)")
     add_remote_args(p)
 
 
@@ -305,15 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="JSON: preset, parts (trained or not), device, versions")
-    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="the model (local runtime)")
     add_remote_args(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("serve", help="serve the runtime over HTTP for remote clients (FastAPI + uvicorn)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback; others need a token)")
-    p.add_argument("--port", type=port_number, default=8765)
+    p.add_argument("--port", type=port_number, default=8765, help="the TCP port to listen on (default 8765)")
     p.add_argument("--token", default=None, help="require this bearer token (default: $MEDPLIB_TOKEN)")
-    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="the model (local runtime)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (bf16 autocast on CUDA)")
     p.add_argument("--preload", default="all", choices=("all", "segment", "none"),
                    help="model parts loaded at start-up (default all)")
@@ -338,28 +339,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ask", help="question about a slice (optionally a region on it) → answer (+ masks)")
     _add_image_args(p)
-    p.add_argument("question")
+    p.add_argument("question", help='the question, e.g. "Segment the lesion." or "Is this a CT image?"')
     p.add_argument("--out", help="write the masks of every <SEG> here (label i for the i-th)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists (never an input file)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default 64)")
     p.add_argument("--labels", help="label volume: quantitative questions are answered by measuring it")
     p.add_argument("--label", type=int, action="append", help="with --labels: only these label ids")
     p.add_argument("--timings", action="store_true", help="print where the time went, one line on stderr")
     p.set_defaults(func=cmd_ask)
 
+    from .propagate import add_propagate_parser
     from .train import add_train_parser
     from .volume import add_volume_parsers
 
     add_train_parser(sub)
     add_volume_parsers(sub)
+    add_propagate_parser(sub)
 
     from .data import add_data_parsers
 
     add_data_parsers(sub)
 
     p = sub.add_parser("bench", help="speed/memory table (median, p90) on a real volume")
-    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="the model (local runtime)")
+    p.add_argument("--repeats", type=int, default=7, help="runs per measure; the table shows their median and p90")
     p.add_argument("--quick", action="store_true", help="fewer repeats, skip the scrolling simulation")
     p.add_argument("--image", default=None, help="volume to use (default: sample_data brain1)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
@@ -383,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medplib: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `medplib measure ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except Exception as exc:  # noqa: BLE001 — a bug; one line unless debugging
         if os.environ.get("MEDPLIB_DEBUG"):
             raise

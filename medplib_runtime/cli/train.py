@@ -15,18 +15,18 @@ import json
 
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train one of MedPLIB's four stages (glue adapters only)")
-    p.add_argument("--stage", type=int, required=True, choices=(1, 2, 3, 4))
+    p.add_argument("--stage", type=int, required=True, choices=(1, 2, 3, 4), help="training stage (docs/training.md)")
     p.add_argument("--config", required=True, help="JSON training config (see docs/training.md)")
     p.add_argument("--data", action="append", help="MeCoVQA JSON file(s); overrides the config's")
     p.add_argument("--image-folder", default=None, help="where record paths start (default: each JSON's folder)")
-    p.add_argument("--out-dir", default=None)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--out-dir", default=None, help="where checkpoints and the glue go (default: the config's)")
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the config's)")
     p.add_argument("--init-glue", default=None, help="the previous stage's adapter.safetensors")
     p.add_argument("--distributed", choices=("ddp", "fsdp"), default=None,
                    help="under torchrun: DDP (default) or FSDP2 sharding (docs/training_distributed.md)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="cpu (default) or cuda: each torchrun process on its LOCAL_RANK's GPU, bf16 autocast")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(func=cmd_train)
 
 
@@ -46,5 +46,5 @@ def cmd_train(args: argparse.Namespace) -> int:
                       "last_loss": round(report.losses[-1], 4) if report.losses else None,
                       "adapter": report.adapter, "seconds": round(report.seconds, 1),
                       "trainable_parameters": report.trainable_parameters, "resumed_from": report.resumed_from,
-                      "routing": [round(r, 3) for r in report.routing]}))
+                      "routing": [round(r, 3) for r in report.routing]}, ensure_ascii=False))
     return 0

@@ -16,11 +16,12 @@ def add_volume_parsers(sub) -> None:
     p.add_argument("image", help="the image (its geometry and intensities)")
     p.add_argument("labels", help="label volume with the image's geometry")
     p.add_argument("--label", type=int, action="append", help="only these label ids (default: all)")
-    p.add_argument("--modality", default="auto", choices=("auto", "CT", "MR", "other"))
+    p.add_argument("--modality", default="auto", choices=("auto", "CT", "MR", "other"),
+                   help="how the image is windowed: auto (from the file), CT, MR or other")
     p.set_defaults(func=cmd_measure)
 
     p = sub.add_parser("bench-propagate", help="table: 3D propagation time vs encoder time, Dice and volume error")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="walks per case; speed is their median")
     p.add_argument("--data", default=None, help="folder with *_image.nrrd/*_label.nrrd (default ../shared/data)")
     p.set_defaults(func=cmd_bench_propagate)
 
@@ -52,7 +53,7 @@ def measurements_for(image, labels, label_ids=None, modality: str = "auto"):
 def cmd_measure(args) -> int:
     image, labels = load_pair(args.image, args.labels)
     found = measurements_for(image, labels, args.label, args.modality)
-    print(json.dumps([m.as_dict() for m in found], indent=2))
+    print(json.dumps([m.as_dict() for m in found], indent=2, ensure_ascii=False))
     return 0
 
 
@@ -68,9 +69,11 @@ def propagate_and_write(runtime, volume, ref, seed_mask: np.ndarray, out: str, m
                        modality=modality)
     path = write_labels(result.mask, like=volume, path=out, provenance=provenance)
     voxels = int(result.mask.sum())
+    confidence = result.confidence
     return {"out": str(path), "voxels": voxels, "volume_ml": round(voxels * float(np.prod(volume.spacing)) / 1000, 4),
-            "slices": [result.slices[0], result.slices[-1]], "stopped": result.stopped,
-            "propagation_s": round(result.seconds, 2)}
+            "slices": [result.slices[0], result.slices[-1]], "unsure": list(result.unsure), "stopped": result.stopped,
+            "propagation_s": round(result.seconds, 2),
+            "per_slice": [{"index": i, "confidence": round(confidence[i], 3)} for i in result.slices]}
 
 
 def measurements_of_args(args):

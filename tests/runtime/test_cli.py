@@ -162,3 +162,17 @@ def test_cli_grounding_answer_names_its_mask_never_the_raw_token(tmp_path, brain
     assert proc.returncode == 0, proc.stderr
     assert "<SEG>" not in proc.stdout and "[mask 1]" in proc.stdout
     assert json.loads(proc.stderr.strip().splitlines()[-1])["masks"] == 1
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from medplib_runtime.cli.commands import build_parser
+
+    silent = []
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                silent += [f"{name} {a.option_strings or a.dest}" for a in sub._actions
+                           if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert silent == []
