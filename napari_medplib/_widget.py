@@ -32,7 +32,7 @@ from .prompt_capture import capture, current_slice, grid_shape
 from .runtime_factory import (SEGMENTATION_STEP, get_runtime, run_background, runtime_info, warm, warm_segmentation,
                               warm_status)
 from .segment_session import SegmentSession, WriteContext
-from .volume_actions import describe, measure_layer, seed_from_layer
+from .volume_actions import describe, measure_layer, plan_propagation, run_plan, unsure_note
 
 NEW_LAYER = "(new labels layer)"
 PREVIEW_LAYER = "MedPLIB preview"
@@ -168,17 +168,31 @@ class MedPLIBWidget(QWidget):
         self.prompt_combo.setCurrentText(layer.name)
 
     def on_slice_changed(self, event=None) -> None:
-        """Embed the slice the user looks at, and its neighbours, before they click."""
+        """Embed the slice the user looks at, and its neighbours, before they click; say so on the canvas
+        when the last Propagate was unsure of this slice."""
         try:
             image = self._layer(self.image_combo, "image")
             ref = current_slice(self.viewer, image)
         except MedplibError:
             return
+        self._show_unsure(image, ref)
         job = _Prefetch(np.asarray(image.data), ref, image.metadata.get("modality", "auto"))
         if not warm_status().seconds(SEGMENTATION_STEP) and not self.synchronous:
             warm(f"slice {ref.index}", lambda _runtime: job.run(wait=True))  # in line behind the model load
         else:
             self._background(job.run)
+
+    def _show_unsure(self, image, ref) -> None:
+        note = None
+        if self.target_combo.currentText() in self.viewer.layers:
+            target = self.viewer.layers[self.target_combo.currentText()]
+            if np.shape(target.data) == grid_shape(image):
+                note = unsure_note(target, int(self.label_id.value()), ref.index)
+        overlay = self.viewer.text_overlay
+        if note is not None:
+            overlay.text, overlay.color, overlay.visible = note, "orange", True
+        elif overlay.text.startswith("MedPLIB is unsure"):
+            overlay.visible, overlay.text = False, ""
 
     def on_warm_tick(self) -> None:
         """While the model loads in the background, say so (with the seconds it has taken) and stop after."""
@@ -286,7 +300,8 @@ class MedPLIBWidget(QWidget):
 
     # -- volumes -----------------------------------------------------------------------------------
     def on_propagate(self) -> None:
-        """The target label's mask on this slice → the structure through the volume, one undoable write."""
+        """Every slice of the target label is a seed: the structure through the volume (gaps interpolated,
+        beyond walked), one undoable write. After a Propagate, only the slices corrected since are redone."""
         try:
             image = self._layer(self.image_combo, "image")
             target = self._target_layer(image)
@@ -294,7 +309,7 @@ class MedPLIBWidget(QWidget):
                 raise MedplibError("pick the target labels layer that holds the seed (Segment writes one)")
             ref = current_slice(self.viewer, image)
             label = int(self.label_id.value())
-            seed = seed_from_layer(target, ref, label)
+            plan = plan_propagation(target, label, ref.axis, self.session.last_propagation(target, label))
         except MedplibError as exc:
             show_error(str(exc))
             self.status.done(f"not propagated: {exc}")
@@ -304,13 +319,10 @@ class MedPLIBWidget(QWidget):
         relay = self._relay
 
         def job():
-            from medplib_runtime.volume.propagation import propagate
-
-            return propagate(get_runtime(), data, axis=ref.axis, seed_index=ref.index, seed_mask=seed,
-                             modality=modality, progress=relay.progress.emit, cancel=cancel)
+            return run_plan(get_runtime(), data, plan, modality=modality, progress=relay.progress.emit, cancel=cancel)
 
         context = WriteContext(target, None, label, self.label_name.text().strip(), self.overwrite.isChecked())
-        self._start(job, lambda result: self.on_propagated(result, context), "propagating…")
+        self._start(job, lambda result: self.on_propagated(result, context), plan.describe() + "…")
 
     def on_progress(self, done: int, total: int) -> None:
         self.status.progress(done, total, f"propagating… slice {done} of ~{total} "
@@ -318,13 +330,16 @@ class MedPLIBWidget(QWidget):
 
     def on_propagated(self, result, context: WriteContext) -> None:
         try:
-            written = self.session.write_volume(context.target, result.mask, context)
+            written = self.session.write_propagation(context.target, result, context)
         except MedplibError as exc:
             show_error(str(exc))
             return
         stops = ", ".join(f"{k}: {v}" for k, v in result.stopped.items())
+        unsure = (f"; unsure on slice(s) {', '.join(map(str, result.unsure))}: check them"
+                  if result.unsure else "")
         self.status.done(f"propagated label {context.label} over slices {result.slices[0]}–{result.slices[-1]}: "
-                         f"{written.write.changed} voxels added in {result.seconds:.1f} s (stopped {stops})")
+                         f"{written.write.changed} voxels changed in {result.seconds:.1f} s (stopped {stops}){unsure}")
+        self.on_slice_changed()
 
     def on_measure(self) -> None:
         try:

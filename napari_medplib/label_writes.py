@@ -26,6 +26,7 @@ class LabelWrite:
     name_before: str | None  # the label's name before the write (None: it had none)
     changed: int
     slice: SliceRef | None = None  # the slice written; None for a 3D write
+    after: np.ndarray | None = None  # what the changed voxels hold after it (None: all ``label``)
 
     def describe(self) -> str:
         return f"slice {self.slice.index}" if self.slice is not None else f"{self.changed} voxels in 3D"
@@ -46,23 +47,34 @@ def _check(layer, label: int) -> None:
         raise InputError(f"label {label} does not fit the layer's {layer.data.dtype}")
 
 
-def _paint(layer, target: np.ndarray, label: int, name: str | None, ref: SliceRef | None) -> LabelWrite:
-    """Set ``label`` where ``target`` (whole-layer boolean) is true; record what it replaced."""
+def _paint(layer, target: np.ndarray, label: int, name: str | None, ref: SliceRef | None,
+           clear: np.ndarray | None = None) -> LabelWrite:
+    """Set ``label`` where ``target`` (whole-layer boolean) is true, and background where ``clear`` is
+    (voxels of ``label`` the new result no longer holds); record what it replaced."""
     data = layer.data
-    where = np.nonzero(target & (data != label))
-    before = data[where].copy()
-    data[where] = label
+    if clear is None:
+        where = np.nonzero(target & (data != label))
+        before = data[where].copy()
+        data[where] = label
+        after = None
+    else:
+        changed = (target & (data != label)) | (clear & ~target & (data == label))
+        where = np.nonzero(changed)
+        before = data[where].copy()
+        after = np.where(target[where], label, 0).astype(data.dtype)
+        data[where] = after
     names = layer.metadata.setdefault(NAMES_KEY, {})
     name_before = names.get(int(label))
     if name:
         names[int(label)] = name
     layer.refresh()
-    return LabelWrite(layer.name, int(label), where, before, name_before, int(before.size), ref)
+    return LabelWrite(layer.name, int(label), where, before, name_before, int(before.size), ref, after)
 
 
 def write_mask(layer, mask: np.ndarray, ref: SliceRef, *, label: int, name: str | None = None,
-               overwrite: bool = False) -> LabelWrite:
-    """Paint ``mask`` (slice-shaped) with ``label`` on ``ref``'s slice of ``layer``."""
+               overwrite: bool = False, replace: bool = False) -> LabelWrite:
+    """Paint ``mask`` (slice-shaped) with ``label`` on ``ref``'s slice of ``layer``; ``replace``: the
+    label's other voxels on that slice go back to background (a correction of a propagated slice)."""
     _check(layer, label)
     index = _plane_index(layer.data.ndim, ref)
     plane = layer.data[index]
@@ -72,25 +84,30 @@ def write_mask(layer, mask: np.ndarray, ref: SliceRef, *, label: int, name: str 
     target[index] = np.asarray(mask).astype(bool)
     if not overwrite:
         target &= (layer.data == 0) | (layer.data == label)
-    return _paint(layer, target, label, name, ref)
+    clear = None
+    if replace:
+        clear = np.zeros(layer.data.shape, bool)
+        clear[index] = True
+    return _paint(layer, target, label, name, ref, clear)
 
 
 def write_volume(layer, mask: np.ndarray, *, label: int, name: str | None = None,
-                 overwrite: bool = False) -> LabelWrite:
-    """Paint a whole-volume ``mask`` with ``label`` in one undoable write (other labels kept unless ``overwrite``)."""
+                 overwrite: bool = False, replace: bool = False) -> LabelWrite:
+    """Paint a whole-volume ``mask`` with ``label`` in one undoable write (other labels kept unless
+    ``overwrite``); ``replace``: the label becomes exactly ``mask`` (its voxels outside it are cleared)."""
     _check(layer, label)
     if layer.data.shape != np.shape(mask):
         raise InputError(f"target layer {layer.name!r} is {layer.data.shape}, the mask {np.shape(mask)}")
     target = np.asarray(mask).astype(bool)
     if not overwrite:
         target &= (layer.data == 0) | (layer.data == label)
-    return _paint(layer, target, label, name, None)
+    return _paint(layer, target, label, name, None, np.ones(layer.data.shape, bool) if replace else None)
 
 
 def undo_write(layer, write: LabelWrite) -> int:
     """Undo ``write``: only voxels that still hold its label go back. Returns how many did."""
     data = layer.data
-    still = data[write.where] == write.label
+    still = data[write.where] == (write.label if write.after is None else write.after)
     data[tuple(w[still] for w in write.where)] = write.before[still]
     names = layer.metadata.setdefault(NAMES_KEY, {})
     if write.name_before is None:

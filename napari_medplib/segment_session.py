@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 from medplib_runtime.schemas import Prompt, SliceRef
 
@@ -20,6 +19,7 @@ from .label_writes import LabelWrite, undo_write, write_mask, write_volume
 from .layer_roles import PREDICTION, role
 from .provenance_log import record_write
 from .runtime_factory import last_runtime_info
+from .volume_actions import remember_confidence
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class SegmentSession:
         self.layers = layers  # the viewer's LayerList (colours are chosen against every layer in it)
         self.writes: list[tuple[object, LabelWrite]] = []  # newest last
         self.pending: tuple[object, WriteContext] | None = None  # (result, context) shown, not written
+        self.propagations: dict[tuple[str, int], object] = {}  # (layer name, label) → its last SeededResult
 
     # -- preview -------------------------------------------------------------------------------
     def hold(self, result, context: WriteContext) -> None:
@@ -61,19 +62,27 @@ class SegmentSession:
 
     # -- writes --------------------------------------------------------------------------------
     def write_slice(self, target, result, context: WriteContext) -> Written:
-        """Segment's mask on its slice (InputError leaves the layer as it was)."""
+        """Segment's mask on its slice (InputError leaves the layer as it was). On a slice of a propagated
+        label the mask replaces what was there: it is a correction, and Propagate redoes what lies beyond."""
+        replace = (target.name, context.label) in self.propagations
         write = write_mask(target, result.mask, context.slice, label=context.label, name=context.name or None,
-                           overwrite=context.overwrite)
+                           overwrite=context.overwrite, replace=replace)
         self._landed(target, write, context)
         return Written(target, write, f"{write.changed} voxels → label {context.label} on slice "
                                       f"{context.slice.index}")
 
-    def write_volume(self, target, mask: np.ndarray, context: WriteContext) -> Written:
-        """A propagated 3D mask as one write: one Undo takes all of it back."""
-        write = write_volume(target, mask, label=context.label, name=context.name or None,
-                             overwrite=context.overwrite)
+    def write_propagation(self, target, result, context: WriteContext) -> Written:
+        """A propagated 3D result as one write (the label becomes exactly the result; one Undo takes it
+        back); remembered, so that a later correction redoes only what it affects."""
+        write = write_volume(target, result.mask, label=context.label, name=context.name or None,
+                             overwrite=context.overwrite, replace=True)
         self._landed(target, write, context)
-        return Written(target, write, f"{write.changed} voxels added to label {context.label}")
+        self.propagations[(target.name, context.label)] = result
+        remember_confidence(target, result)
+        return Written(target, write, f"{write.changed} voxels of label {context.label} changed")
+
+    def last_propagation(self, target, label: int):
+        return self.propagations.get((target.name, label))
 
     def _landed(self, target, write: LabelWrite, context: WriteContext) -> None:
         if role(target) == PREDICTION:  # a layer MedPLIB made; a user's own layer keeps its colours
@@ -86,6 +95,8 @@ class SegmentSession:
         if not self.writes:
             return None
         layer, write = self.writes.pop()
+        if write.slice is None:  # a Propagate undone: the next one starts from the seeds again
+            self.propagations.pop((layer.name, write.label), None)
         restored = undo_write(layer, write)
         kept = write.changed - restored
         extra = f"; {kept} voxels painted since were kept" if kept else ""

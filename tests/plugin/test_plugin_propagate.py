@@ -91,7 +91,7 @@ def test_bad_seeds_are_refused(make_napari_viewer, qtbot, monkeypatch):
     widget.on_propagate()
     widget.target_combo.setCurrentIndex(0)  # "(new labels layer)": nothing to seed from
     widget.on_propagate()
-    assert "label 2 is empty on slice 10" in errors[0] and "target labels layer" in errors[1]
+    assert "label 2 is empty in 'target'" in errors[0] and "target labels layer" in errors[1]
     assert len(widget.writes) == 1
 
 
@@ -116,3 +116,45 @@ def test_chat_answers_the_volume_by_measuring(make_napari_viewer, qtbot):
     assert f"{m.volume_ml:.2f} mL ({m.voxels} voxels)" in entry.measured
     assert f"labels layer {labels.name!r}" in entry.measured and "Measured" in dock.transcript.toPlainText()
     assert dock.history.turns(image.name)[0].answer.startswith("Volume of label 1:")
+
+
+def _box_on(viewer, image, truth, k: int, name: str):
+    r, c = np.nonzero(truth[k])
+    lo, hi = image.data_to_world((k, r.min() - 3, c.min() - 3)), image.data_to_world((k, r.max() + 3, c.max() + 3))
+    return viewer.add_shapes(np.array([lo, (lo[0], lo[1], hi[2]), hi, (lo[0], hi[1], lo[2])]), shape_type="rectangle",
+                             name=name)
+
+
+def test_seeds_on_three_slices_then_a_correction_redoes_only_what_lies_beyond(make_napari_viewer, qtbot):
+    """Segment on slices 5, 10 and 15 (three boxes), Propagate: the label holds every seed as drawn and the
+    slices between and beyond; the per-slice confidence is kept with the layer. Then a correction on
+    the top slice (erased: the structure ends below it) + Propagate redoes only the slices past 17, and
+    one Undo takes that second Propagate back (the user's own erase stays)."""
+    viewer, widget, target, truth = _setup(make_napari_viewer, qtbot)  # slice 10 segmented
+    image = viewer.layers["phantom"]
+    for k in (5, 15):
+        viewer.dims.set_point(0, image.data_to_world((k, 0, 0))[0])
+        widget.prompt_combo.setCurrentText(_box_on(viewer, image, truth, k, f"box {k}").name)
+        widget.on_segment()
+        qtbot.waitUntil(lambda: len(widget.writes) == (2 if k == 5 else 3), timeout=120_000)
+    seeds = {k: (target.data[k] == 1).copy() for k in (5, 10, 15)}
+    widget.on_propagate()
+    qtbot.waitUntil(lambda: len(widget.writes) == 4, timeout=300_000)
+    got = target.data == 1
+    assert 2 * (got & truth).sum() / (got.sum() + truth.sum()) >= 0.9
+    assert all(np.array_equal(got[k], seeds[k]) for k in seeds), "seeds kept as drawn"
+    confidence = target.metadata["medplib_slice_confidence"][1]
+    assert confidence[5] == confidence[10] == confidence[15] == 1.0 and set(confidence) == set(np.nonzero(got.any(axis=(1, 2)))[0])
+    first = target.data.copy()
+    top = int(np.nonzero(got.any(axis=(1, 2)))[0].max())
+    target.data[top][target.data[top] == 1] = 0  # the user erases the top slice: the structure ends below it
+    widget.on_propagate()
+    qtbot.waitUntil(lambda: len(widget.writes) == 5 or "not propagated" in widget.status.text()
+                    or "failed" in widget.status.text(), timeout=300_000)
+    assert len(widget.writes) == 5, widget.status.text()
+    assert not (target.data[top:] == 1).any(), "nothing of label 1 from the corrected slice up"
+    assert np.array_equal(target.data[:top], first[:top]), "the slices below the correction untouched"
+    erased = first.copy()
+    erased[top][erased[top] == 1] = 0
+    widget.on_undo()
+    assert np.array_equal(target.data, erased), "one Undo: the second Propagate gone, the user's erase kept"
