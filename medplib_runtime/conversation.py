@@ -7,6 +7,8 @@ where the question says ``<region>``, or appended to the question.
 
 from __future__ import annotations
 
+import re
+
 from .presets import IMAGE_PLACEHOLDER, REGION_PLACEHOLDER
 from .schemas import Turn
 
@@ -66,3 +68,22 @@ def history_text(*, system: str, n_image_tokens: int, history: tuple[Turn, ...] 
 
 def _image_text(n_image_tokens: int) -> str:
     return f"<im_start>{IMAGE_PLACEHOLDER * n_image_tokens}<im_end>\n"
+
+
+# "An axial CT slice of the phantom." on a real MR: the glue learnt the body-region answer on synthetic
+# phantoms (whose body region the data builder calls "phantom") and says it on real images. A runtime is
+# only ever given real images by its users (phantoms live in our training and test data), so the word is
+# a fact about the training data, never about the image: the phrase is removed and the answer noted.
+_PHANTOM_PHRASE = re.compile(r"\s+(?:of|in|from|on)\s+(?:the|a|this)\s+phantom\b", re.IGNORECASE)
+_PHANTOM_WORD = re.compile(r"\b(?:the|a|this)\s+phantom\b", re.IGNORECASE)
+PHANTOM_NOTE = ("the model's answer spoke of a \"phantom\" (a word from its synthetic training slices, not about "
+                "this image): removed")
+
+
+def without_phantom(text: str) -> tuple[str, bool]:
+    """``text`` without the training data's "phantom" ("… slice of the phantom." → "… slice."; "the phantom"
+    → "the image"), and whether anything was removed."""
+    if "phantom" not in text.lower():
+        return text, False
+    out = _PHANTOM_WORD.sub("the image", _PHANTOM_PHRASE.sub("", text))
+    return out, True

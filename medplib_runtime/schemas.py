@@ -142,6 +142,8 @@ class AskResult:
     untrained_parts: tuple[str, ...] = ()  # non-empty → the answer is not meaningful yet
     timings_ms: dict[str, float] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # what the runtime did that the user did not ask for (e.g. a region not read)
+    confidence: float | None = None  # grounding confidence of the least sure mask (None: no mask was asked for)
+    abstained: bool = False  # a grounding answer withheld its mask(s): not confident enough (text says so)
 
 
 @dataclass(frozen=True)

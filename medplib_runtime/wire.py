@@ -133,6 +133,8 @@ def ask_result_to_wire(result: AskResult) -> dict:
         "untrained_parts": list(result.untrained_parts),
         "timings_ms": {k: float(v) for k, v in result.timings_ms.items()},
         "notes": list(result.notes),
+        "confidence": result.confidence,
+        "abstained": result.abstained,
     }
 
 
@@ -144,7 +146,9 @@ def ask_result_from_wire(obj: dict) -> AskResult:
     return AskResult(text=str(obj["text"]), masks=tuple(decode_array(m).astype(np.uint8, copy=False)
                                                          for m in obj.get("masks") or ()),
                      routing=routing, untrained_parts=tuple(obj.get("untrained_parts") or ()),
-                     timings_ms=dict(obj.get("timings_ms") or {}), notes=tuple(obj.get("notes") or ()))
+                     timings_ms=dict(obj.get("timings_ms") or {}), notes=tuple(obj.get("notes") or ()),
+                     confidence=None if obj.get("confidence") is None else float(obj["confidence"]),
+                     abstained=bool(obj.get("abstained", False)))
 
 
 def info_to_wire(info: RuntimeInfo) -> dict:

@@ -24,7 +24,7 @@ def add_data_parsers(sub) -> None:
     p.add_argument("--mni152", action="store_true", help="add nilearn's MNI152 with grey/white matter labels")
     p.add_argument("--mni152-lesions", type=int, default=0, metavar="N",
                    help="add N copies of MNI152, each with a synthetic lesion labelled \"lesion\" alone (training split)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same data")
     p.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions of volumes (per modality)")
     p.add_argument("--max-slices", type=int, default=12, help="labelled slices per volume")
     p.add_argument("--empty-slices", type=int, default=2, help="unlabelled slices per volume")
@@ -52,9 +52,9 @@ def add_data_parsers(sub) -> None:
     p.add_argument("--predictions", default=None, help="JSONL output (default: DATA_STEM.predictions.jsonl here)")
     p.add_argument("--limit", type=int, default=None,
                    help="only the first N records of the file (with --skip-bad, the bad ones among them are left out)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default 64)")
     p.add_argument("--threshold", type=float, default=None, help="mask probability threshold (preset default)")
-    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="the model (local runtime)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out records that cannot be asked (missing or unreadable files, reserved tokens in a "
@@ -139,5 +139,5 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if report.untrained_parts:
         print(f"medplib: warning: untrained parts {', '.join(report.untrained_parts)}: these numbers are not"
               " meaningful yet", file=sys.stderr)
-    print(json.dumps(report.as_dict(), indent=1) if args.json else report.table())
+    print(json.dumps(report.as_dict(), indent=1) if args.json else report.headline() + "\n\n" + report.table())
     return 0

@@ -28,6 +28,9 @@ from ..protocol import Runtime
 from ..schemas import AskRequest, Prompt, SliceRef
 from ..schemas import Turn as HistoryTurn
 from .screening import SkippedRecord
+from .sources import SOURCES, image_source
+
+GROUPS = ("all", "source", "modality", "question_type", "topic", "source_topic", "case")
 from .metrics import balanced_accuracy, closed_correct, dice_from_iou, mask_iou, names_structure, open_score, summarize_seg
 
 
@@ -35,7 +38,7 @@ from .metrics import balanced_accuracy, closed_correct, dice_from_iou, mask_iou,
 class Row:
     """One line of the report: a group of turns and MedPLIB's metrics over it."""
 
-    group: str  # "all", "modality", "question_type" or "case" (our datasets name each record's volume)
+    group: str  # "all", "source" (real/phantom), "modality", "question_type", "topic", "source_topic" or "case"
     key: str
     n_seg: int = 0
     miou: float = 0.0
@@ -49,6 +52,7 @@ class Row:
     n_named: int = 0  # region questions asking what a region is (our datasets' R what/choice)
     named: float = 0.0  # share whose answer names the right structure
     balanced: float = 0.0  # closed accuracy averaged over the reference answers (ours): a bias scores 1/answers
+    n_abstained: int = 0  # grounding answers that withheld their mask (not confident; scored IoU 0)
 
 
 @dataclass(frozen=True)
@@ -64,11 +68,19 @@ class EvalReport:
     def row(self, group: str, key: str) -> Row:
         return next(r for r in self.rows if r.group == group and r.key == key)
 
+    def headline(self) -> str:
+        """Real images and phantoms side by side, real first (headline.py)."""
+        from .headline import headline_table
+
+        return headline_table(self)
+
     def table(self) -> str:
         head = f"{'group':<24} {'n seg':>5} {'mIoU':>6} {'mDice':>6} {'n open':>6} {'P':>6} {'R':>6} {'F1':>6}" \
                f" {'n closed':>8} {'acc':>6} {'bal':>6} {'n named':>7} {'named':>6}"
         lines = [head, "-" * len(head)]
         for r in self.rows:
+            if r.group == "source_topic":
+                continue  # in the headline, by source
             name = "all" if r.group == "all" else f"{'type' if r.group == 'question_type' else r.group}={r.key}"
             lines.append(f"{name:<24} {r.n_seg:>5} {r.miou:>6.3f} {r.mdice:>6.3f} {r.n_open:>6} {r.precision:>6.3f}"
                          f" {r.recall:>6.3f} {r.f1:>6.3f} {r.n_closed:>8} {r.accuracy:>6.3f} {r.balanced:>6.3f}"
@@ -92,8 +104,10 @@ class _Scores:
     closed: list[bool] = field(default_factory=list)
     closed_refs: list[str] = field(default_factory=list)
     named: list[bool] = field(default_factory=list)
+    abstained: int = 0
 
     def add(self, answer: "_Answer") -> None:
+        self.abstained += bool(answer.meta.get("abstained"))
         if answer.ious:
             self.ious.extend(answer.ious)
         elif answer.closed is not None:
@@ -108,7 +122,7 @@ class _Scores:
         return Row(group, key, seg.n, seg.miou, seg.mdice, len(self.open), mean([s.precision for s in self.open]),
                    mean([s.recall for s in self.open]), mean([s.f1 for s in self.open]), len(self.closed),
                    mean([float(c) for c in self.closed]), len(self.named), mean([float(c) for c in self.named]),
-                   balanced_accuracy(self.closed_refs, self.closed))
+                   balanced_accuracy(self.closed_refs, self.closed), self.abstained)
 
 
 def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: str | Path | None = None,
@@ -147,7 +161,13 @@ def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: s
             for answer in scored:
                 untrained = untrained or answer.untrained_parts
                 meta = answer.meta
-                keys = [("all", "all"), ("modality", rec.modality), ("question_type", rec.question_type)]
+                source = image_source(rec)
+                keys = [("all", "all"), ("source", source), ("modality", rec.modality),
+                        ("question_type", rec.question_type)]
+                topic = rec.extra.get("topic")
+                if isinstance(topic, str):
+                    kind = f"{rec.question_type}:{topic}"
+                    keys += [("topic", kind), ("source_topic", f"{source}:{kind}")]
                 if isinstance(rec.extra.get("case"), str):
                     keys.append(("case", rec.extra["case"]))
                 targets: list[_Scores] = [groups.setdefault(g, _Scores()) for g in keys]
@@ -168,7 +188,7 @@ def evaluate(runtime: Runtime, dataset: str | Path | Dataset, *, image_folder: s
     finally:
         if sink:
             sink.close()
-    order = sorted(groups, key=lambda g: (("all", "modality", "question_type", "case").index(g[0]), g[1]))
+    order = sorted(groups, key=lambda g: (GROUPS.index(g[0]), SOURCES.index(g[1]) if g[0] == "source" else 0, g[1]))
     rows = tuple(groups[g].row(*g) for g in order)
     return EvalReport(rows, asked, qid, out, time.perf_counter() - t0, untrained, tuple(left_out))
 
@@ -208,7 +228,8 @@ def _ask_record(runtime: Runtime, root: Path, rec, *, max_new_tokens: int, thres
         except InputError as exc:  # the record's fault; an unreachable server or a model failure is not
             raise InputError(f"record {rec.id}: {exc}") from None
         meta = {"id": rec.id, "turn": t, "modality": rec.modality, "question_type": rec.question_type,
-                "topic": rec.extra.get("topic"), "pred_masks": len(result.masks)}
+                "topic": rec.extra.get("topic"), "source": image_source(rec), "pred_masks": len(result.masks),
+                "abstained": result.abstained, "confidence": result.confidence}
         if result.routing is not None:  # share of the answer's tokens per expert (MedPLIB's routing plots)
             meta["routing"] = dict(zip(result.routing.expert_names, map(float, result.routing.overall())))
         answer = _Answer(question, turn.plain_answer, result.text, meta, tuple(result.untrained_parts))

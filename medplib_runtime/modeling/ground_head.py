@@ -14,6 +14,7 @@ it was trained on, and where it reaches Dice ≈ 0.9. The LLM says *what*; the p
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -43,6 +44,17 @@ def box_from_heat(heat: torch.Tensor, *, model_size: int, valid_hw: tuple[int, i
     cell is over it, the cells within half of the peak around the peak. ``valid_hw`` is the resized
     (unpadded) image's size in model pixels: the box never reaches into the padding.
     """
+    _, blob = strongest_blob(heat)
+    rows, cols = np.nonzero(blob)
+    cell = model_size / heat.shape[-1]
+    x0, y0 = cols.min() * cell, rows.min() * cell
+    x1, y1 = (cols.max() + 1) * cell - 1, (rows.max() + 1) * cell - 1
+    h, w = valid_hw
+    return np.array([min(x0, w - 1), min(y0, h - 1), min(x1, w - 1), min(y1, h - 1)], dtype=np.float32)
+
+
+def strongest_blob(heat: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``g×g`` heat logits → (``g×g`` probabilities, bool mask of the blob ``box_from_heat`` boxes)."""
     prob = torch.sigmoid(heat.detach().float()).cpu().numpy()
     on = prob > HEAT_THRESHOLD
     if not on.any():
@@ -50,13 +62,31 @@ def box_from_heat(heat: torch.Tensor, *, model_size: int, valid_hw: tuple[int, i
     blobs, n = label_4connected(on)
     # each blob's summed probability, as scipy.ndimage.sum adds it (float64 bincount in raster order)
     sums = np.bincount(blobs.ravel(), weights=prob.ravel())[1:n + 1]
-    best = 1 + int(np.argmax(sums))
-    rows, cols = np.nonzero(blobs == best)
-    cell = model_size / heat.shape[-1]
-    x0, y0 = cols.min() * cell, rows.min() * cell
-    x1, y1 = (cols.max() + 1) * cell - 1, (rows.max() + 1) * cell - 1
-    h, w = valid_hw
-    return np.array([min(x0, w - 1), min(y0, h - 1), min(x1, w - 1), min(y1, h - 1)], dtype=np.float32)
+    return prob, blobs == 1 + int(np.argmax(sums))
+
+
+@dataclass(frozen=True)
+class HeatScores:
+    """How sure the heat map is of one place (ours; read by the grounding confidence, never by the box)."""
+
+    peak: float  # the highest cell probability
+    blob_mean: float  # the chosen blob's mean probability
+    blob_share: float  # the chosen blob's share of all probability over HEAT_THRESHOLD (1: one place only)
+    blob_cells: int
+    logit_peak: float = 0.0  # the highest heat logit (sigmoid saturates: 1.0 for a logit of 8 and of 30)
+    logit_margin: float = 0.0  # the blob's mean logit minus the median logit of the map
+
+
+def heat_scores(prob: np.ndarray, blob: np.ndarray, logits: np.ndarray | None = None) -> HeatScores:
+    """Scores of ``strongest_blob``'s result: a peaked single blob scores high, a diffuse or split map low."""
+    over = prob[prob > HEAT_THRESHOLD].sum()
+    in_blob = prob[blob].sum()
+    share = float(in_blob / over) if over > 0 else 0.0
+    peak = margin = 0.0
+    if logits is not None:
+        peak, margin = float(logits.max()), float(logits[blob].mean() - np.median(logits))
+    return HeatScores(peak=float(prob.max()), blob_mean=float(prob[blob].mean()), blob_share=min(share, 1.0),
+                      blob_cells=int(blob.sum()), logit_peak=peak, logit_margin=margin)
 
 
 def label_4connected(on: np.ndarray) -> tuple[np.ndarray, int]:
@@ -83,4 +113,5 @@ def label_4connected(on: np.ndarray) -> tuple[np.ndarray, int]:
     return np.array(labels, dtype=np.int32).reshape(h, w), n
 
 
-__all__ = ["GroundHead", "HEAT_THRESHOLD", "box_from_heat", "label_4connected"]
+__all__ = ["GroundHead", "HEAT_THRESHOLD", "HeatScores", "box_from_heat", "heat_scores", "label_4connected",
+           "strongest_blob"]

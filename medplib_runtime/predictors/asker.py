@@ -12,18 +12,21 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..conversation import build_prompt, history_text, question_for_routing, without_region
+from ..conversation import PHANTOM_NOTE, build_prompt, history_text, question_for_routing, without_phantom, without_region
 from ..devices import compute_precision
 from ..glue.files import GLUE_PARTS, glue_status
 from ..glue.routing import GROUND_EXPERT, VL_EXPERT, RoutingConfig
 from ..imaging.transforms import mask_to_model
 from ..modeling.generation import GenerationOutput, Prefill, extend_prefill, greedy_generate, shared_prefix
-from ..modeling.ground_head import box_from_heat
+from ..modeling.ground_head import box_from_heat, heat_scores, strongest_blob
 from ..modeling.medplib import MedPLIB, build_medplib
 from ..modeling.moe import RoutingRecorder, expert_forced
 from ..modeling.question_routing import QuestionRoute, choose_expert, question_positions
 from ..presets import EXPERT_NAMES, IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, MedPLIBConfig
 from ..schemas import AskResult, Prompt, Turn
+from .grounding_trust import (ABSTAIN_BELOW, Grounded, GroundingEvidence, Verdict, abstention_text, confidence,
+                              grid_agreement, judge)
+from .phrasing import grounding_ask
 from .segmenter import Embedding, SamSegmenter
 
 POINT_REGION_HALF = 20  # MedPLIB's demo: a click becomes a 41×41 square
@@ -85,22 +88,25 @@ class Asker:
         # a chat turn continues its routing prefill's cache over the shared start (off: read it all again;
         # for measuring the difference, ``medplib bench``)
         self.reuse_routing_prefix = True
+        self.abstain_below = ABSTAIN_BELOW  # grounding confidence under which no mask is returned (0: never abstain)
 
     @torch.inference_mode()
     def ask(self, embedding: Embedding, question: str, *, region: Prompt | None = None, history: tuple[Turn, ...] = (),
             max_new_tokens: int = 64, threshold: float = 0.5, image: np.ndarray | None = None,
             on_token=None) -> AskResult:
         t0 = time.perf_counter()
+        asked = grounding_ask(question)  # the model reads one phrasing of a request for a mask (phrasing.py)
+        read = asked.canonical if asked else question
         recorder = RoutingRecorder(self.model.llm)
         with compute_precision(self.device), recorder.record():
-            plan = self._plan(question, history, self._features(embedding, region, image), recorder)
+            plan = self._plan(read, history, self._features(embedding, region, image), recorder)
             with self._experts(plan.expert):
                 prefilled = plan.prefilled or self._prefill(plan.prompt)
                 gen = greedy_generate(self.model.llm, plan.prompt.embeds, max_new_tokens=max_new_tokens,
                                       stop_ids=self.stop_ids, on_token=on_token, suppress_ids=self.suppress_ids,
                                       prefilled=prefilled)
-        masks = self.masks_for(gen.token_ids, gen.hidden, embedding, threshold)
-        return self._result(gen, masks, recorder, plan.notes, t0)
+        found = self.grounded(gen.token_ids, gen.hidden, embedding, threshold)
+        return self._result(gen, found, recorder, plan.notes, t0, structure=asked.structure if asked else None)
 
     def _features(self, embedding: Embedding, region: Prompt | None, image: np.ndarray | None) -> _Features:
         m = self.model
@@ -200,10 +206,11 @@ class Asker:
             at = at[-1:]
         return choose_expert(m.llm, lambda: self._prefill(prompt), at, threshold=self.routing.question_threshold)
 
-    def _result(self, gen: GenerationOutput, masks: tuple[np.ndarray, ...], recorder: RoutingRecorder,
-                notes: tuple[str, ...], t0: float) -> AskResult:
+    def _result(self, gen: GenerationOutput, found: tuple[Grounded, ...], recorder: RoutingRecorder,
+                notes: tuple[str, ...], t0: float, *, structure: str | None = None) -> AskResult:
         answer_ids = [t for t in gen.token_ids if t not in self.stop_ids]
         answer = self.tokenizer.decode(answer_ids, skip_special_tokens=False).strip()
+        answer, masks, notes, verdict = self._checked(answer, found, notes, structure)
         token_texts = ["<prompt>"] * (gen.prefill_tokens - gen.prefill_reused) + \
             [self.tokenizer.decode([t]) for t in gen.token_ids]
         routing = recorder.stats(token_texts, EXPERT_NAMES)
@@ -212,7 +219,20 @@ class Asker:
                    "decode_tok_per_s": n_new / gen.decode_s if gen.decode_s else 0.0,
                    "total": (time.perf_counter() - t0) * 1e3}
         return AskResult(text=answer, masks=masks, routing=routing, untrained_parts=self.untrained, timings_ms=timings,
-                         notes=notes)
+                         notes=notes, confidence=verdict.confidence, abstained=verdict.abstained)
+
+    def _checked(self, answer: str, found: tuple[Grounded, ...], notes: tuple[str, ...],
+                 structure: str | None) -> tuple[str, tuple[np.ndarray, ...], tuple[str, ...], Verdict]:
+        """The answer as the user gets it: never the training data's "phantom", never a mask the model is not
+        sure of (then the text says so; grounding_trust.py)."""
+        answer, said_phantom = without_phantom(answer)
+        notes = notes + ((PHANTOM_NOTE,) if said_phantom else ())
+        verdict = judge(found, below=self.abstain_below)
+        if not verdict.abstained:
+            return answer, tuple(g.mask for g in found), notes, verdict
+        return abstention_text(structure, verdict.confidence), (), notes + (
+            f"no mask returned: grounding confidence {verdict.confidence:.2f} is under the threshold "
+            f"{self.abstain_below:.2f}",), verdict
 
     def text_callback(self, on_text):
         """Token-id callback → text callback; stop tokens are not shown."""
@@ -223,23 +243,41 @@ class Asker:
 
         return on_token
 
-    @torch.inference_mode()
     def masks_for(self, token_ids: tuple[int, ...], hidden: torch.Tensor, embedding: Embedding,
                   threshold: float) -> tuple[np.ndarray, ...]:
-        """One full-resolution mask per ``<SEG>`` in ``token_ids``, in order."""
+        """One full-resolution mask per ``<SEG>`` in ``token_ids``, in order (whatever their confidence)."""
+        return tuple(g.mask for g in self.grounded(token_ids, hidden, embedding, threshold))
+
+    @torch.inference_mode()
+    def grounded(self, token_ids: tuple[int, ...], hidden: torch.Tensor, embedding: Embedding,
+                 threshold: float) -> tuple[Grounded, ...]:
+        """One full-resolution mask per ``<SEG>`` in ``token_ids``, in order, each with its confidence."""
         where = [i for i, t in enumerate(token_ids) if t == self.seg_id]
         if not where:
             return ()
         with compute_precision(self.device):  # the LLM side; LiteMedSAM's decoder below runs in fp32
             tokens = self.model.seg_tokens(hidden[where])
             heat = self.model.ground_head(tokens, embedding.image_embedding) if self.model.grounds_by_box else None
+        blobs = [] if heat is None else [strongest_blob(h[0]) for h in heat]
         if heat is not None:  # the heat map's blob → a box → the frozen decoder's own prompt
             size = self.segmenter.image_size
             boxes = np.stack([box_from_heat(h[0], model_size=size, valid_hw=embedding.info.resized) for h in heat])
-            logits, _ = self.segmenter.decode_boxes(embedding, boxes)
+            logits, iou = self.segmenter.decode_boxes(embedding, boxes)
         else:
-            logits, _ = self.segmenter.decode_tokens(embedding, tokens)
-        return tuple(self.segmenter.to_mask(logits[i:i + 1], embedding, threshold) for i in range(len(where)))
+            logits, iou = self.segmenter.decode_tokens(embedding, tokens)
+        out = []
+        for i in range(len(where)):
+            mask = self.segmenter.to_mask(logits[i:i + 1], embedding, threshold)
+            scores, agreement = None, 0.0
+            if blobs:
+                prob, blob = blobs[i]
+                on_grid = torch.nn.functional.adaptive_avg_pool2d(
+                    (torch.sigmoid(logits[i:i + 1].float()) > threshold).float(), blob.shape)[0, 0].cpu().numpy() > 0.5
+                logit_map = heat[i, 0].detach().float().cpu().numpy()
+                scores, agreement = heat_scores(prob, blob, logit_map), grid_agreement(blob, on_grid)
+            evidence = GroundingEvidence(scores, float(iou[i]), agreement, float(mask.mean()))
+            out.append(Grounded(mask, evidence, confidence(evidence)))
+        return tuple(out)
 
     def region_mask(self, region: Prompt, embedding: Embedding) -> torch.Tensor:
         """A region prompt → mask over the padded model square at the embedding's grid × 4."""
