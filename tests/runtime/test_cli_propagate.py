@@ -39,10 +39,11 @@ def dice(a, b) -> float:
 
 @pytest.mark.weights
 def test_three_seed_slices_give_the_brain1_lesion_in_3d(brain1_paths, tmp_path):
-    image = read_volume(brain1_paths[0])
+    """The README's example: sample_data/brain1_seeds.nrrd is the label on three slices, as drawn."""
     truth = read_volume(brain1_paths[1]).array > 0
     seeds, picks = three_seeds(truth)
-    seeds_path = write_labels(seeds, like=image, path=tmp_path / "seeds.nrrd")
+    seeds_path = brain1_paths[0].parent / "brain1_seeds.nrrd"
+    assert np.array_equal(read_volume(seeds_path).array, seeds), "the shipped seeds are the label on 12, 14, 16"
     out = tmp_path / "lesion.nii.gz"
     run = medplib("propagate", str(brain1_paths[0]), "--seeds", str(seeds_path), "--out", str(out))
     assert run.returncode == 0, run.stderr
