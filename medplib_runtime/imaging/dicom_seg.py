@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import re
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from ..errors import InputError
+from .atomic import write_then_rename
 
 if TYPE_CHECKING:
     from ..provenance import Provenance
@@ -172,17 +172,7 @@ def write_dicom_seg(labels: np.ndarray, *, like: SeriesVolume, path: str | os.Pa
     except (ValueError, TypeError, AttributeError) as exc:  # highdicom's word on sources it cannot reference
         raise InputError(f"cannot make a DICOM-SEG for {like.source}: {str(exc).splitlines()[0][:200]}") from None
 
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp.dcm"
-    try:
-        seg.save_as(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_then_rename(path, seg.save_as, suffix=".dcm")
 
 
 def read_dicom_seg(path: str | os.PathLike, *, like: SeriesVolume) -> np.ndarray:

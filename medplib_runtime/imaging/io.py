@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .atomic import write_then_rename
 from .geometry import identity_direction, is_identity, napari_affine, orthonormalize
 from .integrity import check_dicom_series, check_nifti, check_nrrd, native_stderr, truncation_reason
 
@@ -395,18 +395,8 @@ def check_writable(path: str | os.PathLike, *, suffixes: tuple[str, ...] = LABEL
 def _write_atomic(image: sitk.Image, path: Path) -> Path:
     """Write to a hidden temp file beside ``path`` and rename it over, so readers never see half a file."""
     path = check_writable(path, suffixes=WRITE_SUFFIXES)
-    # a fresh name (not mkstemp) so ITK creates the file with the usual umask permissions
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{_suffix(path)}"
-    try:
-        sitk.WriteImage(image, str(tmp), True)
-        os.replace(tmp, path)
-    except RuntimeError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write {path}: {_reason(exc)}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_then_rename(path, lambda tmp: sitk.WriteImage(image, str(tmp), True), suffix=_suffix(path),
+                             reason=_reason)
 
 
 def write_labels(labels: np.ndarray, *, like: Volume, path: str | os.PathLike,

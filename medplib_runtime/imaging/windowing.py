@@ -44,12 +44,7 @@ def guess_modality(array: np.ndarray) -> str:
 
 def window_for(array: np.ndarray, modality: str = "auto") -> IntensityWindow:
     """The window for a whole image; NaN-only or constant images → InputError."""
-    values = finite_sample(array)
-    if values.size == 0:
-        raise InputError("image has no finite values (all NaN/inf): nothing to segment")
-    vmin, vmax = float(values.min()), float(values.max())
-    if vmax - vmin <= 1e-6 * max(1.0, abs(vmax)):
-        raise InputError(f"image is constant (every voxel = {vmin:g}): nothing to segment")
+    values, vmin, vmax = _finite_range(array, "every voxel")
     modality = guess_modality(array) if modality == "auto" else modality
     if modality == "CT":
         return IntensityWindow(*CT_SOFT_TISSUE, modality="CT")
@@ -62,13 +57,19 @@ def window_for(array: np.ndarray, modality: str = "auto") -> IntensityWindow:
 def rgb_window(array: np.ndarray) -> IntensityWindow:
     """An RGB picture's window: min-max over all its channels together, as MedSAM/LiteMedSAM normalise a
     colour image (no CT/MR windowing: its values are already display values). NaN-only/constant → InputError."""
+    _, vmin, vmax = _finite_range(array, "every pixel", " in every channel")
+    return IntensityWindow(vmin, vmax, modality="RGB")
+
+
+def _finite_range(array: np.ndarray, what: str, where: str = "") -> tuple[np.ndarray, float, float]:
+    """A sample of the finite values and their min/max; NaN-only or constant images → InputError."""
     values = finite_sample(array)
     if values.size == 0:
         raise InputError("image has no finite values (all NaN/inf): nothing to segment")
     vmin, vmax = float(values.min()), float(values.max())
     if vmax - vmin <= 1e-6 * max(1.0, abs(vmax)):
-        raise InputError(f"image is constant (every pixel = {vmin:g} in every channel): nothing to segment")
-    return IntensityWindow(vmin, vmax, modality="RGB")
+        raise InputError(f"image is constant ({what} = {vmin:g}{where}): nothing to segment")
+    return values, vmin, vmax
 
 
 def apply_window(array: np.ndarray, window: IntensityWindow) -> np.ndarray:

@@ -123,6 +123,15 @@ class PropagationResult:
         return tuple(sorted({s.index for s in self.steps if s.unsure and (s.kept or s.reason in soft)}))
 
 
+def slice_mask(mask: np.ndarray, shape: tuple[int, ...], axis: int, what: str) -> np.ndarray:
+    """``mask`` as a boolean slice of a ``shape`` volume along ``axis``, or InputError naming ``what``."""
+    mask = np.asarray(mask) != 0
+    plane = tuple(s for i, s in enumerate(shape) if i != axis)
+    if mask.shape != plane:
+        raise InputError(f"{what} has shape {mask.shape}, but slices along axis {axis} are {plane}")
+    return mask
+
+
 def slice_confidence(score: float, back: float, ratio: float, z: float, s: PropagationSettings) -> float:
     """The documented per-slice confidence (module docstring), in [0, 1]."""
     parts = (
@@ -153,10 +162,7 @@ def propagate(runtime: Runtime, volume: np.ndarray, *, axis: int, seed_index: in
     n = volume.shape[axis]
     if not 0 <= seed_index < n:
         raise InputError(f"seed slice {seed_index} is out of range: axis {axis} has {n} slices (0–{n - 1})")
-    seed = np.asarray(seed_mask) != 0
-    plane = tuple(s for i, s in enumerate(volume.shape) if i != axis)
-    if seed.shape != plane:
-        raise InputError(f"seed mask has shape {seed.shape}, but slices along axis {axis} are {plane}")
+    seed = slice_mask(seed_mask, volume.shape, axis, "seed mask")
     if not seed.any():
         raise InputError(f"the seed mask on slice {seed_index} is empty: segment or paint the structure first")
     unknown = set(directions) - {"up", "down"}

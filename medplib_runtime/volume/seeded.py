@@ -27,7 +27,7 @@ from ..errors import InputError
 from ..protocol import Runtime
 from ..schemas import SliceRef
 from .interpolation import interpolate_between
-from .propagation import Cancelled, PropagationSettings, _box, _iou, _segment, propagate
+from .propagation import Cancelled, PropagationSettings, _box, _iou, _segment, propagate, slice_mask
 
 Progress = Callable[[int, int], None]
 
@@ -125,10 +125,7 @@ def correct_and_continue(runtime: Runtime, volume: np.ndarray, previous: SeededR
         raise InputError(f"the previous result has shape {previous.mask.shape} but the image {volume.shape}")
     if not 0 <= index < n:
         raise InputError(f"slice {index} is out of range: axis {axis} has {n} slices (0–{n - 1})")
-    mask = np.asarray(mask) != 0
-    plane = tuple(s for i, s in enumerate(volume.shape) if i != axis)
-    if mask.shape != plane:
-        raise InputError(f"the corrected mask has shape {mask.shape}, but slices along axis {axis} are {plane}")
+    mask = slice_mask(mask, volume.shape, axis, "the corrected mask")
     job = _Job(runtime, volume, axis, previous.label, settings, modality, progress, cancel)
     job.load(previous)
     seeds = previous.seeds
