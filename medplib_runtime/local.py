@@ -20,7 +20,7 @@ import numpy as np
 from .devices import check_device
 from .embedding_cache import CacheStats, EmbeddingCache
 from .errors import InputError, RuntimeNotReady, UnknownImage
-from .presets import get_preset
+from .presets import DEFAULT_PRECISION, PRECISIONS, get_preset
 from .schemas import (AskRequest, AskResult, PartInfo, RuntimeInfo, SegmentRequest, SegmentResult, SliceRef,
                       validate_prompt)
 from .validation import (check_finite, check_generation, check_image, check_question, is_rgb, normalise_slice,
@@ -39,15 +39,17 @@ class _Image:
 
 
 class LocalRuntime:
-    """In-process runtime. ``preset`` names a MedPLIBConfig; ``device`` 'cpu' or 'cuda'."""
+    """In-process runtime. ``preset`` names a MedPLIBConfig; ``device`` 'cpu' or 'cuda'; ``precision`` the LLM's
+    Linear weights: fp32, or weight-only int8/int4 on the CPU (None: DEFAULT_PRECISION; modeling/quantise.py)."""
 
     def __init__(self, preset: str = "medplib-lite", *, device: str = "cpu", cache_mb: int = DEFAULT_CACHE_MB,
-                 max_images: int = 8, glue: str | Path | None = None) -> None:
+                 max_images: int = 8, glue: str | Path | None = None, precision: str | None = None) -> None:
         self.config = get_preset(preset)
         self.glue_file = Path(glue) if glue is not None else None  # None: the shipped glue
         if self.glue_file is not None and not self.glue_file.is_file():
             raise InputError(f"glue file {self.glue_file} does not exist")
         self.device = check_device(device)  # a missing GPU is a one-line error now, not at the first click
+        self.precision = _check_precision(DEFAULT_PRECISION if precision is None else precision, self.device)
         self._images: dict[str, _Image] = {}
         self._max_images = max_images
         self._lock = threading.RLock()  # the images
@@ -241,9 +243,24 @@ class LocalRuntime:
                 t0 = time.perf_counter()
                 from .predictors.asker import build_asker
 
-                self._asker = build_asker(self.config, segmenter=segmenter, glue=self.glue_file)
+                asker = build_asker(self.config, segmenter=segmenter, glue=self.glue_file)
+                if self.precision != "fp32":  # the LLM's Linear weights, in place (modeling/quantise.py)
+                    from .modeling.quantise import quantise_llm
+
+                    quantise_llm(asker.model.llm, self.precision)
+                self._asker = asker
                 self.load_timings["llm"] = time.perf_counter() - t0
             return self._asker
+
+
+def _check_precision(precision: str, device: str) -> str:
+    """The LLM's weight precision: fp32, or weight-only int8/int4 (CPU kernels only)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision != "fp32" and device != "cpu":
+        raise InputError(f"precision {precision} runs on the CPU only (torch's int8/int4 CPU kernels); "
+                         f"on {device} the LLM computes in bf16")
+    return precision
 
 
 def _embedding_bytes(embedding) -> int:

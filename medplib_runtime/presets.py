@@ -120,6 +120,11 @@ MEDPLIB_7B = MedPLIBConfig(
     ),
 )
 
+# the LLM's Linear weights at run time (modeling/quantise.py: weight-only, CPU); the default was measured
+# (docs/benchmarks.md, "Quantised decode")
+PRECISIONS = ("fp32", "int8", "int4")
+DEFAULT_PRECISION = "fp32"
+
 PRESETS: dict[str, MedPLIBConfig] = {c.preset: c for c in (MEDPLIB_LITE, MEDPLIB_7B)}
 DEFAULT_PRESET = MEDPLIB_LITE.preset
 

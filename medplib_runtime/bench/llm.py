@@ -131,3 +131,54 @@ def _question_routing_ms(llm, embeds, repeats: int) -> list[float]:
         choose_expert(llm, read, positions)  # the routing prefill; ends in a .item(): timed to completion on a GPU too
         out.append((time.perf_counter() - t) * 1e3)
     return out
+
+
+def precision_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
+    """Decode speed and ``ask`` latency per LLM precision (fp32, int8, int4), interleaved on the runtime's own
+    model: each quantised set of Linears is swapped in around its runs (modeling/quantise.swapped_in), so
+    the ratios come from one process on one host. Run it after the peak-RSS row: the quantised copies
+    (≈ 0.2 GB) sit beside the fp32 weights while it runs."""
+    from ..devices import compute_precision
+    from ..modeling.quantise import quantised_swaps, swapped_in
+    from ..schemas import AskRequest
+
+    asker = runtime.asker()
+    if asker.device.type != "cpu" or runtime.precision != "fp32":
+        return []  # the kernels are CPU-only; a runtime already quantised has no fp32 weights to compare
+    llm = asker.model.llm
+    swaps = {p: quantised_swaps(llm, p) for p in ("fp32", "int8", "int4")}
+    torch.manual_seed(0)
+    ids = torch.randint(100, 40000, (1, PROMPT_TOKENS))
+    with torch.inference_mode():
+        embeds = llm.get_input_embeddings()(ids)
+    req = AskRequest(image_key=key, slice=slice_ref, question="What is shown in this image?", max_new_tokens=16)
+    step: dict[str, list[float]] = {p: [] for p in swaps}
+    prefill: dict[str, list[float]] = {p: [] for p in swaps}
+    asks: dict[str, list[float]] = {p: [] for p in swaps}
+    answers: dict[str, str] = {}
+    for i in range(repeats * 2 + 1):  # interleaved: a slow moment of the host hits every precision
+        for p, swap in swaps.items():
+            with swapped_in(swap), compute_precision(asker.device):
+                out = greedy_generate(llm, embeds, max_new_tokens=NEW_TOKENS, stop_ids=set())
+                result = runtime.ask(req)
+            if i:  # the first round warms up
+                step[p].append(out.decode_s * 1e3 / len(out.token_ids))
+                prefill[p].append(out.prefill_s * 1e3)
+                asks[p].append(result.timings_ms["total"])
+            answers[p] = result.text
+    fp32_step = statistics.median(step["fp32"])
+    rows = []
+    for p, swap in swaps.items():
+        tok_s = sorted(1e3 / s for s in step[p])
+        mb = sum(s.new.qweight.numel() + s.new.scale.numel() * 4 if hasattr(s.new, "qweight")
+                 else s.new.packed.numel() + s.new.scales_offsets.numel() * 2 for s in swap) / 2**20
+        note = "p90 column = slowest run" if p == "fp32" else \
+            f"{mb:.0f} MB of quantised Linears; same answer as fp32: {answers[p] == answers['fp32']}"
+        rows.append(Row(f"LLM decode, {p} weights", "tok/s", statistics.median(tok_s), tok_s[0], len(tok_s), note))
+    for p in ("int8", "int4"):
+        rows.append(Row(f"decode speed-up vs fp32, {p}", "x", fp32_step / statistics.median(step[p]),
+                        float("nan"), len(step[p]), "ratio of median decode steps, same run"))
+    for p in swaps:
+        rows.append(row_ms(f"ask, 16 new tokens, {p}", asks[p]))
+        rows.append(row_ms(f"LLM prefill {PROMPT_TOKENS} tokens, {p}", prefill[p]))
+    return rows

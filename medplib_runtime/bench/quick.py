@@ -47,7 +47,7 @@ def run_bench(args) -> int:
     print(f"# medplib bench — {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
           f"torch {torch.__version__}{gpu}, image {_image_path(args).name} {volume.array.shape}")
 
-    runtime = LocalRuntime(preset=args.preset, device=device)
+    runtime = LocalRuntime(preset=args.preset, device=device, precision=getattr(args, "precision", None))
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)  # GPU work is asynchronous
     t0 = time.perf_counter()
     segmenter = runtime.segmenter()
@@ -83,7 +83,12 @@ def run_bench(args) -> int:
 
     rows += llm_rows(runtime, key, SliceRef(0, mid), repeats=repeats)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rows.append(Row("peak RSS (whole bench, one model)", "MB", peak_mb, peak_mb, 1))
+    rows.append(Row("peak RSS (whole bench, one model)", "MB", peak_mb, peak_mb, 1,
+                    f"before the precision rows; LLM weights {runtime.precision}"))
+    # 5. decode per LLM precision, interleaved on the same model (fp32 runtimes on the CPU only)
+    from .llm import precision_rows
+
+    rows += precision_rows(runtime, key, SliceRef(0, mid), repeats=repeats)
     if device != "cpu":
         gpu_mb = torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
         rows.append(Row("peak GPU memory allocated", "MB", gpu_mb, gpu_mb, 1))

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from ..errors import InputError, MedplibError
-from ..presets import DEFAULT_PRESET, PRESETS
+from ..presets import DEFAULT_PRECISION, DEFAULT_PRESET, PRECISIONS, PRESETS
 from ..schemas import AskRequest, Box, Point, Prompt, SegmentRequest, SliceRef
 from .checks import (
     OneLineParser,
@@ -270,7 +270,8 @@ def cmd_serve(args) -> int:
     from ..server.run import serve
 
     config = ServerConfig(host=args.host, port=args.port, token=args.token or token_from_env(), preset=args.preset,
-                          device=args.device, preload=args.preload, max_body_mb=args.max_body_mb,
+                          device=args.device, precision=args.precision, preload=args.preload,
+                          max_body_mb=args.max_body_mb,
                           request_timeout_s=args.request_timeout_s, max_queue=args.max_queue,
                           client_cache_mb=args.client_cache_mb, total_cache_mb=args.total_cache_mb, glue=args.glue,
                           **{name: getattr(args, name) for name in _guard_names() if getattr(args, name) is not None})
@@ -316,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=None, help="require this bearer token (default: $MEDPLIB_TOKEN)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="the model (local runtime)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (bf16 autocast on CUDA)")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help=f"the LLM's weights: {', '.join(PRECISIONS)} (weight-only, CPU; default {DEFAULT_PRECISION})")
     p.add_argument("--preload", default="all", choices=("all", "segment", "none"),
                    help="model parts loaded at start-up (default all)")
     p.add_argument("--max-body-mb", type=float, default=64.0, help="largest request body")

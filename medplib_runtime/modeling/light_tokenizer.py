@@ -3,7 +3,7 @@
 Why: ``AutoTokenizer`` imports most of transformers (≈ 5 s cold, torch.distributed included);
 ``tokenizers.Tokenizer.from_file`` takes 0.1 s and is the very object transformers' fast tokenizer
 wraps. This class offers the part of that API the runtime uses (encode without special tokens,
-decode, special tokens added as transformers adds them); tests/test_llama_infer.py checks ids and
+decode, special tokens added as transformers adds them); tests/modeling/test_llama_infer.py checks ids and
 text against ``AutoTokenizer``.
 """
 

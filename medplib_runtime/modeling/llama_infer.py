@@ -3,7 +3,7 @@
 Why: importing transformers' LLaMA modules takes 5–8 s here (they pull in torch.distributed.tensor,
 dynamo, sympy, scipy.optimize, accelerate), most of a cold ``medplib ask``; answering needs ~150
 lines of it. This mirrors transformers 5's ``LlamaForCausalLM`` with SDPA attention in eval mode,
-op for op and layout for layout (so its outputs are bit-identical: tests/test_llama_infer.py), with
+op for op and layout for layout (so its outputs are bit-identical: tests/modeling/test_llama_infer.py), with
 the same module and parameter names, so the weights, the MoE swap (moe.py), column_major_linears and
 the glue apply unchanged. Training keeps transformers' model (padding masks, gradient checkpointing,
 FSDP); only ``load_smollm2(light=True)`` (the runtime's Asker) builds this one.

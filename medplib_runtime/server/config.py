@@ -20,6 +20,7 @@ class ServerConfig:
     token: str | None = None  # None: no auth (allowed on loopback only)
     preset: str = "medplib-lite"
     device: str = "cpu"
+    precision: str | None = None  # the LLM's weights: fp32, int8, int4 (None: the runtime's default)
     preload: str = "all"  # all | segment | none: which model parts load at start-up
     max_body_mb: float = 64.0  # one request body; a 2048² float32 slice is 16 MB
     request_timeout_s: float = 120.0  # per request, queue wait included

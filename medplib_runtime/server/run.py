@@ -13,7 +13,8 @@ def build_runtime(config: ServerConfig):
     """A LocalRuntime with the parts ``config.preload`` names already loaded."""
     from ..local import LocalRuntime
 
-    runtime = LocalRuntime(config.preset, device=config.device, cache_mb=config.embedding_cache_mb,
+    runtime = LocalRuntime(config.preset, device=config.device, precision=config.precision,
+                           cache_mb=config.embedding_cache_mb,
                            glue=config.glue, max_images=1 << 30)  # the server's slice store decides what to forget
     if config.preload in ("all", "segment"):
         runtime.warm_up()
