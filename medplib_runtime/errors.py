@@ -31,3 +31,7 @@ class RemoteError(MedplibError, RuntimeError):
 
 class UnknownImage(InputError):
     """An image key the runtime does not hold (never set, or evicted): set the image again."""
+
+
+class Cancelled(MedplibError):
+    """The user cancelled (a long call stopped at its next check); nothing was returned or written."""

@@ -12,30 +12,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .devices import check_device
 from .embedding_cache import CacheStats, EmbeddingCache
-from .errors import InputError, RuntimeNotReady, UnknownImage
+from .errors import InputError, RuntimeNotReady
+from .image_store import ImageStore, StoredImage
 from .presets import DEFAULT_PRECISION, PRECISIONS, get_preset
 from .schemas import (AskRequest, AskResult, PartInfo, RuntimeInfo, SegmentRequest, SegmentResult, SliceRef,
                       validate_prompt)
-from .validation import (check_finite, check_generation, check_image, check_question, is_rgb, normalise_slice,
+from .validation import (check_finite, check_generation, check_question,
                          slice_shape)
-from .wire import image_key, slice_key
 
 DEFAULT_CACHE_MB = 256  # 4 MB per LiteMedSAM slice embedding → 64 slices; keeps peak RSS ≲ 1.5 GB
-
-
-@dataclass(frozen=True)
-class _Image:
-    array: np.ndarray  # (z, y, x); a 2D image is stored as (1, y, x), an RGB one as (1, y, x, 3)
-    was_2d: bool
-    window: object  # imaging.windowing.IntensityWindow
-    spacing: tuple[float, ...] | None
 
 
 class LocalRuntime:
@@ -50,9 +41,7 @@ class LocalRuntime:
             raise InputError(f"glue file {self.glue_file} does not exist")
         self.device = check_device(device)  # a missing GPU is a one-line error now, not at the first click
         self.precision = _check_precision(DEFAULT_PRECISION if precision is None else precision, self.device)
-        self._images: dict[str, _Image] = {}
-        self._max_images = max_images
-        self._lock = threading.RLock()  # the images
+        self.images = ImageStore(max_images=max_images, on_forget=self._drop_embeddings)
         self._seg_lock = threading.Lock()
         self._llm_lock = threading.Lock()
         # model builds have their own locks: a cold ask builds the LLM while the slice is embedded
@@ -85,30 +74,11 @@ class LocalRuntime:
         min-max over its channels, as MedSAM's, and ``modality`` is not used). ``window`` (an IntensityWindow)
         overrides the one computed from ``image``: the server gets single slices of a volume whose window the
         client computed over the whole volume."""
-        from .imaging.windowing import rgb_window, window_for
-
-        array = np.asarray(image)
-        check_image(array)
-        rgb = is_rgb(array)
-        key = image_key(array) if window is None else slice_key(array, lo=window.lo, hi=window.hi,
-                                                                  modality=window.modality)
-        with self._lock:
-            if key in self._images:
-                self._images[key] = self._images.pop(key)  # most recently used last
-                return key
-            if window is None:  # raises InputError for NaN-only / constant images
-                window = rgb_window(array) if rgb else window_for(array, modality)
-            was_2d = array.ndim == 2 or rgb
-            self._images[key] = _Image(array[None] if was_2d else array, was_2d, window, spacing)
-            while len(self._images) > self._max_images:  # forget the oldest image and its embeddings
-                old = next(iter(self._images))
-                del self._images[old]
-                self._cache.drop(lambda k, old=old: k[0] == old)
-        return key
+        return self.images.put(image, modality=modality, spacing=spacing, window=window)
 
     def prefetch(self, image_key: str, slice: SliceRef, *, radius: int = 2) -> None:
         img = self._image(image_key)
-        ref = self._normalise(img, slice)
+        ref = img.slice_ref(slice)
         n = img.array.shape[ref.axis]
         order = [ref.index] + [i for d in range(1, radius + 1) for i in (ref.index + d, ref.index - d)]
         self._cache.prefetch([(image_key, ref.axis, i) for i in order if 0 <= i < n])
@@ -116,7 +86,7 @@ class LocalRuntime:
     def segment(self, request: SegmentRequest) -> SegmentResult:
         t0 = time.perf_counter()
         img = self._image(request.image_key)
-        ref = self._normalise(img, request.slice)
+        ref = img.slice_ref(request.slice)
         shape = slice_shape(img.array.shape, ref.axis)
         validate_prompt(request.prompt, shape)
         check_generation(threshold=request.threshold)
@@ -136,7 +106,7 @@ class LocalRuntime:
         """``on_token`` gets each answer token's text as it is generated (it may raise to stop)."""
         check_question(request.question, region=request.region is not None, history=request.history)
         img = self._image(request.image_key)
-        ref = self._normalise(img, request.slice)
+        ref = img.slice_ref(request.slice)
         shape = slice_shape(img.array.shape, ref.axis)
         if request.region is not None:
             validate_prompt(request.region, shape)
@@ -154,9 +124,7 @@ class LocalRuntime:
 
     def forget(self, key: str) -> None:
         """Drop an image and its embeddings (the server's per-client store evicts through this)."""
-        with self._lock:
-            self._images.pop(key, None)
-        self._cache.drop(lambda k: k[0] == key)
+        self.images.forget(key)
 
     # -- extras used by bench / plugin ------------------------------------------------------------
     def warm_up(self) -> None:
@@ -176,18 +144,13 @@ class LocalRuntime:
             time.sleep(0.01)
 
     # -- internals ---------------------------------------------------------------------------
-    def _image(self, key: str) -> _Image:
+    def _image(self, key: str) -> StoredImage:
         if self._closed:
             raise RuntimeNotReady("the runtime was closed")
-        with self._lock:
-            img = self._images.get(key)
-        if img is None:
-            raise UnknownImage(f"unknown image key {key[:12]}…: call set_image first (or it was evicted)")
-        return img
+        return self.images.get(key)
 
-    @staticmethod
-    def _normalise(img: _Image, ref: SliceRef) -> SliceRef:
-        return normalise_slice(img.array.shape, img.was_2d, ref)
+    def _drop_embeddings(self, key: str) -> None:
+        self._cache.drop(lambda k: k[0] == key)
 
     def _embed_slice(self, key: tuple[str, int, int]):
         from .imaging.windowing import apply_window

@@ -17,27 +17,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import httpx
 import numpy as np
 
 from .errors import InputError, MedplibError, RemoteError
-from .imaging.windowing import IntensityWindow, rgb_window, window_for
+from .image_store import ImageStore, StoredImage
 from .schemas import AskRequest, AskResult, RuntimeInfo, SegmentRequest, SegmentResult, SliceRef, validate_prompt
-from .validation import check_image, check_question, is_rgb, normalise_slice, slice_shape
-from .wire import (ask_result_from_wire, history_to_wire, image_key, info_from_wire, pack_bytes, prompt_to_wire,
+from .validation import check_question, slice_shape
+from .wire import (ask_result_from_wire, history_to_wire, info_from_wire, pack_bytes, prompt_to_wire,
                    segment_result_from_wire, slice_key)
 
 TOKEN_ENV = "MEDPLIB_TOKEN"
 BACKOFF_S = (0.25, 0.5, 1.0, 2.0)
-
-
-@dataclass(frozen=True)
-class _Image:
-    array: np.ndarray  # (z, y, x); a 2D image as (1, y, x), an RGB one as (1, y, x, 3)
-    was_2d: bool
-    window: IntensityWindow
 
 
 class RemoteRuntime:
@@ -55,8 +47,7 @@ class RemoteRuntime:
         self._http = httpx.Client(base_url=self.url, headers=headers,
                                   timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s))
         self._retries = retries
-        self._images: dict[str, _Image] = {}
-        self._max_images = max_images
+        self.images = ImageStore(max_images=max_images, on_forget=self._forget_slice_keys)
         self._slice_keys: dict[tuple[str, int, int], str] = {}
         self._on_server: set[str] = set()
         self._lock = threading.RLock()
@@ -72,28 +63,11 @@ class RemoteRuntime:
         return self._json("GET", "/health")
 
     def set_image(self, image: np.ndarray, *, modality: str = "auto", spacing: tuple[float, ...] | None = None) -> str:
-        array = np.asarray(image)
-        check_image(array)
-        key = image_key(array)
-        with self._lock:
-            if key in self._images:
-                self._images[key] = self._images.pop(key)
-                return key
-        rgb = is_rgb(array)
-        window = rgb_window(array) if rgb else window_for(array, modality)  # the same window LocalRuntime computes
-        was_2d = array.ndim == 2 or rgb
-        with self._lock:
-            self._images[key] = _Image(array[None] if was_2d else array, was_2d, window)
-            while len(self._images) > self._max_images:
-                old = next(iter(self._images))
-                del self._images[old]
-                for k in [k for k in self._slice_keys if k[0] == old]:
-                    del self._slice_keys[k]
-        return key
+        return self.images.put(image, modality=modality, spacing=spacing)  # the same window LocalRuntime computes
 
     def prefetch(self, image_key: str, slice: SliceRef, *, radius: int = 2) -> None:
         img = self._image(image_key)
-        ref = normalise_slice(img.array.shape, img.was_2d, slice)
+        ref = img.slice_ref(slice)
         n = img.array.shape[ref.axis]
         order = [ref.index] + [i for d in range(1, radius + 1) for i in (ref.index + d, ref.index - d)]
         refs = [SliceRef(ref.axis, i) for i in order if 0 <= i < n]
@@ -107,7 +81,7 @@ class RemoteRuntime:
     def segment(self, request: SegmentRequest) -> SegmentResult:
         t0 = time.perf_counter()
         img = self._image(request.image_key)
-        ref = normalise_slice(img.array.shape, img.was_2d, request.slice)
+        ref = img.slice_ref(request.slice)
         shape = slice_shape(img.array.shape, ref.axis)
         validate_prompt(request.prompt, shape)
         body = {"prompt": prompt_to_wire(request.prompt), "threshold": request.threshold}
@@ -124,7 +98,7 @@ class RemoteRuntime:
         """Streams the answer: ``on_token`` gets each token's text as the server generates it."""
         check_question(request.question, region=request.region is not None, history=request.history)
         img = self._image(request.image_key)
-        ref = normalise_slice(img.array.shape, img.was_2d, request.slice)
+        ref = img.slice_ref(request.slice)
         shape = slice_shape(img.array.shape, ref.axis)
         if request.region is not None:
             validate_prompt(request.region, shape)
@@ -148,14 +122,15 @@ class RemoteRuntime:
         self._http.close()
 
     # -- slices --------------------------------------------------------------------------------
-    def _image(self, key: str) -> _Image:
+    def _image(self, key: str) -> StoredImage:
         if self._closed:
             raise RemoteError("the remote runtime was closed", code="closed")
+        return self.images.get(key)
+
+    def _forget_slice_keys(self, key: str) -> None:
         with self._lock:
-            img = self._images.get(key)
-        if img is None:
-            raise InputError(f"unknown image key {key[:12]}…: call set_image first (or it was evicted)")
-        return img
+            for k in [k for k in self._slice_keys if k[0] == key]:
+                del self._slice_keys[k]
 
     def _with_slice(self, key: str, ref: SliceRef, call):
         """``call(slice_key)`` with the slice on the server; uploads again once if the server forgot it."""

@@ -61,7 +61,7 @@ def run(args) -> int:
         image = read_volume(folder / "lung2_image.nrrd")
         truth = read_volume(folder / "lung2_label.nrrd").array == 1
         segmenter = runtime.segmenter()
-        window = runtime._images[runtime.set_image(image.array)].window
+        window = runtime.images.get(runtime.set_image(image.array)).window
         n = min(60, image.array.shape[0] - 1)
         enc, walks, ratios = [], [], []
         for i in range(args.repeats):

@@ -53,7 +53,7 @@ def run_bench(args) -> int:
     segmenter = runtime.segmenter()
     rows.append(Row("load segmentation model", "ms", (time.perf_counter() - t0) * 1e3, float("nan"), 1))
     key = runtime.set_image(volume.array, modality="auto", spacing=volume.spacing)
-    window = runtime._images[key].window
+    window = runtime.images.get(key).window
 
     # 1. encoder: distinct slices, straight through the segmenter (no cache)
     planes = [apply_window(np.take(volume.array, (mid + i) % z, axis=0), window) for i in range(repeats)]

@@ -45,13 +45,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InputError, MedplibError
+from ..errors import Cancelled, InputError
 from ..protocol import Runtime
 from ..schemas import Box, Prompt, SegmentRequest, SliceRef
-
-
-class Cancelled(MedplibError):
-    """The user cancelled; nothing was returned or written."""
 
 
 @dataclass(frozen=True)
