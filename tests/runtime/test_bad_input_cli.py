@@ -24,6 +24,8 @@ from medplib_runtime.validation import MAX_HISTORY_CHARS, check_question, fittin
 from _bad_input_files import (BOX, MEDPLIB, SAMPLE, SEG, brain1, brain1_variant, cut, dicom_series,
                               label1, nifti_with_pixdim, nrrd_with_spacings, snapshot, truncated)
 
+pytestmark = pytest.mark.process  # each test starts processes: a tier of its own (conftest)
+
 # ----------------------------------------------------------------------------------------- cases
 # each builder writes what it needs into tmp and returns the command line after `medplib`
 

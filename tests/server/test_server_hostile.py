@@ -23,6 +23,8 @@ from medplib_runtime.remote import RemoteRuntime
 from medplib_runtime.schemas import Box, Prompt, SegmentRequest, SliceRef
 from medplib_runtime.wire import WIRE_DTYPES, pack_bytes, slice_key, unpack_bytes
 
+pytestmark = pytest.mark.process  # each test starts processes: a tier of its own (conftest)
+
 MB = 2**20
 SLOW_HEAD = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "  # headers never finished
 SLOW_BODY = (b"PUT /v1/slices?dtype=uint8&rows=64&cols=64&lo=0&hi=1&modality=MR HTTP/1.1\r\nHost: 127.0.0.1\r\n"

@@ -19,6 +19,8 @@ from medplib_runtime.schemas import Box, Prompt, SegmentRequest, SliceRef
 from medplib_runtime.server.config import ServerConfig, check_exposure, is_loopback
 from medplib_runtime.wire import encode_array, pack_bytes
 
+pytestmark = pytest.mark.process  # each test starts processes: a tier of its own (conftest)
+
 TOKEN = "s3cret-token-for-tests"
 ALLOWED = {200, 202, 400, 401, 404, 405, 413, 422, 503, 504}
 
