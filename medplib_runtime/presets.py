@@ -63,6 +63,12 @@ class MedPLIBConfig:
     llm_vocab: int = 49152
     # region encoder: sample ≤ this many positions inside the region mask
     region_max_samples: int = 512
+    # which features the region token is read from: "pixel" (the pixel encoder's embedding, ours) or
+    # "clip" (MedPLIB's region_fea_adapter over the CLIP patch features; region_encoder.ClipRegionEncoder)
+    region_features: str = "pixel"
+    # where a <SEG>'s state is read, relative to the <SEG> token: 0 (ours: the state where <SEG> is the
+    # input) or -1 (MedPLIB's build_seg_token_mask: the state that predicts <SEG>)
+    seg_state_offset: int = 0
     moe: MoEConfig = field(default_factory=MoEConfig)
     # how a <SEG> becomes a mask: "token" (MedPLIB: its projection is a sparse prompt token for the
     # decoder) or "box" (ours: its projection queries the pixel embedding for a heat map whose blob's
@@ -112,6 +118,8 @@ MEDPLIB_7B = MedPLIBConfig(
     llm_kv_heads=32,
     llm_intermediate=11008,
     llm_vocab=32000,
+    region_features="clip",
+    seg_state_offset=-1,
     mask_threshold=0.1,
     weight_sources=(
         ("checkpoint", "local folder: Huangxs/MedPLIB-7b-2e (save_pretrained dump)"),
@@ -154,4 +162,7 @@ def tiny_7b_config() -> MedPLIBConfig:
         llm_intermediate=128,
         llm_vocab=512,
         region_max_samples=16,
+        # the toy build keeps the pixel-embedding region token until predictors/asker.py hands
+        # MedPLIB.region_token the CLIP features (the released checkpoint's loader uses "clip")
+        region_features="pixel",
     )

@@ -28,7 +28,8 @@ from .generation import Prefill, cache_kwargs, new_cache
 from .ground_head import GroundHead
 from .moe import install_moe, route_as_configured
 from .projector import VisionProjector
-from .region_encoder import RegionEncoder
+from .region_encoder import ClipRegionEncoder, RegionEncoder
+from .sam_med2d import SamMed2DConfig, SamMed2DImageEncoder
 from .seg_projector import SegProjector
 from .vision_tower import ClipTower, PooledPixelFeatures
 
@@ -53,11 +54,12 @@ class MedPLIB(nn.Module):
         self.tokenizer = tokenizer
         self.vision_tower = vision_tower
         self.glue_file: Path | None = None  # the glue loaded into this model (None: random-init glue)
+        self.weights_folder: Path | None = None  # a released checkpoint's folder (released_checkpoint.py)
         self.routing = routing  # the glue's recipe's (glue/routing.py); the MoE layers are set to it below
         self.token_ids: dict[str, int] = {}
         torch.manual_seed(GLUE_SEED)  # untrained glue is reproducible
         self.vision_projector = VisionProjector(cfg.vision_feature_dim, cfg.llm_hidden)
-        self.region_encoder = RegionEncoder(cfg.prompt_embed_dim, cfg.llm_hidden, max_samples=cfg.region_max_samples)
+        self.region_encoder = _region_encoder(cfg)
         self.seg_projector = SegProjector(cfg.llm_hidden, cfg.prompt_embed_dim)
         self.moe = install_moe(llm, cfg.moe)
         route_as_configured(llm, routing)
@@ -68,18 +70,31 @@ class MedPLIB(nn.Module):
     def n_image_tokens(self) -> int:
         return self.cfg.vision_grid ** 2
 
-    def image_tokens(self, *, pixel_embedding: torch.Tensor, clip_pixels: torch.Tensor | None = None) -> torch.Tensor:
-        """→ ``1×N×llm_hidden`` projected vision tokens."""
+    def vision_features(self, *, pixel_embedding: torch.Tensor,
+                        clip_pixels: torch.Tensor | None = None) -> torch.Tensor:
+        """→ ``1×N×C`` vision-tower features (what the projector and MedPLIB's region encoder read)."""
         if isinstance(self.vision_tower, PooledPixelFeatures):
-            feats = self.vision_tower(pixel_embedding)
-        else:
-            if clip_pixels is None:
-                raise ModelError("this preset's CLIP vision tower needs the slice image, not only its embedding")
-            feats = self.vision_tower(clip_pixels)
-        return self.vision_projector(feats)
+            return self.vision_tower(pixel_embedding)
+        if clip_pixels is None:
+            raise ModelError("this preset's CLIP vision tower needs the slice image, not only its embedding")
+        return self.vision_tower(clip_pixels)
 
-    def region_token(self, pixel_embedding: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:
-        """Region mask in the padded model square (any size) → ``1×1×llm_hidden``."""
+    def image_tokens(self, *, pixel_embedding: torch.Tensor, clip_pixels: torch.Tensor | None = None,
+                     features: torch.Tensor | None = None) -> torch.Tensor:
+        """→ ``1×N×llm_hidden`` projected vision tokens (``features``: ``vision_features``' output, if at hand)."""
+        if features is None:
+            features = self.vision_features(pixel_embedding=pixel_embedding, clip_pixels=clip_pixels)
+        return self.vision_projector(features)
+
+    def region_token(self, pixel_embedding: torch.Tensor, region_mask: torch.Tensor, *,
+                     vision_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Region mask in the padded model square (any size) → ``1×1×llm_hidden``. A ``"clip"`` region
+        encoder (medplib-7b's) reads ``vision_features`` (the CLIP patch features), not the pixel embedding."""
+        if isinstance(self.region_encoder, ClipRegionEncoder):
+            if vision_features is None:
+                raise ModelError(f"{self.cfg.preset}: the region token is read from the CLIP features: "
+                                 "pass vision_features")
+            return self.region_encoder(vision_features, region_mask)
         return self.region_encoder(pixel_embedding, region_mask)
 
     def embed_inputs(self, input_ids: torch.Tensor, *, image_tokens: torch.Tensor,
@@ -115,6 +130,12 @@ class MedPLIB(nn.Module):
             torch.cuda.synchronize(input_ids.device)
         return Prefill(cache, out.hidden[:, -1], input_ids.shape[1], time.perf_counter() - t0)
 
+    def seg_positions(self, token_ids) -> list[int]:
+        """Where each ``<SEG>``'s state is read in a stream of ``token_ids`` (the preset's ``seg_state_offset``:
+        medplib-7b reads the state that predicts ``<SEG>``, as MedPLIB was trained)."""
+        seg = self.token_ids["<SEG>"]
+        return [i + self.cfg.seg_state_offset for i, t in enumerate(token_ids) if int(t) == seg]
+
     def seg_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
         """``N×D`` hidden states at ``<SEG>`` positions → ``N×1×C`` sparse prompt tokens."""
         return self.seg_projector(hidden)
@@ -133,37 +154,31 @@ def _fill(embeds: torch.Tensor, where: torch.Tensor, values: torch.Tensor, name:
     return embeds.masked_scatter(mask, values.to(embeds.dtype).reshape(-1))
 
 
+def _region_encoder(cfg: MedPLIBConfig) -> nn.Module:
+    if cfg.region_features == "clip":
+        return ClipRegionEncoder(cfg.vision_feature_dim, cfg.llm_hidden, max_samples=cfg.region_max_samples)
+    if cfg.region_features != "pixel":
+        raise ModelError(f"region_features must be 'pixel' or 'clip', got {cfg.region_features!r}")
+    return RegionEncoder(cfg.prompt_embed_dim, cfg.llm_hidden, max_samples=cfg.region_max_samples)
+
+
 def _tiny_sam(cfg: MedPLIBConfig) -> SamParts:
-    """SAM ViT-B structure (transformers' SamVisionModel) + our prompt encoder/decoder.
-
-    SAM-Med2D's adapters are not part of this structure yet (loading its checkpoint is a later step).
-    """
-    from transformers import SamVisionConfig, SamVisionModel
-
+    """SAM-Med2D's ViT-B image encoder (with its adapters, sam_med2d.py) + SAM's prompt encoder/decoder:
+    medplib-7b's sizes, or toy ones for ``tiny_7b_config``."""
     big = cfg.preset == "medplib-7b"
-    vision = SamVisionConfig(
-        hidden_size=768 if big else 32, num_hidden_layers=12 if big else 2, num_attention_heads=12 if big else 2,
-        image_size=cfg.pixel_image_size, patch_size=16, output_channels=cfg.prompt_embed_dim,
-        window_size=14 if big else 2, global_attn_indexes=(2, 5, 8, 11) if big else (1,),
-        num_pos_feats=cfg.prompt_embed_dim // 2, mlp_dim=3072 if big else 64)
-    encoder = _SamVisionEncoder(SamVisionModel(vision))
+    if big:
+        encoder = SamMed2DConfig(image_size=cfg.pixel_image_size, out_chans=cfg.prompt_embed_dim)
+    else:
+        encoder = SamMed2DConfig(image_size=cfg.pixel_image_size, embed_dim=32, depth=2, num_heads=2,
+                                 out_chans=cfg.prompt_embed_dim, window_size=2, global_attn_indexes=(1,))
     prompt, decoder = build_sam_decoder(embed_dim=cfg.prompt_embed_dim, grid=cfg.pixel_embed_grid,
                                         image_size=cfg.pixel_image_size, mlp_dim=2048 if big else 64,
                                         heads=8 if big else 2)
-    return SamParts(encoder, prompt, decoder, image_size=cfg.pixel_image_size).eval()
-
-
-class _SamVisionEncoder(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=x).last_hidden_state
+    return SamParts(SamMed2DImageEncoder(encoder), prompt, decoder, image_size=cfg.pixel_image_size).eval()
 
 
 def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None = None,
-                  glue: "Path | None | bool" = None, light: bool = False) -> MedPLIB:
+                  glue: "Path | None | bool" = None, light: bool = False, weights: "Path | None" = None) -> MedPLIB:
     """Build MedPLIB for ``cfg``. ``pretrained`` loads the real weights the preset names, and the
     shipped glue (``assets/<preset>-glue.safetensors``) if there is one; ``glue`` names another
     file (random base weights too), or ``False`` keeps the random-init glue (training starts from there).
@@ -171,8 +186,8 @@ def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None 
     ``pretrained``): the LLM for answering only, without transformers (llm.load_smollm2).
 
     medplib-lite: LiteMedSAM + SmolLM2 (glue randomly initialised until trained).
-    medplib-7b: structure only for now (random weights); loading the released checkpoint from a
-    local folder is not implemented yet.
+    medplib-7b: with ``pretrained``, the released checkpoint from the local folder ``weights``
+    (released_checkpoint.py: MedPLIB's save layout, loaded strictly); without, the structure with random weights.
     """
     from .llm import add_special_tokens, build_random_llama, column_major_linears, load_smollm2
 
@@ -185,7 +200,11 @@ def build_medplib(cfg: MedPLIBConfig, *, pretrained: bool, sam: SamParts | None 
             llm, tokenizer = build_random_llama(cfg), _tiny_tokenizer()
     else:
         if pretrained:
-            raise ModelError(f"{cfg.preset}: loading the released checkpoint from a local folder is not built yet")
+            if weights is None:
+                raise ModelError(f"{cfg.preset}: name the released checkpoint's local folder (weights=DIR)")
+            from .released_checkpoint import load_released_checkpoint
+
+            return load_released_checkpoint(Path(weights), compose=MedPLIB)
         sam = sam or _tiny_sam(cfg)
         tower = ClipTower(cfg)
         llm, tokenizer = build_random_llama(cfg), _tiny_tokenizer()

@@ -116,10 +116,13 @@ class MoEFeedForward(nn.Module):
         return max(1, math.ceil(cf * tokens * self.top_k / self.cfg.num_experts))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_from_logits(x, self.router(x.reshape(-1, x.shape[-1])))
+
+    def forward_from_logits(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The routing and experts for router ``logits`` ``N×E`` (dense_moe.py computes them its own way)."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
         n = flat.shape[0]
-        logits = self.router(flat)
         if self.logits_tap is not None:
             self.logits_tap.append(logits)
         probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # N×E

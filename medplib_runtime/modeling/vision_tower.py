@@ -29,20 +29,26 @@ class PooledPixelFeatures(nn.Module):
         return F.adaptive_avg_pool2d(embedding, self.grid).flatten(2).transpose(1, 2)
 
 
+def _preset_clip_config(cfg: MedPLIBConfig):
+    from transformers import CLIPVisionConfig
+
+    if cfg.preset == "medplib-7b":  # ViT-L/14-336
+        return CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
+    return CLIPVisionConfig(hidden_size=cfg.vision_feature_dim, intermediate_size=cfg.vision_feature_dim * 2,
+                            num_hidden_layers=2, num_attention_heads=4, image_size=cfg.vision_image_size,
+                            patch_size=cfg.vision_image_size // cfg.vision_grid)  # same structure, toy sizes
+
+
 class ClipTower(nn.Module):
     """transformers' CLIPVisionModel; features of the penultimate layer without CLS."""
 
-    def __init__(self, cfg: MedPLIBConfig) -> None:
+    def __init__(self, cfg: MedPLIBConfig, config=None) -> None:
+        """``config``: a ``CLIPVisionConfig`` to build (a released checkpoint's tower); else from ``cfg``."""
         super().__init__()
-        from transformers import CLIPVisionConfig, CLIPVisionModel
+        from transformers import CLIPVisionModel
 
-        if cfg.preset == "medplib-7b":  # ViT-L/14-336
-            config = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                                      num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
-        else:  # same structure, toy sizes
-            config = CLIPVisionConfig(hidden_size=cfg.vision_feature_dim, intermediate_size=cfg.vision_feature_dim * 2,
-                                      num_hidden_layers=2, num_attention_heads=4, image_size=cfg.vision_image_size,
-                                      patch_size=cfg.vision_image_size // cfg.vision_grid)
+        config = config if config is not None else _preset_clip_config(cfg)
         self.model = CLIPVisionModel(config)
         self.image_size = config.image_size
 

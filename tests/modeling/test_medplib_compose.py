@@ -28,7 +28,7 @@ def test_tiny_7b_has_the_paper_structure(tiny):
     cfg, model, _, _ = tiny
     names = {n for n, _ in model.named_modules()}
     assert type(model.vision_tower).__name__ == "ClipTower"
-    assert type(model.sam.image_encoder.model).__name__ == "SamVisionModel"
+    assert type(model.sam.image_encoder).__name__ == "SamMed2DImageEncoder"  # SAM-Med2D's ViT with adapters
     moes = [m for m in model.modules() if isinstance(m, MoEFeedForward)]
     assert len(moes) == cfg.llm_layers, "a MoE FFN on every LLM layer"
     assert all(len(m.experts) == 2 for m in moes)
