@@ -2,46 +2,46 @@
 
 Each ``<SEG>`` of an answer is shown as a chip ("mask 1 → add as 'lesion'"): a click adds that mask
 under a new label of the image's chat layer, in its own colour (or, once added, shows it); "Add masks"
-adds the last answer's masks; Undo takes the last added one back. Routing and time are one quiet line.
+adds the last answer's masks; Undo takes the last added one back. On a volume a "→ 3D" chip propagates
+the mask through the volume (as Propagate does, from its slice) in the dock's worker, Stop cancels it,
+and the result is one undoable write; "Segment the lesion in 3D." does the same for a one-mask answer. Routing and time are one quiet line.
 History is kept per image and sent back as earlier turns (the runtime reads them only for a glue
-trained on multi-turn answers, and notes it under the answer otherwise). Widgets only wire signals to
-``on_*`` methods; the model runs in a worker thread.
+trained on multi-turn answers, and notes it under the answer otherwise). The state lives in a Qt-free
+``ChatSession``; widgets only wire signals to ``on_*`` methods; the model answers in a worker, and Ask
+turns into Stop while it does.
 """
 
 from __future__ import annotations
 
 import os
 
-import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, QTimer, QUrl, Signal
 from qtpy.QtWidgets import (QApplication, QComboBox, QFormLayout, QHBoxLayout, QLineEdit, QPushButton,
                             QSizePolicy, QTextBrowser, QVBoxLayout, QWidget)
 
-from medplib_runtime.errors import InputError, MedplibError
-from medplib_runtime.schemas import AskRequest
-from medplib_runtime.validation import check_question
+from medplib_runtime.errors import MedplibError
 
 from ._status_line import StatusLine
-from ._workers import run_call
-from .chat_masks import ChatWrite, add_chat_mask, undo_chat_mask
-from .chat_state import ChatHistory
+from ._workers import WorkerSlot, user_message
+from .chat_session import ChatSession
 from .colours import outline_references
-from .chat_view import mask_name, parse_chip, transcript_html
+from .chat_view import VOLUME_CHIP_PREFIX, parse_chip, transcript_html
+from .chat_volume import volume_job, volume_problem
 from .layer_roles import is_prompt_layer
-from .prompt_capture import capture, current_slice
-from .runtime_factory import LANGUAGE_STEP, get_runtime, runtime_info, warm_language, warm_status
-from .volume_actions import measure_layer
+from .runtime_factory import LANGUAGE_STEP, warm_language, warm_status
 
 NO_REGION = "(no region)"
 NO_LABELS = "(no labels)"
 
 
 class _TokenRelay(QObject):
-    """Carries answer tokens from the worker thread to the dock (a queued Qt signal: thread-safe)."""
+    """Carries answer tokens and propagation progress from the worker thread to the dock (queued Qt signals:
+    thread-safe)."""
 
     token = Signal(str)
+    progress = Signal(int, int)
 
 
 class ChatDock(QWidget):
@@ -49,9 +49,8 @@ class ChatDock(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.synchronous = os.environ.get("MEDPLIB_SYNC_WORKERS") == "1"
-        self.history = ChatHistory()
-        self.chat_writes: list[ChatWrite] = []
-        self._asking = False
+        self.session = ChatSession(napari_viewer)
+        self.jobs = WorkerSlot(synchronous=lambda: self.synchronous)  # one answer at a time; Stop cancels it
         self.image_combo, self.region_combo, self.measure_combo = QComboBox(), QComboBox(), QComboBox()
         for combo in (self.image_combo, self.region_combo, self.measure_combo):
             combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
@@ -70,6 +69,8 @@ class ChatDock(QWidget):
         self.undo_button = QPushButton("Undo")
         self.copy_button, self.clear_button = QPushButton("Copy"), QPushButton("Clear")
         self.status = StatusLine("")
+        self._running = "answer"  # what the worker runs: "answer" or "propagation" (what Stop stops)
+        self._then: tuple[str, int, int] | None = None  # a mask to propagate once the answer's call has finished
         self._layout()
         self._connect()
         self.on_layers_changed()
@@ -131,7 +132,7 @@ class ChatDock(QWidget):
 
     def on_warm_tick(self) -> None:
         state = warm_status()
-        if self._asking:
+        if self.jobs.busy:
             return
         if state.loading is not None and LANGUAGE_STEP in (state.loading, *state.queued):
             where = "now" if state.loading == LANGUAGE_STEP else f"after {state.loading}"
@@ -146,119 +147,185 @@ class ChatDock(QWidget):
             self.status.done(f"ready to answer (language model loaded in {seconds:.1f} s)" if seconds else "")
 
     # -- asking ------------------------------------------------------------------------------------
+    @property
+    def history(self):
+        return self.session.history
+
     def on_ask(self) -> None:
-        question = self.question.text().strip()
+        """Ask about the shown slice; while an answer is being written the button says Stop and stops it."""
+        if self.jobs.busy:
+            self.on_stop()
+            return
+        region = self.region_combo.currentText()
         try:
-            check_question(question, region=self.region_combo.currentText() not in ("", NO_REGION))
-            name = self.image_combo.currentText()
-            if not name:
-                raise InputError("no image layer: open a volume first")
-            image = self.viewer.layers[name]
-            if self.region_combo.currentText() in ("", NO_REGION):
-                ref, region, region_kind = current_slice(self.viewer, image), None, "none"
-            else:
-                got = capture(self.viewer, image, self.viewer.layers[self.region_combo.currentText()])
-                ref, region, region_kind = got.slice, got.prompt, got.prompt.kind
+            context = self.session.prepare(self.image_combo.currentText(), self.question.text().strip(),
+                                           None if region in ("", NO_REGION) else region)
         except MedplibError as exc:
             show_error(str(exc))
             self.status.done(f"not asked: {exc}")
             return
-        data, turns = np.asarray(image.data), self.history.turns(name)
-        modality = image.metadata.get("modality", "auto")
-
         relay = _TokenRelay()
         relay.token.connect(self.on_token)
-        self._relay, self._partial = relay, ""  # kept alive while the worker runs
-
-        def job():
-            runtime = get_runtime()
-            runtime_info(runtime)  # asked here, off the Qt thread: a chat mask's provenance names the model
-            key = runtime.set_image(data, modality=modality)
-            return runtime.ask(AskRequest(image_key=key, slice=ref, question=question, region=region,
-                                          history=turns, max_new_tokens=48), on_token=relay.token.emit)
-
-        self.ask_button.setEnabled(False)
-        self._asking = True
+        self._relay, self._partial, self._running, self._then = relay, "", "answer", None  # kept while it runs
+        self.ask_button.setText("Stop")
+        self.ask_button.setToolTip("stop the answer (nothing is added)")
         state = warm_status()
         waiting = LANGUAGE_STEP in ((state.loading,) + state.queued) or state.seconds(LANGUAGE_STEP) is None
-        self.status.busy(f"reading the question on slice {ref.index}"
+        self.status.busy(f"reading the question on slice {context.slice.index}"
                          + (f" (waiting for {LANGUAGE_STEP} to load)…" if waiting else "…"))
-        run_call(job, lambda result: self.on_answered(name, question, result, ref, region_kind),
-                 synchronous=self.synchronous, on_finished=self._asked)
+        self.jobs.start(self.session.job(context, relay.token.emit), lambda result: self.on_answered(context, result),
+                        on_error=self.on_failed, on_finished=self._asked)
+
+    def on_stop(self) -> None:
+        if self.jobs.cancel():  # the answer stops at its next token, a propagation at its next slice; dropped
+            self.status.done("stopped: the answer was not kept, the question is still there to ask again"
+                             if self._running == "answer" else
+                             "stopped: nothing was propagated (the mask on its slice is kept; Undo takes it back)")
+            self._then = None
+            self._asked()
+
+    def on_failed(self, exc: BaseException) -> None:
+        what = "not answered" if self._running == "answer" else "not propagated, nothing written"
+        self.status.done(f"{what}: {user_message(exc)}")
 
     def _asked(self) -> None:
-        self._asking = False
-        self.ask_button.setEnabled(True)
+        self.ask_button.setText("Ask")
+        self.ask_button.setToolTip("")
         if self.status.is_busy:
             self.status.done("")
+        then, self._then = self._then, None
+        if then is not None:  # "… in 3D": the answer's call is over, its mask goes through the volume now
+            self.propagate_mask(*then)
 
     def on_token(self, text: str) -> None:
         """The answer so far, shown while it is generated (the transcript gets the whole answer)."""
+        if not self.jobs.busy:
+            return  # a stopped answer's last tokens
         self._partial += text
         self.status.busy(f"answering: {self._partial.strip()[-120:].replace('<SEG>', '[mask]')}…")
 
-    def on_answered(self, image_name, question, result, ref, region_kind) -> None:
-        measured = self.measured_answer(image_name, question, result.text)
-        entry = self.history.add(image_name, question, result, ref, region_kind, measured)
+    def on_answered(self, context, result) -> None:
+        measure = self.measure_combo.currentText()
+        entry = self.session.answered(context, result, None if measure in ("", NO_LABELS) else measure)
         self.question.clear()
         masks = f", {len(entry.masks)} mask(s): click a chip to add one" if entry.masks else ""
         self.status.done(f"answered in {entry.seconds:.1f} s{masks}")
-        if image_name != self.image_combo.currentText():
-            self.image_combo.setCurrentText(image_name)
+        if context.image != self.image_combo.currentText():
+            self.image_combo.setCurrentText(context.image)
+        if context.three_d:
+            self._after_3d_request(context, entry)
         self.render()
 
-    def measured_answer(self, image_name: str, question: str, model_text: str) -> str:
-        """The measured answer from the 'measure' labels layer, if the question asks a quantity; else the
-        image file's own answer to a modality question (its header, else its Hounsfield units)."""
-        from medplib_runtime.volume.file_facts import file_fact
-        from medplib_runtime.volume.measured_answers import measured_answer, quantity_asked
-
-        image = self.viewer.layers[image_name] if image_name in self.viewer.layers else None
-        name = self.measure_combo.currentText()
-        if quantity_asked(question) is None or name in ("", NO_LABELS) or name not in self.viewer.layers:
-            data = None if image is None else (image.data[-1] if image.multiscale else image.data)
-            fact = None if image is None else file_fact(question, image.metadata, data, model_text=model_text)
-            return "" if fact is None else fact.statement
-        try:
-            found = measure_layer(self.viewer.layers[name], image)
-        except MedplibError as exc:
-            return f"could not measure {name!r}: {exc}"
-        answer = measured_answer(question, found, source=f"labels layer {name!r}")
-        return "" if answer is None else answer.text
+    def _after_3d_request(self, context, entry) -> None:
+        """A request "in 3D": one mask goes through the volume (after this call finishes); else say why not."""
+        index = len(self.history.entries(context.image)) - 1
+        image = self.viewer.layers[context.image] if context.image in self.viewer.layers else None
+        problem = None if image is None else volume_problem(image, context.slice.axis)
+        if not entry.masks:
+            why = "no mask in the answer: nothing to propagate in 3D"
+        elif len(entry.masks) > 1:
+            why = f"{len(entry.masks)} masks: pick one with its → 3D chip"
+        elif problem:
+            why = f"not propagated: {problem}"
+        else:
+            self._then = (context.image, index, 0)
+            return
+        self.history.set_remark(context.image, index, why)
+        self.status.done(f"answered in {entry.seconds:.1f} s; {why}")
 
     def render(self) -> None:
         bar = self.transcript.verticalScrollBar()
-        self.transcript.setHtml(transcript_html(self.history, self.image_combo.currentText()))
+        name = self.image_combo.currentText()
+        image = self.viewer.layers[name] if name in self.viewer.layers else None
+        volume = image is not None and volume_problem(image) is None
+        self.transcript.setHtml(transcript_html(self.history, name, volume))
         bar.setValue(bar.maximum())  # the newest answer in view
 
     # -- masks ---------------------------------------------------------------------------------------
     def on_chip(self, url: QUrl) -> None:
+        image_name = self.image_combo.currentText()
+        volume_chip = parse_chip(url.toString(), VOLUME_CHIP_PREFIX)
+        if volume_chip is not None:
+            self.propagate_mask(image_name, *volume_chip)
+            return
         chip = parse_chip(url.toString())
         if chip is None:
             return
-        image_name = self.image_combo.currentText()
         placed = self.history.placed(image_name, *chip)
         if placed is None:
             self.add_mask(image_name, *chip)
         elif placed.layer in self.viewer.layers:
             self.show_mask(image_name, chip[0], placed)
 
-    def add_mask(self, image_name: str, entry_index: int, mask: int) -> None:
-        entry = self.history.entries(image_name)[entry_index]
-        if image_name not in self.viewer.layers:
-            show_error(f"image layer {image_name!r} is gone: the mask has nowhere to go")
-            return
+    def add_mask(self, image_name: str, entry_index: int, mask: int) -> bool:
         try:
-            chat_write, placed = add_chat_mask(self.viewer, self.viewer.layers[image_name], entry, entry_index,
-                                               mask, mask_name(entry, mask))
+            chat_write, placed = self.session.add_mask(image_name, entry_index, mask)
         except MedplibError as exc:
             show_error(str(exc))
             self.status.done(f"mask not added: {exc}")
-            return
-        self.chat_writes.append(chat_write)
-        self.history.place(image_name, entry_index, mask, placed)
+            return False
+        ref = self.history.entries(image_name)[entry_index].slice
         self.status.done(f"mask {mask + 1} → {placed.layer!r}, label {placed.label} ({placed.name}): "
-                         f"{chat_write.write.changed} voxels on slice {entry.slice.index}")
+                         f"{chat_write.write.changed} voxels on slice {ref.index}")
+        self.render()
+        return True
+
+    # -- 3D ------------------------------------------------------------------------------------------
+    def propagate_mask(self, image_name: str, entry_index: int, mask: int) -> None:
+        """The "→ 3D" chip: add the mask if it is not yet, then propagate its label from its slice through the
+        volume in the worker (Stop cancels, nothing written); a propagated mask is shown instead."""
+        if self.jobs.busy:
+            show_info("MedPLIB is busy: Stop it first, or wait")
+            return
+        entries = self.history.entries(image_name)
+        if entry_index >= len(entries) or mask >= len(entries[entry_index].masks):
+            self.status.done("not propagated: that answer is no longer in the transcript")
+            return
+        if self.history.volume(image_name, entry_index, mask) is not None:
+            placed = self.history.placed(image_name, entry_index, mask)
+            if placed is not None and placed.layer in self.viewer.layers:
+                self.show_mask(image_name, entry_index, placed)
+            return
+        image = self.viewer.layers[image_name] if image_name in self.viewer.layers else None
+        problem = None if image is None else volume_problem(image)
+        if problem:
+            self.status.done(f"not propagated: {problem}")
+            return
+        if self.history.placed(image_name, entry_index, mask) is None and not self.add_mask(image_name, entry_index,
+                                                                                              mask):
+            return
+        try:
+            context = self.session.plan_volume(image_name, entry_index, mask)
+        except MedplibError as exc:
+            show_error(str(exc))
+            self.status.done(f"not propagated: {exc}")
+            return
+        relay = _TokenRelay()
+        relay.progress.connect(lambda done, total: self.on_progress(context, done, total))
+        self._relay, self._running = relay, "propagation"
+        self.ask_button.setText("Stop")
+        self.ask_button.setToolTip("stop the propagation (nothing is written)")
+        self.status.busy(f"propagating mask {mask + 1} ({context.name!r}) through the volume from slice "
+                         f"{context.seed}…")
+        self.jobs.start(volume_job(context, relay.progress.emit), lambda result: self.on_propagated(context, result),
+                        on_error=self.on_failed, on_finished=self._asked)
+
+    def on_progress(self, context, done: int, total: int) -> None:
+        if self.jobs.busy and self._running == "propagation":
+            self.status.progress(done, total, f"propagating mask {context.mask + 1} through the volume… slice {done} "
+                                              f"of ~{total} (Stop stops; nothing is written until the end)")
+
+    def on_propagated(self, context, result) -> None:
+        try:
+            chat_write, done = self.session.add_volume(context, result)
+        except MedplibError as exc:
+            show_error(str(exc))
+            self.status.done(f"not written: {exc}")
+            return
+        unsure = f"; unsure on slice(s) {', '.join(map(str, done.unsure))}: check them" if done.unsure else ""
+        self.status.done(f"mask {context.mask + 1} propagated: label {done.label} of {done.layer!r} over slices "
+                         f"{done.slices[0]}–{done.slices[1]}, {chat_write.write.changed} voxels changed in "
+                         f"{done.seconds:.1f} s{unsure}")
         self.render()
 
     def show_mask(self, image_name: str, entry_index: int, placed) -> None:
@@ -275,28 +342,30 @@ class ChatDock(QWidget):
     def on_add_masks(self) -> None:
         """Add every mask of the newest answer that has masks (those not added yet)."""
         name = self.image_combo.currentText()
-        entries = [(i, e) for i, e in enumerate(self.history.entries(name)) if e.masks]
-        if not entries:
-            show_info("the answers so far returned no masks")
+        todo = self.session.masks_to_add(name)
+        if not todo:
+            show_info("no answer mask left to add")
             return
-        i, entry = entries[-1]
-        for m in range(len(entry.masks)):
-            if self.history.placed(name, i, m) is None:
-                self.add_mask(name, i, m)
+        for entry_index, mask in todo:
+            self.add_mask(name, entry_index, mask)
 
     def on_undo(self) -> None:
-        if not self.chat_writes:
+        if self.jobs.busy and self._running == "propagation":
+            self.on_stop()  # the mask it propagates may be the one taken back
+        chat_write = self.session.undo()
+        if chat_write is None:
             show_info("no chat mask to undo")
             return
-        chat_write = self.chat_writes.pop()
-        undo_chat_mask(self.viewer, chat_write)
-        self.history.place(chat_write.image, chat_write.entry, chat_write.mask, None)
-        self.status.done(f"mask {chat_write.mask + 1} taken back out of {chat_write.write.layer_name!r}")
+        what = "its propagation through the volume (the mask on its slice is kept)" if chat_write.volume else ""
+        self.status.done(f"mask {chat_write.mask + 1}: {what} taken back out of {chat_write.write.layer_name!r}"
+                         if what else f"mask {chat_write.mask + 1} taken back out of {chat_write.write.layer_name!r}")
         self.render()
 
     def on_copy(self) -> None:
         QApplication.clipboard().setText(self.history.as_text(self.image_combo.currentText()))
 
     def on_clear(self) -> None:
+        if self.jobs.busy and self._running == "propagation":
+            self.on_stop()  # its answer leaves the transcript: nothing of it is written
         self.history.clear(self.image_combo.currentText())
         self.render()

@@ -11,20 +11,19 @@ import os
 
 from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
 
-from ._workers import run_call, user_message
-from .runtime_factory import current_runtime, set_runtime
+from ._workers import WorkerSlot, user_message
+from .runtime_factory import TOKEN_ENV, URL_ENV, current_runtime, default_choice, set_runtime
 
-URL_ENV, TOKEN_ENV = "MEDPLIB_REMOTE_URL", "MEDPLIB_TOKEN"
 DEFAULT_URL = "http://127.0.0.1:8765"
 
 
 def describe(runtime) -> str:
-    """One line about the runtime in use (no model call)."""
+    """One line about the runtime in use, or the one the first call will make (no model call)."""
     if runtime is None:
-        from .runtime_factory import local_model_installed
-
-        return ("local (this computer)" if local_model_installed()
-                else "none: torch is not installed here, connect to a server")
+        choice = default_choice()
+        if choice.startswith("remote "):
+            return f"remote: {choice.removeprefix('remote ')} (from ${URL_ENV}; not connected yet)"
+        return "local (this computer)" if choice == "local" else "none: torch is not installed here, connect to a server"
     url = getattr(runtime, "url", None)
     return f"remote: {url}" if url else "local (this computer)"
 
@@ -34,6 +33,7 @@ class RuntimeDock(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.synchronous = os.environ.get("MEDPLIB_SYNC_WORKERS") == "1"
+        self.jobs = WorkerSlot(synchronous=lambda: self.synchronous)
         self.url = QLineEdit(os.environ.get(URL_ENV, DEFAULT_URL))
         self.token = QLineEdit(os.environ.get(TOKEN_ENV, ""))
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
@@ -59,8 +59,8 @@ class RuntimeDock(QWidget):
         url, token = self.url.text().strip(), self.token.text().strip() or None
         self.connect_button.setEnabled(False)
         self.status.setText(f"connecting to {url}…")
-        run_call(lambda: _connect(url, token), self.on_connected, synchronous=self.synchronous,
-                 on_finished=lambda: self.connect_button.setEnabled(True), on_error=self.on_failed)
+        self.jobs.start(lambda cancel: _connect(url, token), self.on_connected, on_error=self.on_failed,
+                        on_finished=lambda: self.connect_button.setEnabled(True))
 
     def on_connected(self, connected) -> None:
         runtime, info = connected

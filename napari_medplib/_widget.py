@@ -11,7 +11,7 @@ worker touches no layer); the mask is written in ``on_segmented`` on the main th
 from __future__ import annotations
 
 import os
-import threading
+
 import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
@@ -19,13 +19,12 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
                             QSizePolicy, QSpinBox, QVBoxLayout, QWidget)
 
-from medplib_runtime.errors import MedplibError
+from medplib_runtime.errors import Cancelled, MedplibError
 from medplib_runtime.schemas import SegmentRequest
-from medplib_runtime.volume.propagation import Cancelled
 
 from ._runtime_line import RuntimeLine
 from ._status_line import StatusLine
-from ._workers import run_call, user_message
+from ._workers import WorkerSlot, user_message
 from .colours import outline_references
 from .layer_roles import PREDICTION, SCRIBBLE, add_quietly, is_prompt_layer, is_target_layer, with_role
 from .prompt_capture import capture, current_slice, grid_shape
@@ -44,8 +43,7 @@ class MedPLIBWidget(QWidget):
         self.viewer = napari_viewer
         self.synchronous = os.environ.get("MEDPLIB_SYNC_WORKERS") == "1"
         self.session = SegmentSession(napari_viewer.layers)  # undo stack, preview, writes: no Qt there
-        self._worker = None
-        self._cancel_event: threading.Event | None = None
+        self.jobs = WorkerSlot(synchronous=lambda: self.synchronous)  # one runtime call at a time, cancellable
         self._relay = _ProgressRelay()
         self._relay.progress.connect(self.on_progress)
 
@@ -188,7 +186,8 @@ class MedPLIBWidget(QWidget):
             target = self.viewer.layers[self.target_combo.currentText()]
             if np.shape(target.data) == grid_shape(image):
                 note = unsure_note(target, int(self.label_id.value()), ref.index)
-        overlay = self.viewer.text_overlay
+        # napari ≥ 0.9 keeps it on the canvas (viewer.text_overlay is deprecated there)
+        overlay = self.viewer.canvas.overlays.text if hasattr(self.viewer, "canvas") else self.viewer.text_overlay
         if note is not None:
             overlay.text, overlay.color, overlay.visible = note, "orange", True
         elif overlay.text.startswith("MedPLIB is unsure"):
@@ -198,7 +197,7 @@ class MedPLIBWidget(QWidget):
         """While the model loads in the background, say so (with the seconds it has taken) and stop after."""
         self.runtime_line.refresh()
         state = warm_status()
-        if self._worker is not None:
+        if self.jobs.busy:
             return  # a click is running: its own status line is shown
         if state.loading is not None:
             self.status.busy(f"loading {state.loading}…")
@@ -315,10 +314,9 @@ class MedPLIBWidget(QWidget):
             self.status.done(f"not propagated: {exc}")
             return
         data, modality = np.asarray(image.data), image.metadata.get("modality", "auto")
-        cancel = self._cancel_event = threading.Event()
         relay = self._relay
 
-        def job():
+        def job(cancel):
             return run_plan(get_runtime(), data, plan, modality=modality, progress=relay.progress.emit, cancel=cancel)
 
         context = WriteContext(target, None, label, self.label_name.text().strip(), self.overwrite.isChecked())
@@ -363,34 +361,19 @@ class MedPLIBWidget(QWidget):
         self.status.done(said)
 
     def on_cancel(self) -> None:
-        if self._cancel_event is not None:
-            self._cancel_event.set()  # a propagation stops at its next slice
-        if self._worker is not None:
-            self._worker.quit()
-            self.status.done("cancelled: the result will be discarded")
-            self._worker = None
+        if self.jobs.cancel():  # a propagation stops at its next slice; a segment's result is dropped
+            self.status.done("cancelled: nothing was written")
             self._set_busy(False)
 
     # -- threading ---------------------------------------------------------------------------------
     def _start(self, fn, on_done, what: str) -> None:
-        current: list = [None]  # the worker, known once started (results arrive via the event loop)
         self._set_busy(True)
         state = warm_status()
         waiting = f" (waiting for {state.loading} to load)" if state.loading == SEGMENTATION_STEP else ""
         self.status.busy(what + waiting)
-        worker = run_call(fn, lambda r: self._deliver(current[0], r, on_done), synchronous=self.synchronous,
-                          on_finished=lambda: self._set_busy(False), on_error=self.on_failed)
-        current[0] = worker
-        self._worker = worker
-
-    def _deliver(self, worker, result, on_done) -> None:
-        if worker is not None and self._worker is not worker:
-            return  # cancelled meanwhile: the result is discarded, nothing is written
-        self._worker = None
-        on_done(result)
+        self.jobs.start(fn, on_done, on_error=self.on_failed, on_finished=lambda: self._set_busy(False))
 
     def on_failed(self, exc: BaseException) -> None:
-        self._worker = None
         if isinstance(exc, Cancelled):
             self.status.done("cancelled: nothing was written")
             return
@@ -405,7 +388,7 @@ class MedPLIBWidget(QWidget):
         for button in (self.propagate_button, self.measure_button, self.segment_button, self.undo_button):
             button.setEnabled(not busy)
         self.cancel_button.setEnabled(busy)
-        if not busy and self.status.is_busy and self._worker is None:
+        if not busy and self.status.is_busy and not self.jobs.busy:
             self.status.done("ready")
 
 
@@ -435,7 +418,7 @@ class _SegmentJob:
     def __init__(self, data: np.ndarray, captured, *, modality: str) -> None:
         self.data, self.captured, self.modality = data, captured, modality
 
-    def run(self):
+    def run(self, cancel=None):
         runtime = get_runtime()
         runtime_info(runtime)  # asked here, off the Qt thread, for the write's provenance
         key = runtime.set_image(self.data, modality=self.modality)

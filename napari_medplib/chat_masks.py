@@ -18,13 +18,15 @@ from .runtime_factory import last_runtime_info
 
 @dataclass(frozen=True)
 class ChatWrite:
-    """One added chat mask: the write (for undo) and whether it created its layer."""
+    """One added chat mask, or its propagation through the volume (``volume``): the write (for undo) and whether
+    it created its layer."""
 
     image: str
     entry: int
     mask: int
     write: LabelWrite
     created_layer: bool
+    volume: bool = False
 
 
 def chat_layer_name(image_name: str) -> str:

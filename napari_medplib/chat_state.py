@@ -1,5 +1,5 @@
 """The chat transcript per image (no Qt): what was asked, answered, about which region, with which masks,
-and where each mask was placed once the user added it."""
+where each mask was placed once the user added it, and what its propagation through the volume gave."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 from medplib_runtime.schemas import AskResult, RoutingStats, SliceRef, Turn
 
 SEG = "<SEG>"
+NOTHING_TO_MEASURE = "no mask to measure yet: add one or pick a labels layer under 'measure'"
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,23 @@ class PlacedMask:
     name: str
 
 
+@dataclass(frozen=True)
+class VolumeMask:
+    """A chat mask propagated through the volume: which slices its label now spans, which to check."""
+
+    layer: str
+    label: int
+    seed: int  # the answer's slice (the propagation's seed)
+    slices: tuple[int, int]  # first and last slice the label spans after it
+    unsure: tuple[int, ...]
+    seconds: float
+
+    def describe(self) -> str:
+        unsure = f"; unsure: {', '.join(map(str, self.unsure))} (check them)" if self.unsure else ""
+        return (f"in 3D: label {self.label} of {self.layer!r}, slices {self.slices[0]}–{self.slices[1]} "
+                f"(seed {self.seed}){unsure} · {self.seconds:.1f} s")
+
+
 def routing_summary(stats: RoutingStats | None) -> str:
     if stats is None or not stats.per_token:
         return "routing: n/a"
@@ -55,6 +73,8 @@ class ChatHistory:
     def __init__(self) -> None:
         self._by_image: dict[str, list[ChatEntry]] = {}
         self._placed: dict[tuple[str, int, int], PlacedMask] = {}  # (image, entry, mask) → where it went
+        self._volumes: dict[tuple[str, int, int], VolumeMask] = {}  # (image, entry, mask) → its propagation
+        self._remarks: dict[tuple[str, int], str] = {}  # (image, entry) → what the chat did after it (no mask)
 
     def add(self, image: str, question: str, result: AskResult, ref: SliceRef, region_kind: str,
             measured: str = "") -> ChatEntry:
@@ -76,12 +96,27 @@ class ChatHistory:
         else:
             self._placed[(image, entry, mask)] = where
 
+    def volume(self, image: str, entry: int, mask: int) -> VolumeMask | None:
+        return self._volumes.get((image, entry, mask))
+
+    def set_volume(self, image: str, entry: int, mask: int, volume: VolumeMask | None) -> None:
+        if volume is None:
+            self._volumes.pop((image, entry, mask), None)
+        else:
+            self._volumes[(image, entry, mask)] = volume
+
+    def remark(self, image: str, entry: int) -> str:
+        return self._remarks.get((image, entry), "")
+
+    def set_remark(self, image: str, entry: int, text: str) -> None:
+        self._remarks[(image, entry)] = text
+
     def turns(self, image: str) -> tuple[Turn, ...]:
         """The earlier turns sent back, the newest that fit the runtime's history cap (a long chat goes on)."""
         from medplib_runtime.validation import fitting_history
 
         # the measured statement goes back as the answer: the model should build on the right number
-        return fitting_history(tuple(Turn(e.question, e.measured.split(" [measured from")[0] if e.measured
+        return fitting_history(tuple(Turn(e.question, e.measured.split(" [measured from")[0] if _stated(e)
                                           else e.answer) for e in self._by_image.get(image, ())))
 
     def new_notes(self, image: str) -> list[tuple[str, ...]]:
@@ -97,13 +132,24 @@ class ChatHistory:
     def clear(self, image: str) -> None:
         self._by_image.pop(image, None)
         self._placed = {k: v for k, v in self._placed.items() if k[0] != image}
+        self._volumes = {k: v for k, v in self._volumes.items() if k[0] != image}
+        self._remarks = {k: v for k, v in self._remarks.items() if k[0] != image}
 
     def as_text(self, image: str) -> str:
         lines = []
-        for e, notes in zip(self.entries(image), self.new_notes(image)):
+        for i, (e, notes) in enumerate(zip(self.entries(image), self.new_notes(image))):
             lines.append(f"Q (slice {e.slice.index}, region {e.region_kind}): {e.question}")
             if e.measured:
                 lines.append(f"Measured: {e.measured}")
             lines.append(f"A: {plain_answer(e) or '(no text)'}  [{len(e.masks)} mask(s); {e.routing}]")
             lines.extend(f"Note: {n}" for n in notes)
+            lines.extend(f"Mask {m + 1} {v.describe()}" for m in range(len(e.masks))
+                         if (v := self.volume(image, i, m)) is not None)
+            if self.remark(image, i):
+                lines.append(f"Note: {self.remark(image, i)}")
         return "\n".join(lines)
+
+
+def _stated(entry: ChatEntry) -> bool:
+    """A measured (or file's) statement goes back as the answer; a hint that nothing was measured does not."""
+    return bool(entry.measured) and not entry.measured.startswith((NOTHING_TO_MEASURE, "could not measure"))

@@ -53,20 +53,38 @@ def local_model_installed() -> bool:
 
 
 NO_LOCAL_MODEL = ("no model on this computer (torch is not installed): connect to a `medplib serve` with "
-                  "Change… in the segment dock, or pip install 'napari-medplib[local]'")
+                  "Change… in the segment dock (or set $MEDPLIB_REMOTE_URL), or pip install 'napari-medplib[local]'")
+URL_ENV, TOKEN_ENV = "MEDPLIB_REMOTE_URL", "MEDPLIB_TOKEN"
+
+
+def default_choice() -> str:
+    """Where the model runs when nobody chose in the dock: the server named by $MEDPLIB_REMOTE_URL, else this
+    computer when torch is installed, else nowhere yet ("remote URL", "local" or "none")."""
+    import os
+
+    url = os.environ.get(URL_ENV, "").strip()
+    if url:
+        return f"remote {url}"
+    return "local" if local_model_installed() else "none"
 
 
 def get_runtime():
-    """The process's runtime, created on first use (torch is imported then, not before)."""
+    """The process's runtime, created on first use from ``default_choice()`` (torch is imported then, not before)."""
     with _lock:
         if _state.get("runtime") is None:
-            if not local_model_installed():
+            choice = default_choice()
+            if choice == "none":
                 from medplib_runtime.errors import RuntimeNotReady
 
                 raise RuntimeNotReady(NO_LOCAL_MODEL)
-            from medplib_runtime.local import LocalRuntime
+            if choice.startswith("remote "):
+                from medplib_runtime.remote import RemoteRuntime
 
-            _state["runtime"] = LocalRuntime()
+                _state["runtime"] = RemoteRuntime(choice.removeprefix("remote "))  # the token from $MEDPLIB_TOKEN
+            else:
+                from medplib_runtime.local import LocalRuntime
+
+                _state["runtime"] = LocalRuntime()
         return _state["runtime"]
 
 

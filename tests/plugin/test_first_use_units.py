@@ -116,6 +116,20 @@ def test_without_torch_the_plugin_says_to_connect_to_a_server(monkeypatch):
     runtime_factory.set_runtime(None)
 
 
+def test_a_server_named_in_the_environment_is_the_default(monkeypatch):
+    from medplib_runtime.remote import RemoteRuntime
+    from napari_medplib import runtime_factory
+    from napari_medplib._runtime_widget import describe
+
+    runtime_factory.set_runtime(None)
+    monkeypatch.setattr(runtime_factory, "local_model_installed", lambda: False)
+    monkeypatch.setenv(runtime_factory.URL_ENV, "http://127.0.0.1:9")
+    assert describe(None) == "remote: http://127.0.0.1:9 (from $MEDPLIB_REMOTE_URL; not connected yet)"
+    runtime = runtime_factory.get_runtime()  # nothing is sent until the first call
+    assert isinstance(runtime, RemoteRuntime) and runtime.url == "http://127.0.0.1:9"
+    runtime_factory.set_runtime(None)
+
+
 def test_a_long_chat_sends_only_the_turns_that_fit_the_cap():
     from medplib_runtime.schemas import AskResult
     from medplib_runtime.validation import MAX_HISTORY_CHARS, check_question

@@ -71,7 +71,8 @@ def test_chat_transcript_history_routing_and_masks(make_napari_viewer, qtbot):
     assert dock._partial == "about: And its size?", "tokens were shown as they came"
     text = dock.transcript.toPlainText()
     assert "<SEG>" not in text, "the raw token is never shown"
-    assert "about: And its size?  mask 1 → add as 'chat mask 1'  and  mask 2 → add as 'chat mask 2' ." in text
+    assert ("about: And its size?  mask 1 → add as 'chat mask 1'   → 3D  and  mask 2 → add as 'chat mask 2'   → 3D ."
+            in text), "on a volume each mask also has its → 3D chip"
     assert "grounding 75% · vision-language 25% · 0.0 s" in text
     assert "untrained parts (seg_projector)" in text and "the region was not read" in text  # the runtime's note
     assert text.count("the region was not read") == 1, "a note both answers carry is said once, under the first"
@@ -116,7 +117,57 @@ def test_chat_real_runtime_answers_with_the_shipped_glue(make_napari_viewer, qtb
     dock.question.setText("What is shown in this image?")
     dock.on_ask()  # a real worker thread, real model
     qtbot.waitUntil(lambda: bool(dock.history.entries("brain1")), timeout=180_000)
-    qtbot.waitUntil(lambda: dock.ask_button.isEnabled(), timeout=10_000)
+    qtbot.waitUntil(lambda: dock.ask_button.text() == "Ask", timeout=10_000)
     entry = dock.history.entries("brain1")[0]
     assert entry.slice.index == 16 and "vision-language" in entry.routing and entry.answer.strip()
     assert "not grounded in the image yet" not in dock.transcript.toPlainText()  # the glue is trained
+
+
+class SlowAskRuntime(FakeAskRuntime):
+    """Widget unit test only: streams a long answer slowly, and records whether it was stopped."""
+
+    def __init__(self):
+        super().__init__()
+        self.stopped = None
+
+    def ask(self, request, *, on_token=None):
+        import time
+
+        from medplib_runtime.errors import Cancelled
+
+        self.requests.append(request)
+        try:
+            for i in range(400):
+                time.sleep(0.01)
+                on_token(f"word{i} ")
+        except Cancelled as exc:
+            self.stopped = str(exc)
+            raise
+        return AskResult("the whole answer", (), None, (), {"total": 1.0})
+
+
+def test_stop_ends_the_answer_and_keeps_nothing(make_napari_viewer, qtbot):
+    """Ask turns into Stop while the model answers; a click on it stops generation at the next token,
+    nothing reaches the transcript, the question stays, and the next Ask works."""
+    from qtpy.QtCore import Qt
+
+    slow = SlowAskRuntime()
+    runtime_factory.set_runtime(slow)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).random((6, 32, 40)).astype(np.float32), name="ct")
+    dock = ChatDock(viewer)
+    dock.question.setText("Describe the image.")
+    qtbot.mouseClick(dock.ask_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "answering: word" in dock.status.text(), timeout=30_000)
+    assert dock.ask_button.text() == "Stop"
+    qtbot.mouseClick(dock.ask_button, Qt.MouseButton.LeftButton)
+    assert dock.ask_button.text() == "Ask" and dock.status.text().startswith("stopped")
+    qtbot.waitUntil(lambda: slow.stopped is not None, timeout=30_000)
+    assert slow.stopped == "answer stopped: nothing was added"
+    qtbot.wait(100)  # let any queued tokens and the worker's signals arrive: they must change nothing
+    assert dock.history.entries("ct") == [] and dock.status.text().startswith("stopped")
+    assert dock.question.text() == "Describe the image."
+    runtime_factory.set_runtime(FakeAskRuntime())
+    qtbot.mouseClick(dock.ask_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: bool(dock.history.entries("ct")), timeout=30_000)
+    assert dock.history.entries("ct")[0].answer.startswith("about: Describe the image.")

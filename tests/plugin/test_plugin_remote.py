@@ -60,8 +60,11 @@ def test_runtime_dock_connects_and_refuses_bad_servers(make_napari_viewer, remot
     assert runtime_factory.current_runtime() is None
 
 
-def test_segment_and_chat_through_the_server(make_napari_viewer, qtbot, remote_server, local_runtime):
-    runtime_factory.set_runtime(RemoteRuntime(remote_server.url))
+def test_segment_and_chat_through_the_server(make_napari_viewer, qtbot, remote_server, local_runtime, monkeypatch):
+    """A torch-free install with $MEDPLIB_REMOTE_URL set: the docks use the server without being told."""
+    runtime_factory.set_runtime(None)
+    monkeypatch.setattr(runtime_factory, "local_model_installed", lambda: False)
+    monkeypatch.setenv(runtime_factory.URL_ENV, remote_server.url)
     viewer = make_napari_viewer()
     image, reference, box = _brain1_with_box(viewer)
     widget = MedPLIBWidget(viewer)
@@ -86,6 +89,8 @@ def test_segment_and_chat_through_the_server(make_napari_viewer, qtbot, remote_s
     assert entry.slice.index == K and entry.answer.strip()
     assert "not grounded in the image yet" not in dock.transcript.toPlainText()  # the server's glue is trained
     assert len(dock._partial) >= 1, "answer tokens streamed from the server into the dock"
+    assert isinstance(runtime_factory.current_runtime(), RemoteRuntime)
+    assert runtime_factory.current_runtime().url == remote_server.url
 
 
 def test_server_killed_mid_segment_writes_nothing(make_napari_viewer, qtbot, monkeypatch):
