@@ -5,6 +5,10 @@ Two stages load on demand so a click never waits for the LLM: the segmentation m
 thread while that ask's slice is embedded, when neither is ready (a cold ``medplib ask``).
 Slice embeddings live in a memory-capped LRU with background prefetch of neighbours.
 Thread-safe: the plugin calls it from worker threads; one lock guards each model stage.
+
+``medplib-7b`` loads a released checkpoint folder (``weights``) once, for both the segmenter (its
+SAM-Med2D) and the asker (predictors/released.py), after the options and the memory estimate are checked
+(modeling/memory_estimate.py): all of it before any model work, so a refusal is instant and one line.
 """
 
 from __future__ import annotations
@@ -34,12 +38,18 @@ class LocalRuntime:
     Linear weights: fp32, or weight-only int8/int4 on the CPU (None: DEFAULT_PRECISION; modeling/quantise.py)."""
 
     def __init__(self, preset: str = "medplib-lite", *, device: str = "cpu", cache_mb: int = DEFAULT_CACHE_MB,
-                 max_images: int = 8, glue: str | Path | None = None, precision: str | None = None) -> None:
+                 max_images: int = 8, glue: str | Path | None = None, precision: str | None = None,
+                 weights: str | Path | None = None, dtype: str | None = None, load_in: str | None = None,
+                 allow_cpu: bool = False) -> None:
+        """medplib-7b: ``weights`` the released checkpoint's folder; ``dtype`` fp32 | bf16 (default bf16 on CUDA,
+        fp32 on the CPU); ``load_in`` 8bit | 4bit (bitsandbytes, CUDA); ``allow_cpu`` to run it on the CPU."""
         self.config = get_preset(preset)
         self.glue_file = Path(glue) if glue is not None else None  # None: the shipped glue
         if self.glue_file is not None and not self.glue_file.is_file():
             raise InputError(f"glue file {self.glue_file} does not exist")
         self.device = check_device(device)  # a missing GPU is a one-line error now, not at the first click
+        self.released = _released_options(self.config.preset, weights=weights, device=self.device, dtype=dtype,
+                                           load_in=load_in, allow_cpu=allow_cpu, glue=glue, precision=precision)
         self.precision = _check_precision(DEFAULT_PRECISION if precision is None else precision, self.device)
         self.images = ImageStore(max_images=max_images, on_forget=self._drop_embeddings)
         self._seg_lock = threading.Lock()
@@ -56,6 +66,9 @@ class LocalRuntime:
 
     # -- Runtime protocol ---------------------------------------------------------------------
     def info(self) -> RuntimeInfo:
+        if self.released is not None:
+            return RuntimeInfo(preset=self.config.preset, device=self.device, parts=_released_parts(self.released),
+                               versions=_versions(), transport="local")
         from .glue.files import glue_status
 
         trained = glue_status(self.config, self.glue_file)
@@ -113,9 +126,11 @@ class LocalRuntime:
         check_generation(max_new_tokens=request.max_new_tokens, threshold=request.threshold)
         embedding, asker = self._embedding_and_asker((request.image_key, ref.axis, ref.index))
         threshold = self.config.mask_threshold if request.threshold is None else request.threshold
+        # medplib-7b's CLIP tower reads the slice itself (lite's tower pools the cached embedding)
+        image = self._unit_slice((request.image_key, ref.axis, ref.index)) if self.released is not None else None
         with self._llm_lock:
             return asker.ask(embedding, request.question, region=request.region, history=request.history,
-                             max_new_tokens=request.max_new_tokens, threshold=threshold,
+                             max_new_tokens=request.max_new_tokens, threshold=threshold, image=image,
                              on_token=None if on_token is None else asker.text_callback(on_token))
 
     def close(self) -> None:
@@ -153,6 +168,10 @@ class LocalRuntime:
         self._cache.drop(lambda k: k[0] == key)
 
     def _embed_slice(self, key: tuple[str, int, int]):
+        return self.segmenter().embed(self._unit_slice(key))
+
+    def _unit_slice(self, key: tuple[str, int, int]) -> np.ndarray:
+        """The slice, windowed to [0, 1] as the encoders read it."""
         from .imaging.windowing import apply_window
 
         image_key_, axis, index = key
@@ -160,8 +179,7 @@ class LocalRuntime:
         plane = np.take(img.array, index, axis=axis)
         # NaN elsewhere in a volume is common (registrations pad with it); on the slice, the mask would rest on it
         check_finite(plane, "the image" if img.was_2d else f"slice {index} (axis {axis})")
-        unit = apply_window(plane, img.window)
-        return self.segmenter().embed(unit)
+        return apply_window(plane, img.window)
 
     def _embedding_and_asker(self, key: tuple[str, int, int]):
         """The slice's embedding and the Asker. Cold, both are built side by side: the LLM load (file
@@ -192,6 +210,12 @@ class LocalRuntime:
                 import torch  # noqa: F401 — timed on its own: the largest import of a cold start
 
                 t1 = time.perf_counter()
+                if self.released is not None:  # one load: the checkpoint's SAM-Med2D and its whole model
+                    from .predictors.released import build_released
+
+                    self._segmenter, self._asker = build_released(self.config, self.released)
+                    self.load_timings.update(torch_import=t1 - t0, checkpoint=time.perf_counter() - t1)
+                    return self._segmenter
                 from .modeling.litemedsam import build_litemedsam
                 from .predictors.segmenter import SamSegmenter
 
@@ -202,18 +226,87 @@ class LocalRuntime:
     def asker(self):
         with self._asker_build_lock:
             if self._asker is None:
-                segmenter = self.segmenter()  # its SAM parts are shared
-                t0 = time.perf_counter()
-                from .predictors.asker import build_asker
-
-                asker = build_asker(self.config, segmenter=segmenter, glue=self.glue_file)
-                if self.precision != "fp32":  # the LLM's Linear weights, in place (modeling/quantise.py)
-                    from .modeling.quantise import quantise_llm
-
-                    quantise_llm(asker.model.llm, self.precision)
-                self._asker = asker
-                self.load_timings["llm"] = time.perf_counter() - t0
+                segmenter = self.segmenter()  # its SAM parts are shared (medplib-7b: this loads the asker too)
+                if self._asker is None:
+                    self._asker = self._build_lite_asker(segmenter)
             return self._asker
+
+    def _build_lite_asker(self, segmenter):
+        t0 = time.perf_counter()
+        from .predictors.asker import build_asker
+
+        asker = build_asker(self.config, segmenter=segmenter, glue=self.glue_file)
+        if self.precision != "fp32":  # the LLM's Linear weights, in place (modeling/quantise.py)
+            from .modeling.quantise import quantise_llm
+
+            quantise_llm(asker.model.llm, self.precision)
+        self.load_timings["llm"] = time.perf_counter() - t0
+        return asker
+
+
+def _released_options(preset: str, *, weights, device: str, dtype: str | None, load_in: str | None,
+                      allow_cpu: bool, glue, precision: str | None):
+    """medplib-7b's loading options checked, with the memory estimate (None for medplib-lite)."""
+    if preset != "medplib-7b":
+        for given, flag in ((weights, "--weights"), (dtype, "--dtype"), (load_in, "--load-in")):
+            if given is not None:
+                raise InputError(f"{flag} applies to --preset medplib-7b (a released checkpoint); {preset}'s "
+                                 "weights come from its pip packages")
+        return None
+    if weights is None:
+        raise InputError("medplib-7b needs --weights DIR: the local folder of the released checkpoint "
+                         "(Huangxs/MedPLIB-7b-2e, as MedPLIB's merge script saved it)")
+    if glue is not None or precision is not None:
+        raise InputError(f"{'--glue' if glue is not None else '--precision'} applies to medplib-lite; medplib-7b "
+                         "loads everything from --weights (precision: --dtype, --load-in)")
+    from .modeling.memory_estimate import (CPU_WEIGHT_BANDWIDTH, DTYPES, LOAD_IN, bytes_per_token, check_fits,
+                                           cpu_tokens_per_s, read_config)
+
+    read_config(Path(weights))  # not a checkpoint folder: one line now, before any other advice
+    cuda = device.startswith("cuda")
+    dtype = dtype or ("bf16" if cuda else "fp32")
+    if dtype not in DTYPES or (load_in is not None and load_in not in LOAD_IN):
+        raise InputError(f"--dtype must be one of {', '.join(DTYPES)} and --load-in one of {', '.join(LOAD_IN)}")
+    if load_in is not None:
+        import importlib.util
+
+        missing = [what for what, absent in (("bitsandbytes (pip install bitsandbytes)",
+                                               importlib.util.find_spec("bitsandbytes") is None),
+                                              ("a CUDA device (--device cuda)", not cuda)) if absent]
+        if missing:
+            raise InputError(f"--load-in {load_in} needs {' and '.join(missing)}")
+    if not cuda and dtype != "fp32":
+        raise InputError("--dtype bf16 is for CUDA: on the CPU medplib-7b computes in fp32")
+    if not cuda and not allow_cpu:
+        per_token = bytes_per_token(Path(weights), "fp32")
+        raise InputError(f"medplib-7b on the CPU reads ≈ {per_token / 1e9:.3g} GB of fp32 weights per token: expect "
+                         f"≈ {cpu_tokens_per_s(Path(weights), 'fp32'):.2g} tokens/s at this host's measured "
+                         f"{CPU_WEIGHT_BANDWIDTH / 1e9:.1f} GB/s; serve it on a GPU (medplib serve --device cuda) and "
+                         "use --remote, or pass --allow-cpu")
+    need = check_fits(Path(weights), preset=preset, device=device, dtype=dtype, load_in=load_in)
+    from .predictors.released import ReleasedLoad  # imports torch: only once the checks passed
+
+    return ReleasedLoad(Path(weights), device, dtype, load_in, need)
+
+
+def _released_parts(load) -> tuple[PartInfo, ...]:
+    """medplib-7b's parts as the checkpoint's config.json names them (read without loading anything)."""
+    from .modeling.memory_estimate import clip_config, read_config
+
+    config = read_config(load.folder)
+    clip = clip_config(load.folder, config)
+    experts = max((config.get("moe") or {}).get("num_experts") or [1])
+    where = f"checkpoint {load.folder}"
+    stored = load.load_in or load.dtype
+    return (
+        PartInfo("pixel_encoder", f"SAM-Med2D ViT-B with adapters (fp32; {where})", True),
+        PartInfo("prompt_encoder+mask_decoder", f"SAM-Med2D (fp32; {where})", True),
+        PartInfo("vision_tower", f"CLIP ViT, {clip['image_size']} px in {clip['patch_size']}-px patches, "
+                                 f"{clip['num_hidden_layers']} layers ({stored}; {where})", True),
+        PartInfo("llm", f"LLaMA, {config['num_hidden_layers']} layers × {config['hidden_size']}, {experts}-expert MoE "
+                        f"FFN ({stored}; {where})", True),
+        PartInfo("projector+region_encoder+seg_projector", f"MedPLIB's glue ({stored}; {where})", True),
+    )
 
 
 def _check_precision(precision: str, device: str) -> str:

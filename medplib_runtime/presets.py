@@ -162,7 +162,4 @@ def tiny_7b_config() -> MedPLIBConfig:
         llm_intermediate=128,
         llm_vocab=512,
         region_max_samples=16,
-        # the toy build keeps the pixel-embedding region token until predictors/asker.py hands
-        # MedPLIB.region_token the CLIP features (the released checkpoint's loader uses "clip")
-        region_features="pixel",
     )

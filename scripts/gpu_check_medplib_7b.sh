@@ -2,11 +2,11 @@
 # The medplib-7b device check (issue #37), one short run on a CUDA machine from the repo root:
 #   scripts/gpu_check_medplib_7b.sh [WEIGHTS_DIR]
 # 1. the reference-parity test on CUDA: fp32 (strict bounds, TF32 off) and bf16 (looser bounds);
-# 2. `medplib serve --preset medplib-7b --weights DIR --device cuda` (default DIR: the tiny fixture), one
-#    segment and one ask over HTTP, with latency and peak GPU memory.
-# Step 2 needs `--weights` on `medplib serve`, which is not wired yet (released_checkpoint.py is reached
-# through build_medplib(weights=DIR)); the script says so and stops there instead of failing obscurely.
-# Written on a CPU-only host: checked with `bash -n`, never run.
+# 2. `medplib serve --preset medplib-7b --weights DIR --device cuda` (bf16; default DIR: the tiny fixture): one
+#    segment and two asks over HTTP, compared with an in-process LocalRuntime on the same GPU (masks and
+#    text), with latency, the memory estimate the server printed and the CUDA peak after loading;
+# 3. with bitsandbytes installed: the same server with --load-in 8bit, then 4bit (start line + one ask).
+# Written on a CPU-only host: checked with `bash -n`, never run. MEDPLIB_CHECK_DTYPE=fp32 serves fp32 instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
@@ -25,40 +25,82 @@ for dtype in fp32 bf16; do
   echo "parity $dtype: ${SECONDS} s (pytest, model load included)"
 done
 
-echo "== serve medplib-7b from $WEIGHTS"
-if ! "$PY" -m medplib_runtime.cli serve --help 2>/dev/null | grep -q -- "--weights"; then
-  echo "STOP: 'medplib serve' has no --weights option yet (wire it to build_medplib(weights=DIR)); parity above is the result"
-  exit 3
-fi
-LOG=$(mktemp)
-"$PY" -m medplib_runtime.cli serve --preset medplib-7b --weights "$WEIGHTS" --device cuda --port "$PORT" >"$LOG" 2>&1 &
-SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null || true; rm -f "$LOG"' EXIT
-for _ in $(seq 120); do
-  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
-  kill -0 "$SERVER" 2>/dev/null || { cat "$LOG"; exit 1; }
-  sleep 1
-done
+DTYPE="${MEDPLIB_CHECK_DTYPE:-bf16}"
 
-"$PY" - "$PORT" <<'PYEOF'
+start_server() {  # start_server EXTRA_FLAGS...: serve medplib-7b in the background, wait for /health
+  LOG=$(mktemp)
+  "$PY" -m medplib_runtime.cli serve --preset medplib-7b --weights "$WEIGHTS" --device cuda --port "$PORT" "$@" \
+    >"$LOG" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 300); do
+    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && { cat "$LOG"; return 0; }
+    kill -0 "$SERVER" 2>/dev/null || { cat "$LOG"; return 1; }
+    sleep 1
+  done
+  cat "$LOG"; return 1
+}
+stop_server() {
+  [ -n "${SERVER:-}" ] && { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
+  rm -f "${LOG:-}"; SERVER=""
+}
+trap 'stop_server' EXIT
+
+echo "== serve medplib-7b from $WEIGHTS on cuda in $DTYPE"
+start_server --dtype "$DTYPE"
+"$PY" - "$PORT" "$WEIGHTS" "$DTYPE" <<'PYEOF'
 import sys
 import time
 
 import numpy as np
 
+from medplib_runtime.local import LocalRuntime
 from medplib_runtime.remote import RemoteRuntime
 from medplib_runtime.schemas import AskRequest, Box, Prompt, SegmentRequest, SliceRef
 
-runtime = RemoteRuntime(f"http://127.0.0.1:{sys.argv[1]}")
+port, weights, dtype = sys.argv[1:4]
+remote = RemoteRuntime(f"http://127.0.0.1:{port}")
+print("info:", [(p.name, p.source) for p in remote.info().parts])
 image = np.random.default_rng(0).random((256, 256)).astype(np.float32)
-key = runtime.set_image(image)
+key = remote.set_image(image)
+seg = SegmentRequest(key, SliceRef(), Prompt(box=Box(60, 60, 180, 180)))
+asks = (AskRequest(key, SliceRef(), "segment the lesion", max_new_tokens=16),
+        AskRequest(key, SliceRef(), "what is in the region ?", region=Prompt(box=Box(40, 40, 200, 200)),
+                   max_new_tokens=16))
 t0 = time.perf_counter()
-seg = runtime.segment(SegmentRequest(key, SliceRef(), Prompt(box=Box(60, 60, 180, 180))))
+r_seg = remote.segment(seg)
 t1 = time.perf_counter()
-answer = runtime.ask(AskRequest(key, SliceRef(), "segment the lesion", max_new_tokens=16))
+r_asks = [remote.ask(a) for a in asks]
 t2 = time.perf_counter()
-print(f"segment: {1000 * (t1 - t0):.0f} ms, mask pixels {int(np.asarray(seg.mask).sum())}")
-print(f"ask: {1000 * (t2 - t1):.0f} ms, {len(answer.text)} chars, {len(answer.masks)} masks")
+print(f"remote segment: {1000 * (t1 - t0):.0f} ms, mask pixels {int(np.asarray(r_seg.mask).sum())}")
+print(f"remote asks: {1000 * (t2 - t1):.0f} ms for 2; texts {[a.text for a in r_asks]}; masks {[len(a.masks) for a in r_asks]}")
+local = LocalRuntime("medplib-7b", weights=weights, device="cuda", dtype=dtype)  # a second copy: small models only
+assert local.set_image(image) == key
+l_seg = local.segment(seg)
+l_asks = [local.ask(a) for a in asks]
+print("segment mask identical to in-process:", bool(np.array_equal(l_seg.mask, r_seg.mask)))
+print("answers identical to in-process:", [a.text == b.text for a, b in zip(l_asks, r_asks)])
 PYEOF
 nvidia-smi --query-gpu=memory.used --format=csv,noheader || true
-grep -i -E "memory|peak" "$LOG" || true
+stop_server
+
+if "$PY" -c "import bitsandbytes" 2>/dev/null; then
+  for bits in 8bit 4bit; do
+    echo "== serve medplib-7b with --load-in $bits"
+    start_server --load-in "$bits"
+    "$PY" - "$PORT" <<'PYEOF'
+import sys
+
+import numpy as np
+
+from medplib_runtime.remote import RemoteRuntime
+from medplib_runtime.schemas import AskRequest, SliceRef
+
+remote = RemoteRuntime(f"http://127.0.0.1:{sys.argv[1]}")
+key = remote.set_image(np.random.default_rng(0).random((256, 256)).astype(np.float32))
+print("ask:", remote.ask(AskRequest(key, SliceRef(), "segment the lesion", max_new_tokens=16)).text)
+PYEOF
+    stop_server
+  done
+else
+  echo "== bitsandbytes not installed: --load-in 8bit/4bit not checked (the server refuses them in one line)"
+fi

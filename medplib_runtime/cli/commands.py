@@ -30,7 +30,7 @@ from .checks import (
     printable,
     region_mask_from_file,
 )
-from .runtime_args import add_remote_args, runtime_from_args
+from .runtime_args import add_remote_args, add_weights_args, runtime_from_args, weights_kwargs
 
 
 def _parse_box(text: str) -> Box:
@@ -274,6 +274,7 @@ def cmd_serve(args) -> int:
                           max_body_mb=args.max_body_mb,
                           request_timeout_s=args.request_timeout_s, max_queue=args.max_queue,
                           client_cache_mb=args.client_cache_mb, total_cache_mb=args.total_cache_mb, glue=args.glue,
+                          **weights_kwargs(args),
                           **{name: getattr(args, name) for name in _guard_names() if getattr(args, name) is not None})
     check_exposure(config)
     check_port_free(config.host, config.port)  # before the model loads: uvicorn would fail only after it
@@ -328,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--total-cache-mb", type=float, default=1024.0, help="uploaded slices kept in all")
     p.add_argument("--glue", default=None, metavar="FILE",
                    help="serve this glue instead of the shipped one, e.g. a training run's adapter.safetensors")
+    add_weights_args(p)
     for flag, kind, what in SERVE_GUARDS:
         p.add_argument(flag, type=kind, default=None, help=what)
     p.set_defaults(func=cmd_serve)

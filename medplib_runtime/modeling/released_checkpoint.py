@@ -343,7 +343,8 @@ def load_released_checkpoint(folder: Path, *, compose):
     tokenizer = read_tokenizer(folder, sizes.cfg.llm_vocab)
     model = build_structure(sizes, tokenizer, compose)
     mapped = match_tensors(folder, tensors, model.state_dict())
-    model.load_state_dict({k: v.float() for k, v in mapped.items()}, strict=False)
+    # copied into our fp32 parameters as they are (no fp32 copy of a bf16 checkpoint first: 4 bytes/param less peak)
+    model.load_state_dict(mapped, strict=False)
     # our two input-only placeholders get rows after MedPLIB's vocabulary (masked_scatter fills them)
     model.token_ids = add_special_tokens(model.llm, tokenizer, SPECIAL_TOKENS + (IMAGE_PLACEHOLDER, REGION_PLACEHOLDER))
     model.weights_folder = folder

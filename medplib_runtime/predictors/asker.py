@@ -1,6 +1,9 @@
 """Question (+ region, history) about a slice → answer text, one mask per ``<SEG>``, routing.
 
 MedPLIB used only the first ``<SEG>``; we return every one, in order (multi-object grounding).
+A released medplib-7b (``model.weights_folder``) reads the question as written, its image and region tokens
+from the CLIP features of the slice (clip_frame.py), each ``<SEG>``'s state where ``MedPLIB.seg_positions``
+says, and decodes it with the checkpoint's SAM-Med2D as a sparse prompt token.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 
 from ..conversation import PHANTOM_NOTE, build_prompt, history_text, question_for_routing, without_phantom, without_region
 from ..devices import compute_precision
+from ..errors import ModelError
 from ..glue.files import GLUE_PARTS, glue_status
 from ..glue.routing import GROUND_EXPERT, VL_EXPERT, RoutingConfig
 from ..imaging.transforms import mask_to_model
@@ -22,8 +26,10 @@ from ..modeling.ground_head import box_from_heat, heat_scores, strongest_blob
 from ..modeling.medplib import MedPLIB, build_medplib
 from ..modeling.moe import RoutingRecorder, expert_forced
 from ..modeling.question_routing import QuestionRoute, choose_expert, question_positions
+from ..modeling.vision_tower import PooledPixelFeatures
 from ..presets import EXPERT_NAMES, IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, MedPLIBConfig
 from ..schemas import AskResult, Prompt, Turn
+from .clip_frame import clip_grid_mask, clip_pixels
 from .grounding_trust import (ABSTAIN_BELOW, Grounded, GroundingEvidence, Verdict, abstention_text, confidence,
                               grid_agreement, judge)
 from .phrasing import grounding_ask
@@ -77,25 +83,29 @@ class Asker:
         self.device = segmenter.device  # the whole model lives where LiteMedSAM does
         self.tokenizer = model.tokenizer
         self.routing: RoutingConfig = model.routing  # the glue's recipe's, read once when the model was built
+        self.released = model.weights_folder is not None  # a released checkpoint: every part trained, no glue
         self.seg_id = model.token_ids["<SEG>"]
         self.im_end_id = model.token_ids["<im_end>"]
         self.stop_ids = {i for i in (self.tokenizer.eos_token_id,) if i is not None}
         parts = [n for n in GLUE_PARTS if n != "ground_head" or model.cfg.grounding == "box"]
         status = glue_status(model.cfg, model.glue_file) if model.glue_file else dict.fromkeys(parts, ("", False))
-        self.untrained = tuple(n for n, (_, ok) in status.items() if not ok)
+        self.untrained = () if self.released else tuple(n for n, (_, ok) in status.items() if not ok)
         # input-only tokens the model must never emit
         self.suppress_ids = tuple(model.token_ids[t] for t in INPUT_ONLY_TOKENS)
         # a chat turn continues its routing prefill's cache over the shared start (off: read it all again;
         # for measuring the difference, ``medplib bench``)
         self.reuse_routing_prefix = True
-        self.abstain_below = ABSTAIN_BELOW  # grounding confidence under which no mask is returned (0: never abstain)
+        # grounding confidence under which no mask is returned (0: never abstain); calibrated on the lite glue's
+        # heat maps, which a released checkpoint has none of
+        self.abstain_below = 0.0 if self.released else ABSTAIN_BELOW
 
     @torch.inference_mode()
     def ask(self, embedding: Embedding, question: str, *, region: Prompt | None = None, history: tuple[Turn, ...] = (),
             max_new_tokens: int = 64, threshold: float = 0.5, image: np.ndarray | None = None,
             on_token=None) -> AskResult:
         t0 = time.perf_counter()
-        asked = grounding_ask(question)  # the model reads one phrasing of a request for a mask (phrasing.py)
+        # the lite glue reads one phrasing of a request for a mask (phrasing.py); MedPLIB's own, the user's
+        asked = None if self.released else grounding_ask(question)
         read = asked.canonical if asked else question
         recorder = RoutingRecorder(self.model.llm)
         with compute_precision(self.device), recorder.record():
@@ -105,18 +115,32 @@ class Asker:
                 gen = greedy_generate(self.model.llm, plan.prompt.embeds, max_new_tokens=max_new_tokens,
                                       stop_ids=self.stop_ids, on_token=on_token, suppress_ids=self.suppress_ids,
                                       prefilled=prefilled)
-        found = self.grounded(gen.token_ids, gen.hidden, embedding, threshold)
+        before = prefilled.last_hidden if self.model.cfg.seg_state_offset < 0 else None
+        found = self.grounded(gen.token_ids, gen.hidden, embedding, threshold, prompt_last=before)
         return self._result(gen, found, recorder, plan.notes, t0, structure=asked.structure if asked else None)
 
     def _features(self, embedding: Embedding, region: Prompt | None, image: np.ndarray | None) -> _Features:
         m = self.model
-        clip = m.vision_tower.preprocess(image).to(self.device) \
-            if image is not None and hasattr(m.vision_tower, "preprocess") else None
-        image_tokens = m.image_tokens(pixel_embedding=embedding.image_embedding, clip_pixels=clip)
+        if not isinstance(m.vision_tower, PooledPixelFeatures):  # medplib-7b's CLIP tower reads the slice itself
+            return self._clip_features(embedding, region, image)
+        image_tokens = m.image_tokens(pixel_embedding=embedding.image_embedding)  # pooled from the embedding
         region_token = None
         if region is not None:
             region_token = m.region_token(embedding.image_embedding, self.region_mask(region, embedding))
         return _Features(image_tokens, region_token)
+
+    def _clip_features(self, embedding: Embedding, region: Prompt | None, image: np.ndarray | None) -> _Features:
+        """medplib-7b: image tokens and the region token both from the slice's CLIP patch features."""
+        if image is None:
+            raise ModelError(f"{self.model.cfg.preset}: the CLIP tower needs the slice image (Asker.ask(image=...))")
+        m, size = self.model, self.model.vision_tower.image_size
+        features = m.vision_features(pixel_embedding=embedding.image_embedding,
+                                     clip_pixels=clip_pixels(image, size).to(self.device))
+        region_token = None
+        if region is not None:
+            mask = clip_grid_mask(self.region_slice_mask(region, embedding.info.original), size, m.cfg.vision_grid)
+            region_token = m.region_token(embedding.image_embedding, mask.to(self.device), vision_features=features)
+        return _Features(m.image_tokens(pixel_embedding=embedding.image_embedding, features=features), region_token)
 
     def _plan(self, question: str, history: tuple[Turn, ...], features: _Features,
               recorder: RoutingRecorder) -> _Plan:
@@ -250,13 +274,20 @@ class Asker:
 
     @torch.inference_mode()
     def grounded(self, token_ids: tuple[int, ...], hidden: torch.Tensor, embedding: Embedding,
-                 threshold: float) -> tuple[Grounded, ...]:
-        """One full-resolution mask per ``<SEG>`` in ``token_ids``, in order, each with its confidence."""
-        where = [i for i, t in enumerate(token_ids) if t == self.seg_id]
+                 threshold: float, *, prompt_last: torch.Tensor | None = None) -> tuple[Grounded, ...]:
+        """One full-resolution mask per ``<SEG>`` in ``token_ids``, in order, each with its confidence.
+        ``hidden[i]``: the state where token i was the input; ``prompt_last``: the prompt's last state (the
+        one that predicted token 0), needed where the preset reads the state before each ``<SEG>``."""
+        where = self.model.seg_positions(token_ids)
         if not where:
             return ()
+        states = hidden
+        if prompt_last is not None:  # position −1 (the prompt's last) becomes row 0
+            states, where = torch.cat([prompt_last.reshape(1, -1).to(hidden.dtype), hidden]), [i + 1 for i in where]
+        if min(where) < 0:
+            raise ModelError("a <SEG> is the first token: its state is in the prompt (pass prompt_last)")
         with compute_precision(self.device):  # the LLM side; LiteMedSAM's decoder below runs in fp32
-            tokens = self.model.seg_tokens(hidden[where])
+            tokens = self.model.seg_tokens(states[where])
             heat = self.model.ground_head(tokens, embedding.image_embedding) if self.model.grounds_by_box else None
         blobs = [] if heat is None else [strongest_blob(h[0]) for h in heat]
         if heat is not None:  # the heat map's blob → a box → the frozen decoder's own prompt
@@ -281,7 +312,14 @@ class Asker:
 
     def region_mask(self, region: Prompt, embedding: Embedding) -> torch.Tensor:
         """A region prompt → mask over the padded model square at the embedding's grid × 4."""
-        h, w = embedding.info.original
+        mask = self.region_slice_mask(region, embedding.info.original)
+        grid = embedding.image_embedding.shape[-1]
+        return mask_to_model(mask, embedding.info, grid * 4)[0, 0].to(embedding.image_embedding.device)
+
+    @staticmethod
+    def region_slice_mask(region: Prompt, shape: tuple[int, int]) -> np.ndarray:
+        """A region prompt → ``(h, w)`` float32 mask of the slice (MedPLIB's demo: a click → 41×41 square)."""
+        h, w = shape
         mask = np.zeros((h, w), np.float32)
         if region.mask is not None:
             mask = (np.asarray(region.mask) != 0).astype(np.float32)
@@ -293,8 +331,7 @@ class Asker:
                 r, c = int(round(p.row)), int(round(p.col))
                 mask[max(0, r - POINT_REGION_HALF):r + POINT_REGION_HALF + 1,
                      max(0, c - POINT_REGION_HALF):c + POINT_REGION_HALF + 1] = 1
-        grid = embedding.image_embedding.shape[-1]
-        return mask_to_model(mask, embedding.info, grid * 4)[0, 0].to(embedding.image_embedding.device)
+        return mask
 
 
 def build_asker(cfg: MedPLIBConfig, *, segmenter: SamSegmenter, glue=None) -> Asker:

@@ -9,6 +9,9 @@ in one batch, candidates whose mask misses a foreground click or covers a backgr
 are rejected, the best by predicted IoU wins, and its mask's own bounding box is decoded
 once more (a box that fits the structure is what the model was trained on). A free-form
 region mask (scribble) becomes its padded bounding box.
+
+The same predictor serves medplib-7b's SAM-Med2D (``sam_normalise``: its input is SAM-normalised, 0–255
+scale with ImageNet mean and std, padding left at 0 as MedPLIB's datasets pad after normalising).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from ..modeling.litemedsam import SamParts
 from ..schemas import Box, Prompt, SegmentResult
 
 POINT_BOX_HALF_SIZES = (6, 10, 16, 24, 36)  # model pixels (256² space) around a click
+SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)  # SAM / SAM-Med2D / MedPLIB, on the 0–255 scale
+SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,9 @@ class Embedding:
 
 
 class SamSegmenter:
-    def __init__(self, model: SamParts) -> None:
+    def __init__(self, model: SamParts, *, sam_normalise: bool = False) -> None:
         self.model = model
+        self.sam_normalise = sam_normalise  # SAM-Med2D (medplib-7b); LiteMedSAM takes [0, 1] as it is
         self.image_size = model.image_size
         self.device = module_device(model)  # inputs are moved here; masks come back to the CPU
         with torch.inference_mode():
@@ -51,6 +57,8 @@ class SamSegmenter:
     def embed(self, image: np.ndarray) -> Embedding:
         """``(h, w)`` grey or ``(h, w, 3)`` RGB float32 slice in [0, 1] → Embedding."""
         x, info = resize_longest_and_pad(image, self.image_size)
+        if self.sam_normalise:
+            x = _sam_normalised(x, info)
         return Embedding(self.model.image_encoder(x.to(self.device)), info)
 
     @torch.inference_mode()
@@ -159,6 +167,16 @@ class SamSegmenter:
             if inside != (p.label == 1):
                 return False
         return True
+
+
+def _sam_normalised(x: torch.Tensor, info: ResizeInfo) -> torch.Tensor:
+    """``1×3×S×S`` in [0, 1], the slice at the top left → SAM-normalised there, 0 in the padding."""
+    h, w = info.resized
+    mean = torch.tensor(SAM_PIXEL_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(SAM_PIXEL_STD).view(1, 3, 1, 1)
+    out = torch.zeros_like(x)
+    out[..., :h, :w] = (x[..., :h, :w] * 255.0 - mean) / std
+    return out
 
 
 def _mask_box(mask: np.ndarray, pad_frac: float = 0.1, min_pad: float = 2.0) -> Box:

@@ -125,7 +125,8 @@ def create_app(config: ServerConfig, *, runtime=None) -> FastAPI:
         from ..local import LocalRuntime
 
         runtime = LocalRuntime(config.preset, device=config.device, cache_mb=config.embedding_cache_mb,
-                               glue=config.glue, max_images=1 << 30)  # the slice store decides what to forget
+                               glue=config.glue, max_images=1 << 30,  # the slice store decides what to forget
+                               **config.runtime_weights())
     store = SliceStore(per_client_bytes=int(config.client_cache_mb * 2**20),
                        total_bytes=int(config.total_cache_mb * 2**20), forget=runtime.forget)
     service = _Service(config, runtime, store, Admission(config.max_queue),

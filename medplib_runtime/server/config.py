@@ -30,6 +30,12 @@ class ServerConfig:
     embedding_cache_mb: int = 1024  # slice embeddings (4 MB each for LiteMedSAM)
     max_new_tokens: int = 512  # cap on one answer
     glue: str | None = None  # a glue file instead of the preset's shipped one (e.g. a training run's adapter)
+    # medplib-7b: the released checkpoint's folder, its dtype (None: bf16 on CUDA, fp32 on the CPU), 8/4-bit
+    # loading (bitsandbytes, CUDA), and leave to run on the CPU (LocalRuntime checks them all before loading)
+    weights: str | None = None
+    dtype: str | None = None
+    load_in: str | None = None
+    allow_cpu: bool = False
     # hostile or slow connections (issue #33); see connections.py
     header_timeout_s: float = 10.0  # request headers must complete within this (counted from connect / last reply)
     body_timeout_s: float = 60.0  # and the body within this once the headers are in (≥ 270 KB/s for 16 MB)
@@ -58,6 +64,10 @@ class ServerConfig:
             if not Path(self.glue).is_file():
                 raise InputError(f"glue file {self.glue} does not exist")
             trained_parts(Path(self.glue))
+
+    def runtime_weights(self) -> dict:
+        """LocalRuntime's medplib-7b keywords (checked there, before anything loads)."""
+        return {"weights": self.weights, "dtype": self.dtype, "load_in": self.load_in, "allow_cpu": self.allow_cpu}
 
 
 def is_loopback(host: str) -> bool:

@@ -15,12 +15,28 @@ def build_runtime(config: ServerConfig):
 
     runtime = LocalRuntime(config.preset, device=config.device, precision=config.precision,
                            cache_mb=config.embedding_cache_mb,
-                           glue=config.glue, max_images=1 << 30)  # the server's slice store decides what to forget
+                           glue=config.glue, max_images=1 << 30,  # the server's slice store decides what to forget
+                           **config.runtime_weights())
     if config.preload in ("all", "segment"):
         runtime.warm_up()
     if config.preload == "all":
         runtime.load_asker()
     return runtime
+
+
+def _report_memory(runtime) -> None:
+    """medplib-7b: the estimate checked before loading, and on CUDA what loading took."""
+    load = getattr(runtime, "released", None)
+    if load is None or load.estimate is None:
+        return
+    from ..modeling.memory_estimate import describe
+
+    line = f"medplib serve: estimated {describe(load.estimate)}"
+    if runtime.device.startswith("cuda"):
+        import torch
+
+        line += f"; CUDA peak after loading {torch.cuda.max_memory_allocated(runtime.device) / 1e9:.1f} GB"
+    print(line, file=sys.stderr, flush=True)
 
 
 def uvicorn_config(app, config: ServerConfig):
@@ -49,9 +65,11 @@ def serve(config: ServerConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     runtime = build_runtime(config)
+    _report_memory(runtime)
     app = create_app(config, runtime=runtime)
     auth = "token required" if config.token else "no token (loopback only)"
-    print(f"medplib serve: {config.preset} loaded in {time.perf_counter() - t0:.1f} s; listening on "
+    what = config.preset if config.weights is None else f"{config.preset} from {config.weights}"
+    print(f"medplib serve: {what} loaded in {time.perf_counter() - t0:.1f} s on {runtime.device}; listening on "
           f"http://{config.host}:{config.port} ({auth})", file=sys.stderr, flush=True)
     uvicorn.Server(uvicorn_config(app, config)).run()
     return 0

@@ -80,7 +80,8 @@ def test_one_mask_per_seg_token_at_full_resolution(tiny, n_seg):
     assert len(masks) == n_seg
     assert all(m.shape == (70, 50) and m.dtype == np.uint8 for m in masks)
     if n_seg == 3:  # each mask comes from its own <SEG> state
-        seg_positions = [i for i, t in enumerate(stream) if t == asker.seg_id]
+        seg_positions = model.seg_positions(stream)  # medplib-7b: the state before each <SEG> (MedPLIB's)
+        assert seg_positions == [i - 1 for i, t in enumerate(stream) if t == asker.seg_id]
         tokens = model.seg_tokens(hidden[seg_positions])
         assert not torch.allclose(tokens[0], tokens[1])
 
@@ -121,3 +122,33 @@ def test_conversation_template_matches_medplib():
     assert f"What is {REGION_SPAN} here?" in region
     appended = build_prompt("Describe it.", system="S", n_image_tokens=1, region=True)
     assert appended.endswith(f"Describe it. {REGION_SPAN} ASSISTANT:")
+
+
+def test_tiny_7b_region_token_reads_the_clip_features(tiny):
+    """medplib-7b's region token comes from the slice's CLIP features (region_features="clip"), not the SAM embedding."""
+    cfg, model, segmenter, asker = tiny
+    assert cfg.region_features == "clip"
+    rng = np.random.default_rng(4)
+    image, other = rng.random((40, 40)).astype(np.float32), rng.random((40, 40)).astype(np.float32)
+    emb = segmenter.embed(image)
+    region = Prompt(box=Box(0, 0, 39, 39))
+    with torch.inference_mode():
+        a = asker._features(emb, region, image)
+        b = asker._features(emb, region, other)  # same embedding, another slice under CLIP
+    assert not torch.equal(a.region, b.region) and not torch.equal(a.image, b.image)
+    with pytest.raises(ModelError, match="needs the slice image"):
+        asker._features(emb, region, None)
+
+
+def test_clip_frame_is_medplibs_demo_geometry():
+    from medplib_runtime.predictors.clip_frame import ClipFrame, clip_grid_mask, clip_pixels
+
+    assert ClipFrame.of((70, 35), 336) == ClipFrame(336, (336, 168), 0, 84)  # centred padding
+    x = clip_pixels(np.ones((70, 35), np.float32) * 0.5, 336)
+    assert x.shape == (1, 3, 336, 336) and torch.all(x[..., :, :84] == 0) and torch.all(x[..., :, 252:] == 0)
+    rgb = clip_pixels(np.random.default_rng(0).random((20, 20, 3)).astype(np.float32), 336)
+    assert rgb.shape == (1, 3, 336, 336) and not torch.equal(rgb[0, 0], rgb[0, 1])
+    mask = np.zeros((70, 35), np.uint8)
+    mask[:, :18] = 1  # the left half of the slice
+    grid = clip_grid_mask(mask, 336, 24)
+    assert grid.shape == (24, 24) and grid[:, :6].sum() == 0 and grid[:, 6:12].all() and grid[:, 13:].sum() == 0

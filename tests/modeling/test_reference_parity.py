@@ -163,6 +163,31 @@ def test_seg_state_is_the_one_predicting_seg(model, run, reference):
     assert (low[:, 0].float().cpu() - ref["seg_low_res_logits"]).abs().max().item() > 10 * LOGIT_TOL
 
 
+def test_asker_grounds_each_seg_as_medplib(model, run, reference):
+    """The runtime's path (Asker.grounded: states at MedPLIB.seg_positions, the checkpoint's SAM-Med2D decoder,
+    full-resolution masks) gives the reference masks, also when a <SEG> is the first generated token (its state
+    is then the prompt's last, ``prompt_last``)."""
+    from medplib_runtime.imaging.transforms import resize_info
+    from medplib_runtime.predictors.asker import Asker
+    from medplib_runtime.predictors.segmenter import Embedding
+
+    ref, meta = reference
+    asker = Asker(model, SamSegmenter(model.sam, sam_normalise=True))
+    assert asker.released and asker.untrained == ()
+    with torch.inference_mode():
+        emb = Embedding(model.sam.image_encoder(ref["sam_pixels"].to(DEVICE, DTYPE)),
+                        resize_info(tuple(meta["original_hw"]), model.cfg.pixel_image_size))
+    ids = run.ids[0].tolist()
+    first_seg = ids.index(model.token_ids["<SEG>"])
+    theirs = [(torch.sigmoid(m) > 0.5).numpy() for m in ref["seg_masks_logits"]]
+    for start in (len(ids) - len(meta["answer_ids"]), first_seg):  # the answer; from its first <SEG> on
+        found = asker.grounded(tuple(ids[start:]), run.hidden[0, start:], emb, 0.5,
+                               prompt_last=run.hidden[0, start - 1])
+        assert len(found) == 2
+        for g, t in zip(found, theirs):
+            assert _dice(torch.from_numpy(g.mask.astype(bool)), torch.from_numpy(t)) >= DICE_MIN
+
+
 def test_greedy_continuation_matches_medplib(model, run, reference):
     ref, meta = reference
     prompt = our_ids(model, meta["prompt_ids"], meta["n_image_tokens"])

@@ -111,7 +111,7 @@ def test_deterministic_for_a_seed(phantoms, tmp_path):
     for s in ("train", "val", "test"):
         assert (tmp_path / "a" / f"{s}.json").read_text() == (tmp_path / "b" / f"{s}.json").read_text()
     assert a.counts == b.counts
-    c = build_dataset(phantoms[:2], tmp_path / "c", BuildConfig(seed=4, max_slices_per_volume=4))
+    build_dataset(phantoms[:2], tmp_path / "c", BuildConfig(seed=4, max_slices_per_volume=4))
     assert (tmp_path / "c" / "train.json").read_text() != (tmp_path / "a" / "train.json").read_text()
 
 

@@ -80,7 +80,7 @@ def test_loss_falls_and_adapter_reloads(tmp_path):
     with safe_open(str(tmp_path / "adapter.safetensors"), framework="pt") as f:
         keys = set(f.keys())
     assert keys == set(glue_state(model)), "the adapter holds the glue and nothing of the base weights"
-    assert f"moe.0.experts.0.down_proj.lora_B" in keys and not any("base" in k for k in keys)
+    assert "moe.0.experts.0.down_proj.lora_B" in keys and not any("base" in k for k in keys)
 
 
 def test_frozen_parts_stay_as_they_are(tmp_path):
