@@ -23,6 +23,7 @@ import torch
 
 from ..errors import ModelError
 from ..presets import IMAGE_PLACEHOLDER, MEDPLIB_7B, REGION_PLACEHOLDER, SPECIAL_TOKENS, MedPLIBConfig, MoEConfig
+from .meta_init import meta_parameters
 from .sam_med2d import SamMed2DConfig
 
 # MedPLIB's name prefix → ours (first match wins; MoE names before the generic layer prefix)
@@ -129,11 +130,22 @@ def read_tensors(ckpt: CheckpointFolder) -> dict[str, torch.Tensor]:
 
                 part = load_file(f)
             else:  # never unpickle arbitrary objects from a downloaded file
-                part = torch.load(f, map_location="cpu", weights_only=True)
+                part = _load_bin(f)
         except Exception as exc:  # noqa: BLE001 - any reader failure is one line for the user
             raise _fail(ckpt.folder, f"cannot read {f.name}: {str(exc).splitlines()[0]}") from None
         tensors.update(part)
     return tensors
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.bin`` shard, memory-mapped when torch's zip format allows (pages are read when used, and stay
+    file-backed: no second copy of 23 GB in RAM); ``weights_only``: never unpickle arbitrary objects."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)  # the legacy (pre-zip) format
 
 
 def _need(ckpt: CheckpointFolder, key: str):
@@ -270,7 +282,9 @@ def check_derived(folder: Path, tensors: dict[str, torch.Tensor], sizes: Release
     head_dim = sizes.cfg.llm_hidden // sizes.cfg.llm_heads
     ours = 1.0 / sizes.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
     for name, t in tensors.items():
-        if name.endswith("rotary_emb.inv_freq") and not torch.allclose(t.float(), ours, rtol=1e-5, atol=0):
+        # compared at the saved precision: a bf16 release (model.to(bf16) before saving) stores them in bf16
+        if name.endswith("rotary_emb.inv_freq") and not torch.allclose(t.float(), ours.to(t.dtype).float(),
+                                                                         rtol=1e-5, atol=0):
             raise _fail(folder, f"tensor {name!r} is not RoPE with theta {sizes.rope_theta:g}")
         if name.endswith("position_ids") and not torch.equal(t.reshape(-1), torch.arange(t.numel())):
             raise _fail(folder, f"tensor {name!r} is not 0, 1, 2, …")
@@ -286,6 +300,8 @@ def build_structure(sizes: ReleasedSizes, tokenizer, compose):
     from .sam_med2d import SamMed2DImageEncoder
     from .vision_tower import ClipTower
 
+    from .meta_init import parameters_on_meta
+
     cfg = sizes.cfg
     llama = LlamaConfig(vocab_size=cfg.llm_vocab, hidden_size=cfg.llm_hidden, intermediate_size=cfg.llm_intermediate,
                         num_hidden_layers=cfg.llm_layers, num_attention_heads=cfg.llm_heads,
@@ -293,13 +309,14 @@ def build_structure(sizes: ReleasedSizes, tokenizer, compose):
                         rope_parameters={"rope_type": "default", "rope_theta": sizes.rope_theta},
                         max_position_embeddings=4096, tie_word_embeddings=False)
     llama._attn_implementation = "sdpa"
-    llm = LlamaForCausalLM(llama).eval()
-    install_dense_moe(llm, cfg.moe)
-    prompt, decoder = build_sam_decoder(embed_dim=cfg.prompt_embed_dim, grid=cfg.pixel_embed_grid,
-                                        image_size=cfg.pixel_image_size, mlp_dim=sizes.sam_decoder_mlp,
-                                        heads=max(1, cfg.prompt_embed_dim // 32))  # SAM: 8 heads of 32 at 256
-    sam = SamParts(SamMed2DImageEncoder(sizes.sam), prompt, decoder, image_size=cfg.pixel_image_size).eval()
-    tower = ClipTower(cfg, CLIPVisionConfig(**{k: v for k, v in sizes.clip.items() if k != "model_type"}))
+    with parameters_on_meta():  # the big parts: every parameter comes from the checkpoint (assigned, not copied)
+        llm = LlamaForCausalLM(llama).eval()
+        install_dense_moe(llm, cfg.moe)
+        prompt, decoder = build_sam_decoder(embed_dim=cfg.prompt_embed_dim, grid=cfg.pixel_embed_grid,
+                                            image_size=cfg.pixel_image_size, mlp_dim=sizes.sam_decoder_mlp,
+                                            heads=max(1, cfg.prompt_embed_dim // 32))  # SAM: 8 heads of 32 at 256
+        sam = SamParts(SamMed2DImageEncoder(sizes.sam), prompt, decoder, image_size=cfg.pixel_image_size).eval()
+        tower = ClipTower(cfg, CLIPVisionConfig(**{k: v for k, v in sizes.clip.items() if k != "model_type"}))
     return compose(cfg, sam=sam, llm=llm, tokenizer=tokenizer, vision_tower=tower)
 
 
@@ -331,8 +348,9 @@ def read_tokenizer(folder: Path, vocab: int):
 
 @torch.no_grad()
 def load_released_checkpoint(folder: Path, *, compose):
-    """A released medplib-7b folder → our model (``compose``: the ``MedPLIB`` class) in eval mode, fp32 on
-    the CPU, weights loaded strictly. Callers use ``build_medplib(cfg, pretrained=True, weights=folder)``."""
+    """A released medplib-7b folder → our model (``compose``: the ``MedPLIB`` class) in eval mode on the CPU,
+    in the checkpoint's dtype (our own small glue parts in fp32), weights loaded strictly. Callers use
+    ``build_medplib(cfg, pretrained=True, weights=folder)``."""
     from .llm import add_special_tokens
 
     folder = Path(folder)
@@ -343,8 +361,12 @@ def load_released_checkpoint(folder: Path, *, compose):
     tokenizer = read_tokenizer(folder, sizes.cfg.llm_vocab)
     model = build_structure(sizes, tokenizer, compose)
     mapped = match_tensors(folder, tensors, model.state_dict())
-    # copied into our fp32 parameters as they are (no fp32 copy of a bf16 checkpoint first: 4 bytes/param less peak)
-    model.load_state_dict(mapped, strict=False)
+    # assigned, not copied: the big parts were built on the meta device, so the checkpoint's tensors (memory-mapped
+    # for .bin) become the parameters, in the checkpoint's dtype; the caller casts (predictors/released.py)
+    model.load_state_dict(mapped, strict=False, assign=True)
+    left = meta_parameters(model)
+    if left:
+        raise _fail(folder, f"{len(left)} parameter(s) of medplib-7b got no tensor, first {left[0]!r}")
     # our two input-only placeholders get rows after MedPLIB's vocabulary (masked_scatter fills them)
     model.token_ids = add_special_tokens(model.llm, tokenizer, SPECIAL_TOKENS + (IMAGE_PLACEHOLDER, REGION_PLACEHOLDER))
     model.weights_folder = folder

@@ -37,8 +37,8 @@ def build_released(cfg: MedPLIBConfig, load: ReleasedLoad) -> tuple[SamSegmenter
     from ..modeling.medplib import build_medplib
 
     model = build_medplib(cfg, pretrained=True, weights=load.folder)  # fp32 on the CPU, loaded strictly
-    sam = model.sam
-    for child in model.children():  # SAM-Med2D stays fp32; the rest in the chosen dtype
+    sam = model.sam.float()  # SAM-Med2D computes in fp32 whatever the checkpoint's dtype
+    for child in model.children():  # the rest in the chosen dtype
         if child is not sam:
             child.to(dtype=TORCH_DTYPES["bf16" if load.load_in else load.dtype])
     if load.load_in is not None:

@@ -121,3 +121,34 @@ def test_imports_without_torch():
 
     code = "import sys, medplib_runtime.modeling.memory_estimate; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_the_full_size_structure_costs_no_weight_memory_and_matches_the_estimate(real_7b):
+    """The released model's 11.7 B parameters are built on the meta device (the checkpoint's tensors are assigned
+    in, memory-mapped): building our structure at the real sizes allocates no weights, and its parameter count is
+    the estimator's, so the memory check speaks of the model that will be loaded."""
+    import os
+    from dataclasses import replace
+
+    from medplib_runtime.modeling.medplib import MedPLIB
+    from medplib_runtime.modeling.meta_init import meta_parameters
+    from medplib_runtime.modeling.released_checkpoint import ReleasedSizes, build_structure
+    from medplib_runtime.modeling.sam_med2d import SamMed2DConfig
+    from medplib_runtime.presets import MEDPLIB_7B
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    cfg = replace(MEDPLIB_7B, llm_vocab=REAL_7B["vocab_size"])
+    clip = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+            "image_size": 336, "patch_size": 14, "projection_dim": 768, "hidden_act": "quick_gelu"}
+    sam = SamMed2DConfig(image_size=cfg.pixel_image_size, out_chans=cfg.prompt_embed_dim)
+    before = rss()
+    model = build_structure(ReleasedSizes(cfg, clip, sam, 2048, 10000.0, 1e-5), None, MedPLIB)
+    grown = rss() - before
+    ours = sum(p.numel() for p in model.parameters())
+    on_meta = sum(p.numel() for p in model.parameters() if p.is_meta)
+    assert abs(ours - me.count_parameters(real_7b).total) / ours < 0.001, (ours, me.count_parameters(real_7b))
+    assert on_meta / ours > 0.99 and meta_parameters(model)  # only the glue the composer builds (≈ 43 M) is real
+    assert grown < 1.5e9, f"building the structure allocated {grown / 1e9:.1f} GB"

@@ -294,3 +294,20 @@ def test_other_rope_frequencies_are_refused(tmp_path):
 def test_medplib_7b_without_a_weights_folder_says_so():
     with pytest.raises(ModelError, match=r"^medplib-7b: name the released checkpoint's local folder"):
         build_medplib(get_preset("medplib-7b"), pretrained=True)
+
+
+def test_a_bf16_checkpoint_is_assigned_as_it_is_and_sam_computes_in_fp32(tmp_path):
+    """The released weights are bf16: they become our parameters as they are (no fp32 copy of 23 GB first), and
+    the runtime's placement keeps SAM-Med2D in fp32 and the rest in the chosen dtype."""
+    from medplib_runtime.predictors.released import ReleasedLoad, build_released
+
+    folder = _copy(tmp_path)
+    for shard in folder.glob("pytorch_model-*.bin"):
+        tensors = torch.load(shard, weights_only=True)
+        torch.save({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()}, shard)
+    model = load_released_checkpoint(folder)
+    assert model.llm.model.layers[0].mlp.experts[1].up_proj.weight.dtype == torch.bfloat16
+    assert model.sam.image_encoder.patch_embed.proj.weight.dtype == torch.bfloat16
+    segmenter, asker = build_released(get_preset("medplib-7b"), ReleasedLoad(folder, "cpu", "fp32"))
+    assert all(p.dtype == torch.float32 for p in segmenter.model.parameters())
+    assert all(p.dtype == torch.float32 for p in asker.model.llm.parameters())
