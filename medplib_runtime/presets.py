@@ -23,6 +23,25 @@ EXPERT_NAMES = ("grounding", "vision-language")  # expert 0 = E_ground, expert 1
 
 
 @dataclass(frozen=True)
+class SamMed2DConfig:
+    """SAM-Med2D's ViT image encoder (with adapters), as MedPLIB's ``build_sam_vit_b``: ViT-B by default."""
+
+    image_size: int = 256
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    out_chans: int = 256
+    window_size: int = 14
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    mlp_ratio: float = 4.0
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
 class MoEConfig:
     num_experts: int = 2
     top_k: int = 1

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..presets import SamMed2DConfig
 
 DTYPES = ("fp32", "bf16")
 LOAD_IN = ("8bit", "4bit")
@@ -38,21 +39,6 @@ CPU_WEIGHT_BANDWIDTH = 15.7 * 134.5e6 * 4
 # ViT-L/14-336 (clip-vit-large-patch14-336), when the CLIP folder's config.json is not at hand
 CLIP_L336 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "image_size": 336,
              "patch_size": 14}
-
-
-@dataclass(frozen=True)
-class SamSizes:
-    """SAM-Med2D's ViT (MedPLIB's ``build_sam_vit_b``) and its prompt encoder / mask decoder."""
-
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    grid: int = 16
-    patch: int = 16
-    window: int = 14
-    global_blocks: int = 4
-    out_chans: int = 256
-    decoder_mlp: int = 2048
 
 
 @dataclass(frozen=True)
@@ -124,16 +110,16 @@ def clip_params(clip: dict) -> int:
     return embeddings + layers * layer + 4 * d
 
 
-def sam_params(s: SamSizes = SamSizes()) -> int:
+def sam_params(s: SamMed2DConfig = SamMed2DConfig(), decoder_mlp: int = 2048) -> int:
     """SAM-Med2D's encoder with adapters + SAM's prompt encoder and two-way mask decoder."""
-    d, c = s.embed_dim, s.out_chans
+    d, c, g = s.embed_dim, s.out_chans, len(s.global_attn_indexes)
     head = d // s.num_heads
     adapter = 2 * d + 2 * d * (d // 4) + 25 * d * d  # norm, channel MLP, 3×3 conv + 4×4 deconv
     block = 4 * d + 3 * d * d + 3 * d + d * d + d + 2 * d * 4 * d + 5 * d + adapter
-    rel = 2 * head * (s.global_blocks * (2 * s.grid - 1) + (s.depth - s.global_blocks) * (2 * s.window - 1))
-    encoder = 3 * s.patch ** 2 * d + d + s.grid ** 2 * d + s.depth * block + rel + d * c + c * c * 9 + 4 * c
+    rel = 2 * head * (g * (2 * s.grid - 1) + (s.depth - g) * (2 * s.window_size - 1))
+    encoder = 3 * s.patch_size ** 2 * d + d + s.grid ** 2 * d + s.depth * block + rel + d * c + c * c * 9 + 4 * c
     prompt = 23 * c + 332  # point/no-mask embeddings, the mask downscaler (its Gaussian PE is a buffer)
-    return encoder + prompt + _decoder_params(c, s.decoder_mlp)
+    return encoder + prompt + _decoder_params(c, decoder_mlp)
 
 
 def _decoder_params(c: int, mlp: int) -> int:

@@ -9,30 +9,12 @@ checkpoint loads strictly (released_checkpoint.py). ``1×3×S×S`` (SAM-normalis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..presets import SamMed2DConfig  # torch-free: the memory estimate counts from it too
 from .common import LayerNorm2d
-
-
-@dataclass(frozen=True)
-class SamMed2DConfig:
-    image_size: int = 256
-    patch_size: int = 16
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    out_chans: int = 256
-    window_size: int = 14
-    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
-    mlp_ratio: float = 4.0
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
 
 
 class Adapter(nn.Module):

@@ -65,9 +65,7 @@ def test_sam_formula_matches_our_modules():
     cfg = SamMed2DConfig(image_size=64, embed_dim=32, depth=2, num_heads=2, out_chans=64, window_size=3,
                          global_attn_indexes=(1,))
     prompt, decoder = build_sam_decoder(embed_dim=64, grid=4, image_size=64, mlp_dim=128, heads=2)
-    small = me.SamSizes(embed_dim=32, depth=2, num_heads=2, grid=4, window=3, global_blocks=1, out_chans=64,
-                        decoder_mlp=128)
-    assert me.sam_params(small) == n(SamMed2DImageEncoder(cfg)) + n(prompt) + n(decoder)
+    assert me.sam_params(cfg, decoder_mlp=128) == n(SamMed2DImageEncoder(cfg)) + n(prompt) + n(decoder)
     # ViT-B with adapters, counted once from SamMed2DImageEncoder(SamMed2DConfig()) (267,177,216) + SAM's
     # prompt encoder (6,220) and decoder (4,058,340) at 256 channels
     assert me.sam_params() == 267_177_216 + 6_220 + 4_058_340
