@@ -94,6 +94,7 @@ class MoEFeedForward(nn.Module):
         self.capacity_factor: float | None = None  # None → cfg's train/eval value by mode
         self.trace: list[RoutingTrace] | None = None  # a list while a RoutingRecorder records
         self.logits_tap: list[torch.Tensor] | None = None  # a list: each forward's N×E router logits (with grad)
+        self.sync_free = False  # take the GPU's sync-free top-1 path on the CPU too (tests)
 
     def expert(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """Expert ``i`` on tokens ``N×D`` → ``N×D``: base MLP with this expert's LoRA deltas."""
@@ -151,6 +152,10 @@ class MoEFeedForward(nn.Module):
         """Run the chosen experts → (``N×D`` output, ``N×k`` kept mask, or None when all were kept)."""
         n = flat.shape[0]
         if idx.shape[1] == 1:
+            # on a GPU, reading the chosen expert back (int / .all()) stalls the launch queue every layer:
+            # there the shared-base path runs (the same sums, no host sync); on the CPU the shortcut is cheaper
+            if flat.device.type != "cpu" or self.sync_free:
+                return self._top1_shared_base(flat, idx[:, 0], weights, cap)
             first = int(idx[0, 0])
             if n == 1 or (n <= cap and bool((idx == first).all())):  # one expert takes every token
                 y = self.expert(flat, first)

@@ -228,3 +228,20 @@ def test_presets_combine():
     from medplib_runtime.presets import MEDPLIB_7B, MEDPLIB_LITE
 
     assert MEDPLIB_7B.moe.combine == "probability" and MEDPLIB_LITE.moe.combine == "unit"
+
+
+@pytest.mark.parametrize("choose", [[1], [0], [1, 1, 1, 1], [0, 1, 1, 0, 1]])
+@pytest.mark.parametrize("combine", ["probability", "unit"])
+def test_the_gpus_sync_free_path_computes_what_the_cpu_shortcut_does(choose, combine):
+    """A GPU takes the shared-base path for every top-1 step (no int()/.all() read back per layer); forced here
+    on the CPU, it gives the shortcut's output: a decode step (one token) and same-expert or mixed batches."""
+    moe = make_moe(3, combine=combine)
+    x = torch.randn(len(choose), 16)
+    set_router(moe, torch.tensor(choose), x)
+    with torch.no_grad():
+        shortcut = moe(x)
+        moe.sync_free = True
+        sync_free = moe(x)
+    torch.testing.assert_close(sync_free, shortcut, rtol=1e-5, atol=1e-6)
+    if combine == "probability":  # the per-token reference scales by the probability
+        torch.testing.assert_close(sync_free, naive(moe, x), rtol=1e-5, atol=1e-6)
