@@ -7,15 +7,11 @@ average-pooled to a ``vision_grid``² token grid (one encoder pass serves masks 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..presets import MedPLIBConfig
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class PooledPixelFeatures(nn.Module):
@@ -51,20 +47,6 @@ class ClipTower(nn.Module):
         config = config if config is not None else _preset_clip_config(cfg)
         self.model = CLIPVisionModel(config)
         self.image_size = config.image_size
-
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """``(h, w)`` float in [0, 1] → ``1×3×S×S`` CLIP-normalised, longest side to S, centred pad."""
-        x = torch.from_numpy(np.asarray(image, np.float32))[None, None]
-        h, w = x.shape[-2:]
-        s = self.image_size / max(h, w)
-        nh, nw = max(1, round(h * s)), max(1, round(w * s))
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)
-        top, left = (self.image_size - nh) // 2, (self.image_size - nw) // 2
-        x = F.pad(x, (left, self.image_size - nw - left, top, self.image_size - nh - top))
-        x = x.expand(1, 3, -1, -1)
-        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-        return (x - mean) / std
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=pixel_values, output_hidden_states=True)

@@ -11,6 +11,7 @@ from medplib_runtime.conversation import REGION_SPAN, build_prompt
 from medplib_runtime.errors import InputError, ModelError
 from medplib_runtime.modeling.medplib import build_medplib
 from medplib_runtime.modeling.moe import MoEFeedForward
+from medplib_runtime.predictors.clip_frame import clip_pixels
 from medplib_runtime.presets import IMAGE_PLACEHOLDER, REGION_PLACEHOLDER, SYSTEM_PROMPT, tiny_7b_config
 from medplib_runtime.schemas import Box, Point, Prompt, Turn
 from medplib_runtime.predictors.segmenter import SamSegmenter
@@ -40,7 +41,7 @@ def test_tiny_7b_embedding_grid_and_vision_tokens(tiny):
     image = np.random.default_rng(0).random((70, 50)).astype(np.float32)
     emb = segmenter.embed(image)
     assert emb.image_embedding.shape == (1, cfg.prompt_embed_dim, cfg.pixel_embed_grid, cfg.pixel_embed_grid)
-    clip = model.vision_tower.preprocess(image)
+    clip = clip_pixels(image, cfg.vision_image_size)  # the asker's CLIP frame (MedPLIB's demo)
     assert clip.shape == (1, 3, cfg.vision_image_size, cfg.vision_image_size)
     tokens = model.image_tokens(pixel_embedding=emb.image_embedding, clip_pixels=clip)
     assert tokens.shape == (1, cfg.vision_grid ** 2, cfg.llm_hidden)
