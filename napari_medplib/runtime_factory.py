@@ -80,7 +80,12 @@ def get_runtime():
             if choice.startswith("remote "):
                 from medplib_runtime.remote import RemoteRuntime
 
-                _state["runtime"] = RemoteRuntime(choice.removeprefix("remote "))  # the token from $MEDPLIB_TOKEN
+                from medplib_runtime.errors import InputError
+
+                try:  # the token comes from $MEDPLIB_TOKEN
+                    _state["runtime"] = RemoteRuntime(choice.removeprefix("remote "))
+                except InputError as exc:  # say where the bad URL came from: the user did not type it here
+                    raise InputError(f"${URL_ENV}: {exc}") from None
             else:
                 from medplib_runtime.local import LocalRuntime
 

@@ -117,6 +117,7 @@ def test_without_torch_the_plugin_says_to_connect_to_a_server(monkeypatch):
 
 
 def test_a_server_named_in_the_environment_is_the_default(monkeypatch):
+    from medplib_runtime.errors import InputError
     from medplib_runtime.remote import RemoteRuntime
     from napari_medplib import runtime_factory
     from napari_medplib._runtime_widget import describe
@@ -128,6 +129,10 @@ def test_a_server_named_in_the_environment_is_the_default(monkeypatch):
     runtime = runtime_factory.get_runtime()  # nothing is sent until the first call
     assert isinstance(runtime, RemoteRuntime) and runtime.url == "http://127.0.0.1:9"
     runtime_factory.set_runtime(None)
+    monkeypatch.setenv(runtime_factory.URL_ENV, "ftp://gpu-box")
+    with pytest.raises(InputError, match=r"^\$MEDPLIB_REMOTE_URL: remote URL 'ftp://gpu-box' must start with http"):
+        runtime_factory.get_runtime()
+    assert runtime_factory.current_runtime() is None
 
 
 def test_a_long_chat_sends_only_the_turns_that_fit_the_cap():
