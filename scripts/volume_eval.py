@@ -12,6 +12,11 @@ build/pyradiomics-extra). Protocols, against the label (value 1) along axis 0:
 Columns: 3D Dice, volume error, slices found vs the label's, unsure slices, seconds, and seconds
 over the encoder time of the slices the run embedded (encoder timed on the seed slice, one sample:
 indicative on a shared CPU). Usage: python scripts/volume_eval.py [--cases brain1,lung2] [--detail]
+
+``--protocols past`` (tuning cases only) prints what set the stops past the outermost seed: from
+seeds at the quartiles and at the label's ends, each walk outwards with the stops recorded but not
+obeyed, per slice the old verdict (propagation.py's first stops), the new one (``taper``,
+``seed_intensity``), voxels outside the previous mask / its area, area / the seed's, the median.
 """
 
 from __future__ import annotations
@@ -90,10 +95,44 @@ def run_seeds(rt, image: np.ndarray, truth: np.ndarray) -> dict:
                        for i in res.slices]}
 
 
+def run_past(rt, image: np.ndarray, truth: np.ndarray) -> list[str]:
+    """Rows of the walks past the outer seeds, every stop recorded but none obeyed (see the docstring)."""
+    from medplib_runtime.schemas import SliceRef
+    from medplib_runtime.volume.propagation import (BeyondSeeds, PropagationSettings, _best_candidate, _judge,
+                                                    _past_the_seeds)
+
+    s, key = PropagationSettings(), rt.set_image(image)
+    zs = np.nonzero(truth.any((1, 2)))[0]
+    rows = []
+    for name, picks in (("quartiles", seed_indices(truth)), ("ends", [zs.min(), (zs.min() + zs.max()) // 2, zs.max()])):
+        values = np.concatenate([image[i][truth[i]] for i in picks]).astype(np.float64)
+        look, reference = BeyondSeeds.of(values, s), (values.mean(), values.std() + 1e-6)
+        for start, step in ((max(picks), 1), (min(picks), -1)):
+            seed = previous = truth[start]
+            index, fired = start + step, set()
+            while 0 <= index < len(image) and len(fired) < 2 and previous.any():
+                limit = min(s.max_growth * previous.sum(), s.max_seed_growth * seed.sum())
+                mask, score = _best_candidate(rt, key, SliceRef(0, index), previous, s, limit)
+                old = _judge(rt, key, SliceRef(0, index), step, mask, score, previous, seed, image[index], reference, s)
+                new = _past_the_seeds(mask, previous, seed, image[index], look, s) if mask.any() else "empty"
+                fired |= {"old"} if old.reason else set()
+                fired |= {"new"} if new else set()
+                dice = 2 * (mask & truth[index]).sum() / max(1, mask.sum() + truth[index].sum())
+                outside = (mask & ~previous).sum() / max(1, previous.sum())
+                median = float(np.median(image[index][mask])) if mask.any() else float("nan")
+                rows.append(f"| {name} {'up' if step > 0 else 'down'} from {start} | {index} | {int(mask.sum())} "
+                            f"({int(truth[index].sum())}) | {dice:.2f} | {old.reason or 'kept'} | {new or 'kept'} "
+                            f"| {outside:.2f} | {mask.sum() / seed.sum():.2f} "
+                            f"| {median:.0f} ({look.low:.0f}–{look.high:.0f}) |")
+                previous, index = mask, index + step
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--protocols", default="box,seeds")
+    parser.add_argument("--protocols", default="box,seeds",
+                        help="box, seeds, and past: the walks past the outer seeds that set its stops (tuning cases)")
     parser.add_argument("--detail", action="store_true", help="per-slice rows as well")
     args = parser.parse_args()
 
@@ -112,10 +151,18 @@ def main() -> int:
         image = read_volume(folder / f"{case}_image.nrrd").array
         truth = read_volume(folder / f"{case}_label.nrrd").array == 1
         print(f"## {case}{' (held out)' if case in HELD_OUT else ''}: {image.shape}, label {int(truth.sum())} voxels\n")
-        print("| protocol | 3D Dice | volume error | slices found (label) | unsure | seconds | s / encoder-s "
-              "| stopped |\n|---|---|---|---|---|---|---|---|")
-        details = []
-        for protocol in args.protocols.split(","):
+        details, protocols = [], [p for p in args.protocols.split(",") if p != "past"]
+        if "past" in args.protocols.split(","):
+            if case in HELD_OUT:
+                print(f"(past: tuning cases only, {case} is held out)\n")
+            else:
+                print("| walk | slice | voxels (label) | 2D Dice | old stops | new stops | outside / previous "
+                      "| area / seed | median (seeds' 10–90 %) |\n|---|---|---|---|---|---|---|---|---|")
+                print("\n".join(run_past(rt, image, truth)) + "\n", flush=True)
+        if protocols:
+            print("| protocol | 3D Dice | volume error | slices found (label) | unsure | seconds | s / encoder-s "
+                  "| stopped |\n|---|---|---|---|---|---|---|---|")
+        for protocol in protocols:
             r = (run_box if protocol == "box" else run_seeds)(rt, image, truth)
             unsure = ",".join(map(str, r["unsure"])) or "–"
             ratio = "–" if np.isnan(r["ratio"]) else f"{r['ratio']:.2f}×"

@@ -18,6 +18,19 @@ volume's edge or when the structure ends (the rejected slice is not written):
   previous mask again (IoU < ``min_back_overlap``);
 * ``unsure``: the slice's confidence (below) fell under ``min_confidence``.
 
+Beyond the outermost of several drawn seeds (``beyond_seeds``, seeded.py's walks) the user has shown
+where the structure lies, so the walk is leaving it: two more stops, checked after the above.
+
+* ``taper``: a structure ends by shrinking. The new mask must (nearly) nest inside the previous one,
+  its voxels outside the previous mask at most ``taper_tolerance`` × the previous area, and its area
+  at most (1 + ``taper_tolerance``) × the outermost seed's. A cross-section that grows or slides
+  sideways past the seeds is a neighbour. Listed as unsure: if the seeds did not reach the
+  structure's ends, it may go on there;
+* ``seed_intensity``: the median intensity under the new mask left the seeds' central range (their
+  voxels' ``seed_percentiles``). User-drawn seeds say what the structure looks like; a median is not
+  moved by the few partial-volume voxels of a tip, and a range, unlike mean ± k std, is not widened
+  by a heterogeneous lesion's spread (brain MR).
+
 Confidence per slice, in [0, 1] (``slice_confidence``): a weighted geometric mean of four agreements,
 
     score  = clip((decoder IoU − 0.5) / 0.4, 0, 1)
@@ -64,6 +77,14 @@ class PropagationSettings:
     min_confidence: float = 0.65  # below: stop ("unsure"); lung2's lesion slices ≥ 0.78, brain1's first
     #   slice past the lesion 0.62, the ellipsoid's tip 0.70, breast1's 10: 0.60
     unsure_below: float = 0.85  # below: kept but flagged for review
+    # beyond the outermost seed (seeded walks only); brain1, lung2, breast1 walked past seeds at the
+    # quartiles and at the ends (scripts/volume_eval.py --protocols past): voxels outside the previous
+    # mask / its area on the structure ≤ 0.08 (≤ 0.12 from one box), past its end where a mask grows
+    # or slides ≥ 0.26 (wrong ones from one box ≥ 0.24); area / the outer seed's on the structure ≤ 0.77
+    taper_tolerance: float = 0.2
+    # seeds' voxel percentiles a walked slice's median must stay within: the structure's slices past
+    # the seeds 757 in brain1's 663–1054, 13–44 in lung2's −60–58
+    seed_percentiles: tuple[float, float] | None = (10.0, 90.0)
     max_slices: int | None = None  # per direction; None = to the edge
     threshold: float | None = None  # mask threshold (None: the preset's)
 
@@ -71,7 +92,8 @@ class PropagationSettings:
     def unguarded(cls, **overrides) -> "PropagationSettings":
         """Every stop rule off (speed benches walk a fixed number of slices); same candidates and decodes."""
         off = dict(max_growth=math.inf, max_seed_growth=math.inf, min_overlap=0.0, min_score=0.0,
-                   intensity_tolerance=math.inf, min_back_overlap=0.0, min_confidence=0.0)
+                   intensity_tolerance=math.inf, min_back_overlap=0.0, min_confidence=0.0,
+                   taper_tolerance=math.inf, seed_percentiles=None)
         return cls(**(off | overrides))
 
 
@@ -113,10 +135,29 @@ class PropagationResult:
 
     @property
     def unsure(self) -> tuple[int, ...]:
-        """Slices to check: kept ones flagged unsure, and where a walk stopped for want of confidence
-        (the structure may go on there; nothing was written)."""
+        """Slices to check: kept ones flagged unsure, where a walk stopped for want of confidence, and
+        every ``taper`` stop, however confident (the structure may go on there; nothing was written:
+        seeds that did not reach a structure's widest part stop there too)."""
         soft = {"unsure", "low_score", "inconsistent", "drift"}
-        return tuple(sorted({s.index for s in self.steps if s.unsure and (s.kept or s.reason in soft)}))
+        return tuple(sorted({s.index for s in self.steps
+                             if (s.unsure and (s.kept or s.reason in soft)) or s.reason == "taper"}))
+
+
+@dataclass(frozen=True)
+class BeyondSeeds:
+    """A walk past the outermost of the drawn seeds: ``low``–``high``, the seeds' central intensity range
+    (``PropagationSettings.seed_percentiles`` of their voxels; None: not checked)."""
+
+    low: float | None = None
+    high: float | None = None
+
+    @classmethod
+    def of(cls, values: np.ndarray, settings: PropagationSettings) -> "BeyondSeeds":
+        """From the intensities under all seeds."""
+        if settings.seed_percentiles is None or values.size == 0:
+            return cls()
+        low, high = np.percentile(values.astype(np.float64), settings.seed_percentiles)
+        return cls(float(low), float(high))
 
 
 def slice_mask(mask: np.ndarray, shape: tuple[int, ...], axis: int, what: str) -> np.ndarray:
@@ -144,11 +185,14 @@ def propagate(runtime: Runtime, volume: np.ndarray, *, axis: int, seed_index: in
               modality: str = "auto", settings: PropagationSettings = PropagationSettings(),
               progress: Callable[[int, int], None] | None = None,
               cancel: threading.Event | None = None, directions: tuple[str, ...] = ("up", "down"),
-              reference: tuple[float, float] | None = None) -> PropagationResult:
+              reference: tuple[float, float] | None = None,
+              beyond_seeds: BeyondSeeds | None = None) -> PropagationResult:
     """Propagate ``seed_mask`` (a 2D mask on slice ``seed_index`` along ``axis``) through ``volume`` (z, y, x).
 
     ``directions``: which of "up" (increasing index) and "down" to walk. ``reference``: the
-    structure's (mean, std) intensity, when known from more than the seed slice (seeded walks)."""
+    structure's (mean, std) intensity, when known from more than the seed slice (seeded walks).
+    ``beyond_seeds``: the seed is the outermost of several drawn ones, so the ``taper`` and
+    ``seed_intensity`` stops apply (one box: the structure may grow either way, they do not)."""
     t0 = time.perf_counter()
     volume = np.asarray(volume)
     if volume.ndim != 3:
@@ -194,7 +238,7 @@ def propagate(runtime: Runtime, volume: np.ndarray, *, axis: int, seed_index: in
             limit = min(settings.max_growth * previous.sum(), settings.max_seed_growth * seed.sum())
             mask, score = _best_candidate(runtime, key, SliceRef(axis, index), previous, settings, limit)
             s = _judge(runtime, key, SliceRef(axis, index), step, mask, score, previous, seed, slices[index],
-                       reference, settings)
+                       reference, settings, beyond_seeds)
             steps.append(s)
             done += 1
             if progress is not None:
@@ -214,7 +258,7 @@ def propagate(runtime: Runtime, volume: np.ndarray, *, axis: int, seed_index: in
 
 def _judge(runtime: Runtime, key: str, ref: SliceRef, step: int, mask: np.ndarray, score: float,
            previous: np.ndarray, seed: np.ndarray, plane: np.ndarray, reference: tuple[float, float],
-           s: PropagationSettings) -> SliceStep:
+           s: PropagationSettings, beyond_seeds: BeyondSeeds | None = None) -> SliceStep:
     """The new slice's features, confidence and verdict ("" = keep)."""
     area, before = int(mask.sum()), int(previous.sum())
     overlap = _iou(mask, previous)
@@ -242,10 +286,24 @@ def _judge(runtime: Runtime, key: str, ref: SliceRef, step: int, mask: np.ndarra
         reason = "inconsistent"
     elif confidence < s.min_confidence:
         reason = "unsure"
+    elif beyond_seeds is not None:
+        reason = _past_the_seeds(mask, previous, seed, plane, beyond_seeds, s)
     else:
         reason = ""
     return SliceStep(ref.index, area, score, overlap, reason == "", reason, confidence,
                      confidence < s.unsure_below, back, seed_ratio, z)
+
+
+def _past_the_seeds(mask: np.ndarray, previous: np.ndarray, seed: np.ndarray, plane: np.ndarray,
+                    look: BeyondSeeds, s: PropagationSettings) -> str:
+    """The stops that hold only past the outermost seed, where the structure ends ("" = keep)."""
+    before = int(previous.sum())
+    if np.logical_and(mask, ~previous).sum() > s.taper_tolerance * before or \
+            mask.sum() > (1 + s.taper_tolerance) * seed.sum():
+        return "taper"
+    if look.low is not None and look.high is not None and not look.low <= float(np.median(plane[mask])) <= look.high:
+        return "seed_intensity"
+    return ""
 
 
 def _box(mask: np.ndarray, pad: float) -> Box:

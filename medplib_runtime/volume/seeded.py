@@ -6,8 +6,9 @@ model: the interpolated mask's box prompts the slice, and the model's mask is ke
 agrees with the interpolation (IoU ≥ ``min_agreement``), otherwise the interpolation stays and the
 slice's confidence drops under the "unsure" bar. Beyond the outermost seeds the guarded walk of
 propagation.py goes on (up from the top seed, down from the bottom one), with the intensity
-reference taken from all seeds. ``correct_and_continue`` takes a corrected slice and redoes only
-what depends on it.
+reference taken from all seeds and the stops that hold only past the outermost seed (``taper``: the
+structure ends by shrinking; ``seed_intensity``: it looks like the seeds, their 10–90 % range).
+``correct_and_continue`` takes a corrected slice and redoes only what depends on it.
 
 Confidence per slice: seeds 1.0; a refined gap slice sqrt(score_term × agreement) with
 score_term = clip((decoder IoU − 0.5) / 0.4, 0, 1); a gap slice that kept the interpolation
@@ -27,7 +28,8 @@ from ..errors import InputError
 from ..protocol import Runtime
 from ..schemas import SliceRef
 from .interpolation import interpolate_between
-from .propagation import Cancelled, PropagationSettings, _box, _iou, _segment, propagate, slice_mask
+from .propagation import (BeyondSeeds, Cancelled, PropagationSettings, _box, _iou, _segment, propagate,
+                          slice_mask)
 
 Progress = Callable[[int, int], None]
 
@@ -215,11 +217,14 @@ class _Job:
             self._key = self.runtime.set_image(self.volume, modality=self.modality)
         return self._key
 
+    def seed_values(self) -> np.ndarray:
+        """The intensities under all seeds."""
+        drawn = [i for i, s in self.source.items() if s == "seed"]
+        return np.moveaxis(self.volume, self.axis, 0)[drawn][self.slices[drawn] != 0].astype(np.float64)
+
     def reference(self) -> tuple[float, float]:
         """Mean and std intensity under all seeds (a steadier reference than one slice)."""
-        values = np.moveaxis(self.volume, self.axis, 0)[[i for i, s in self.source.items() if s == "seed"]]
-        inside = self.slices[[i for i, s in self.source.items() if s == "seed"]] != 0
-        values = values[inside].astype(np.float64)
+        values = self.seed_values()
         return float(values.mean()), float(values.std())
 
     def fill_gap(self, a: int, b: int) -> None:
@@ -258,7 +263,8 @@ class _Job:
 
         walked = propagate(self.runtime, self.volume, axis=self.axis, seed_index=start,
                            seed_mask=self.slices[start] != 0, modality=self.modality, settings=self.settings.walk,
-                           progress=relay, cancel=self.cancel, directions=(direction,), reference=self.reference())
+                           progress=relay, cancel=self.cancel, directions=(direction,), reference=self.reference(),
+                           beyond_seeds=BeyondSeeds.of(self.seed_values(), self.settings.walk))
         unsure = set(walked.unsure)
         for step in walked.steps:
             if step.kept:

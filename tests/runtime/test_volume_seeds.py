@@ -112,6 +112,85 @@ def test_a_leaking_walk_stops_on_seed_growth_not_at_the_edge():
     assert len(result.slices) < 10
 
 
+def _ends_then_neighbour(neighbour_radius, neighbour_value):
+    """A textured structure (intensity 200–400, as heterogeneous as an MR lesion) on slices 8..20, a
+    disc of radius 10 ending abruptly, then a neighbour disc on 21..27 at the same place, beyond its
+    end: (volume, structure, scene = structure | neighbour)."""
+    y, x = np.ogrid[:64, :64]
+    rng = np.random.default_rng(1)
+    structure, neighbour = np.zeros((30, 64, 64), bool), np.zeros((30, 64, 64), bool)
+    structure[8:21] = (y - 30) ** 2 + (x - 32) ** 2 <= 10 ** 2
+    neighbour[21:28] = (y - 30) ** 2 + (x - 32) ** 2 <= neighbour_radius ** 2
+    volume = 100 + rng.normal(0, 5, structure.shape)
+    volume[structure] = rng.uniform(200, 400, int(structure.sum()))
+    volume[neighbour] = neighbour_value + rng.normal(0, 5, int(neighbour.sum()))
+    return volume.astype(np.float32), structure, structure | neighbour
+
+
+def _seeds_on(truth, picks):
+    seeds = np.zeros(truth.shape, np.uint8)
+    seeds[picks] = truth[picks]
+    return seeds
+
+
+# no taper, no seed intensity range: the walk as it was before them
+_BEFORE = SeededSettings(walk=PropagationSettings(taper_tolerance=float("inf"), seed_percentiles=None))
+
+
+@pytest.mark.parametrize("radius, value, reason", [
+    (16, 300.0, "taper"),  # larger, same look: the prompt box grows into it (area × 2, kept as unsure before)
+    (8, 395.0, "seed_intensity"),  # nested, as a tip would be, but brighter than the seeds' 10–90 % range
+])
+def test_the_walk_past_the_outer_seed_stops_where_the_structure_ends(radius, value, reason):
+    volume, structure, scene = _ends_then_neighbour(radius, value)
+    seeds = _seeds_on(structure, [8, 14, 20])  # the whole structure, as brain2's 8, 9, 10
+    before = propagate_from_seeds(FakeRuntime(scene), volume, seeds, settings=_BEFORE)
+    assert before.slices[-1] >= 22  # the old stops kept the neighbour (mean within 2.5 seed std)
+    after = propagate_from_seeds(FakeRuntime(scene), volume, seeds)
+    assert after.slices == tuple(range(8, 21)) and after.stopped == {"up": reason, "down": "empty"}
+    assert np.array_equal(after.mask.astype(bool), structure)
+
+
+@pytest.mark.parametrize("bulge, last, up", [
+    (True, 34, "empty"),  # tapering to both ends past seeds at 12 and 26: followed to both
+    (False, 30, "taper"),  # a cone: followed down to its tip; up, still widening past the top seed, it ends
+])
+def test_a_textured_structure_that_goes_on_past_the_seeds_is_followed(bulge, last, up):
+    _, truth = _tube(bulge=bulge)
+    rng = np.random.default_rng(2)
+    volume = 100 + rng.normal(0, 5, truth.shape)
+    volume[truth] = rng.uniform(200, 400, int(truth.sum()))  # mean 300, std 58: as heterogeneous as MR
+    result = propagate_from_seeds(FakeRuntime(truth), volume.astype(np.float32), _seeds_on(truth, [12, 19, 26]))
+    assert result.slices == tuple(range(4, last + 1)) and result.stopped == {"up": up, "down": "empty"}
+    assert np.array_equal(result.mask[:last + 1].astype(bool), truth[:last + 1])
+
+
+def test_a_drifting_cylinder_past_the_seeds_is_followed():
+    """A constant cross-section sliding 1 voxel a slice (an oblique vessel): nested enough to go on."""
+    y, x = np.ogrid[:64, :64]
+    truth = np.zeros((40, 64, 64), bool)
+    for z in range(4, 35):
+        truth[z] = (y - 16 - z) ** 2 + (x - 32) ** 2 <= 10 ** 2
+    volume = np.where(truth, 300.0, 100.0) + np.random.default_rng(0).normal(0, 5, truth.shape)
+    result = propagate_from_seeds(FakeRuntime(truth), volume.astype(np.float32), _seeds_on(truth, [12, 19, 26]))
+    assert result.slices == tuple(range(4, 35)) and result.stopped == {"up": "empty", "down": "empty"}
+
+
+def test_one_box_walks_have_no_taper_seeded_ones_take_the_seeds_to_span_the_structure():
+    """From one box the structure may grow either way: a cone widening upwards is followed. Seeds
+    are taken to span the structure: past the top one, a cone still widening ends on ``taper``."""
+    volume, truth = _tube(bulge=False)
+    result = propagate(FakeRuntime(truth), volume, axis=0, seed_index=10, seed_mask=truth[10],
+                       settings=PropagationSettings(max_slices=8))
+    assert result.slices == tuple(range(4, 19)) and result.stopped == {"up": "max_slices", "down": "empty"}
+    seeded = propagate_from_seeds(FakeRuntime(truth), volume, _seeds_on(truth, [8, 10]))
+    assert seeded.slices == tuple(range(4, 13)) and seeded.stopped == {"up": "taper", "down": "empty"}
+    assert 13 in seeded.unsure  # a taper stop is listed to check, however confident: the cone goes on there
+    unguarded = SeededSettings(walk=PropagationSettings.unguarded(max_slices=8))  # the stops off: on to 18
+    off = propagate_from_seeds(FakeRuntime(truth), volume, _seeds_on(truth, [8, 10]), settings=unguarded)
+    assert off.slices[-1] == 18
+
+
 def test_correct_and_continue_redoes_only_the_far_side():
     volume, truth = _tube()
     seeds = np.zeros(truth.shape, np.uint8)
