@@ -88,6 +88,45 @@ def _real_slices(rt, swaps: dict) -> dict:
     return {"answers": answers, "kinds": kinds}
 
 
+class _CountingHead:
+    """Wraps a precision's ShortlistHead: on every call also the fp32 head's argmax, to count the steps where
+    fp32's best token was not on the int4 shortlist (the only way the shortlist head can change a token)."""
+
+    def __init__(self, shortlist, fp32_head) -> None:
+        self.shortlist, self.fp32_head, self.steps, self.misses = shortlist, fp32_head, 0, 0
+
+    def wrap(self):
+        import torch
+
+        counter = self
+
+        class Counting(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = counter.shortlist
+
+            def forward(self, x):
+                got = self.inner(x)
+                counter.steps += got.shape[:-1].numel()
+                counter.misses += int((got.argmax(-1) != counter.fp32_head(x).argmax(-1)).sum())
+                return got
+
+        return Counting()
+
+
+def _count_shortlist_misses(swaps: dict) -> dict:
+    """Replace each precision's head swap by a counting one (same answers); → precision → counter."""
+    from medplib_runtime.modeling.quantise import ShortlistHead, Swap
+
+    counters = {}
+    for precision, swap in swaps.items():
+        for i, s in enumerate(swap):
+            if isinstance(s.new, ShortlistHead):
+                counters[precision] = _CountingHead(s.new, s.old)
+                swap[i] = Swap(s.parent, s.name, s.old, counters[precision].wrap())
+    return counters
+
+
 def _same(a: list[str], b: list[str]) -> str:
     n = sum(x == y for x, y in zip(a, b))
     return f"{n}/{len(a)} ({100 * n / max(len(a), 1):.1f} %)"
@@ -109,6 +148,7 @@ def main() -> int:
     llm = rt.asker().model.llm
     swaps = {"fp32": []} | {p: quantised_swaps(llm, p) for p in args.precisions.split(",")}
     quant = [p for p in swaps if p != "fp32"]
+    counters = _count_shortlist_misses(swaps)
     print(f"# precision quality — torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.data:
         ev = _eval_split(rt, swaps, args.data, args.every)
@@ -135,6 +175,8 @@ def main() -> int:
             d = [_dice(x.masks[0], y.masks[0]) for x, y in zip(a, b) if x.masks and y.masks]
             dices.append(f"{np.mean(d):.3f} ({len(d)})" if d else "— (0)")
         print(f"| {kind} | " + " | ".join(cells) + " | " + " | ".join(dices) + " |")
+    for p, c in counters.items():
+        print(f"\n{p}: fp32's best token off the head's int4 shortlist in {c.misses} of {c.steps} decode steps")
     for p in quant:
         for i, k in enumerate(kinds):
             a, b = real["answers"]["fp32"][i].text, real["answers"][p][i].text

@@ -139,7 +139,7 @@ def precision_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
     the ratios come from one process on one host. Run it after the peak-RSS row: the quantised copies
     (≈ 0.2 GB) sit beside the fp32 weights while it runs."""
     from ..devices import compute_precision
-    from ..modeling.quantise import quantised_swaps, swapped_in
+    from ..modeling.quantise import quantised_bytes, quantised_swaps, swapped_in
     from ..schemas import AskRequest
 
     asker = runtime.asker()
@@ -170,8 +170,7 @@ def precision_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
     rows = []
     for p, swap in swaps.items():
         tok_s = sorted(1e3 / s for s in step[p])
-        mb = sum(s.new.qweight.numel() + s.new.scale.numel() * 4 if hasattr(s.new, "qweight")
-                 else s.new.packed.numel() + s.new.scales_offsets.numel() * 2 for s in swap) / 2**20
+        mb = quantised_bytes(swap) / 2**20
         note = "p90 column = slowest run" if p == "fp32" else \
             f"{mb:.0f} MB of quantised Linears; same answer as fp32: {answers[p] == answers['fp32']}"
         rows.append(Row(f"LLM decode, {p} weights", "tok/s", statistics.median(tok_s), tok_s[0], len(tok_s), note))

@@ -107,6 +107,8 @@ class RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype == torch.float32:  # torch's own op: the same values (tested), 1/3 less time
+            return torch.rms_norm(x, (x.shape[-1],), self.weight, self.variance_epsilon)
         dtype = x.dtype
         x = x.to(torch.float32)
         variance = x.pow(2).mean(-1, keepdim=True)
@@ -149,13 +151,15 @@ class Attention(nn.Module):
         self.k_proj = _Linear(d, kv, bias=False)
         self.v_proj = _Linear(d, kv, bias=False)
         self.o_proj = _Linear(q, d, bias=False)
+        self.qkv: nn.Module | None = None  # quantise.py's fused q|k|v (→ the three), used instead when set
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None) -> torch.Tensor:
         shape = x.shape[:-1]
-        q = self.q_proj(x).view(*shape, -1, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(*shape, -1, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(*shape, -1, self.head_dim).transpose(1, 2)
+        q, k, v = self.qkv(x) if self.qkv is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        q = q.view(*shape, -1, self.head_dim).transpose(1, 2)
+        k = k.view(*shape, -1, self.head_dim).transpose(1, 2)
+        v = v.view(*shape, -1, self.head_dim).transpose(1, 2)
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
         q, k = (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
         if cache is not None:
@@ -179,9 +183,18 @@ class MLP(nn.Module):
         self.gate_proj = _Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = _Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = _Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up: nn.Module | None = None  # quantise.py's fused gate|up (→ the two), used instead when set
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = gate_and_up(self, x)
+        return self.down_proj(F.silu(gate) * up)
+
+
+def gate_and_up(mlp: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A LLaMA MLP's ``gate_proj(x), up_proj(x)``: one fused call where quantise.py set one (transformers'
+    MLP has no such slot)."""
+    fused = getattr(mlp, "gate_up", None)
+    return fused(x) if fused is not None else (mlp.gate_proj(x), mlp.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
@@ -295,4 +308,4 @@ def load_weights_strictly(model: nn.Module, folder: Path, *, dtype: torch.dtype,
     model.tie_weights()
 
 
-__all__ = ["KVCache", "LlamaLM", "LlamaSettings", "load_llama", "load_weights_strictly"]
+__all__ = ["KVCache", "LlamaLM", "LlamaSettings", "gate_and_up", "load_llama", "load_weights_strictly"]

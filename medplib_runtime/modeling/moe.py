@@ -39,6 +39,7 @@ from torch import nn
 from ..glue.routing import RoutingConfig  # torch-free (glue metadata)
 from ..presets import MoEConfig
 from ..schemas import RoutingStats
+from .llama_infer import gate_and_up
 from .lora import LoRADelta
 
 
@@ -99,7 +100,7 @@ class MoEFeedForward(nn.Module):
     def expert(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """Expert ``i`` on tokens ``N×D`` → ``N×D``: base MLP with this expert's LoRA deltas."""
         base, lora = self.base, self.experts[i]
-        gate, up = base.gate_proj(x), base.up_proj(x)
+        gate, up = gate_and_up(base, x)
         if lora.gate_proj is not None:
             gate = gate + lora.gate_proj(x)
         if lora.up_proj is not None:
@@ -117,6 +118,9 @@ class MoEFeedForward(nn.Module):
         return max(1, math.ceil(cf * tokens * self.top_k / self.cfg.num_experts))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.forced_expert is not None and self.trace is None and self.logits_tap is None:
+            # nobody reads the router here (a forced expert, nothing recorded): skip it, as a decode step may
+            return self.expert(x.reshape(-1, x.shape[-1]), self.forced_expert).view(x.shape)
         return self.forward_from_logits(x, self.router(x.reshape(-1, x.shape[-1])))
 
     def forward_from_logits(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -179,7 +183,7 @@ class MoEFeedForward(nn.Module):
         r = self.cfg.lora_r
         zmask = hot.to(flat.dtype).repeat_interleave(r, dim=1)  # N×(E·r)
         base = self.base
-        gate, up = base.gate_proj(flat), base.up_proj(flat)
+        gate, up = gate_and_up(base, flat)
         if (d := self._masked_delta("gate_proj", flat, zmask)) is not None:
             gate = gate + d
         if (d := self._masked_delta("up_proj", flat, zmask)) is not None:
@@ -215,7 +219,7 @@ class MoEFeedForward(nn.Module):
         slot_w = w * kept.to(flat.dtype)  # N×k
         combine = torch.zeros(n, e_count, dtype=flat.dtype, device=flat.device).scatter_add(1, idx, slot_w)  # N×E
         base = self.base
-        gate, up = base.gate_proj(flat), base.up_proj(flat)
+        gate, up = gate_and_up(base, flat)
         mixed_h = None
         delta_out = None
         for e in range(e_count):
