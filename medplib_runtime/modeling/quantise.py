@@ -96,28 +96,41 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel"
 
 
+_PACK_ROWS = 4096  # a multiple of _INT4_ROWS
+
+
+def _pack_int4(rows: torch.Tensor, padded: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight rows ``m×K`` (zero rows added up to ``padded``) → (the kernel's packed codes, its
+    ``(K/group)×padded×2`` scales and offsets)."""
+    w = F.pad(rows.float(), (0, 0, 0, padded - rows.shape[0])).contiguous()
+    k = w.shape[1]
+    g = w.view(padded, k // group, group)
+    lo, hi = g.amin(-1), g.amax(-1)
+    # scale and offset as the kernel reads them (bf16), then the codes from those rounded values
+    scale = ((hi - lo) / 15.0).clamp(min=1e-8).to(torch.bfloat16)
+    offset = (lo + 8 * scale.float()).to(torch.bfloat16)
+    base = offset.float() - 8 * scale.float()  # the value of code 0
+    codes = g.sub(base[..., None]).div_(scale.float()[..., None]).round_().clamp_(0, 15).to(torch.int32)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.view(padded, k), 1)
+    return packed, torch.stack([scale, offset], -1).transpose(0, 1)
+
+
 class Int4Linear(nn.Module):
     """``y = x Wᵀ`` with W in int4 groups of 32 along the input: ``W ≈ (q − 8) · scale + offset``."""
 
     def __init__(self, weight: torch.Tensor, group: int = INT4_GROUP) -> None:
         super().__init__()
-        w = weight.detach().float()
-        n, k = w.shape
+        n, k = weight.shape
         if k % group:
             raise ValueError(f"int4 needs the input size ({k}) to be a multiple of {group}")
         self.out_features, self.in_features, self.group = n, k, group
         padded = -(-n // _INT4_ROWS) * _INT4_ROWS
-        w = F.pad(w, (0, 0, 0, padded - n))
-        g = w.reshape(padded, k // group, group)
-        lo, hi = g.amin(-1), g.amax(-1)
-        # scale and offset as the kernel reads them (bf16), then the codes from those rounded values
-        scale = ((hi - lo) / 15.0).clamp(min=1e-8).to(torch.bfloat16)
-        offset = (lo + 8 * scale.float()).to(torch.bfloat16)
-        base = offset.float() - 8 * scale.float()  # the value of code 0
-        q = torch.round((g - base[..., None]) / scale.float()[..., None]).clamp_(0, 15).to(torch.int32)
-        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.reshape(padded, k), 1))
+        # in blocks of rows (the packing is per row): the 49152-row head at once held ≈ 0.45 GB of temporaries
+        blocks = [_pack_int4(weight.detach()[start:start + _PACK_ROWS], min(_PACK_ROWS, padded - start), group)
+                  for start in range(0, padded, _PACK_ROWS)]
+        self.register_buffer("packed", torch.cat([b[0] for b in blocks]))
         # the kernel's layout: (k/group)×N×2, [scale, offset]
-        self.register_buffer("scales_offsets", torch.stack([scale, offset], -1).transpose(0, 1).contiguous())
+        self.register_buffer("scales_offsets", torch.cat([b[1] for b in blocks], dim=1).contiguous())
 
     def _kernel(self, rows: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.packed, self.group, self.scales_offsets)
@@ -234,32 +247,42 @@ def quantised_swaps(llm: nn.Module, precision: str) -> list[Swap]:
     (fused) and down in every layer, the LM head (a ShortlistHead). Not: the router, LoRA deltas, norms,
     the embedding. Places already quantised (or Linears with a bias) are left out: idempotent.
     """
+    return [s for group in _swap_groups(llm, precision) for s in group]
+
+
+def _swap_groups(llm: nn.Module, precision: str):
+    """quantised_swaps, one layer (then the head) at a time, built when asked for."""
     check_precision(precision)
     if precision == "fp32":
-        return []
+        return
     cls = Int4Linear if precision == "int4" else Int8Linear
-    swaps: list[Swap] = []
     for layer in llm.model.layers:
         attn = layer.self_attn
         mlp = getattr(layer.mlp, "base", layer.mlp)  # MoEFeedForward keeps the frozen MLP as .base
-        swaps += _fused_swaps(attn, "qkv", ("q_proj", "k_proj", "v_proj"), cls)
+        swaps = _fused_swaps(attn, "qkv", ("q_proj", "k_proj", "v_proj"), cls)
         swaps += _fused_swaps(mlp, "gate_up", ("gate_proj", "up_proj"), cls)
         for parent, name in ((attn, "o_proj"), (mlp, "down_proj")):
             if _plain(old := getattr(parent, name)):
                 swaps.append(Swap(parent, name, old, cls(old.weight).to(old.weight.device)))
+        yield swaps
     if _plain(llm.lm_head):
-        swaps.append(Swap(llm, "lm_head", llm.lm_head, ShortlistHead(llm.lm_head)))
-    return swaps
+        yield [Swap(llm, "lm_head", llm.lm_head, ShortlistHead(llm.lm_head))]
 
 
+@torch.no_grad()
 def quantise_llm(llm: nn.Module, precision: str) -> QuantReport:
     """Swap the LLM's Linear weights for quantised ones, in place, for good (CPU inference only): the
-    fp32 weights are freed with the old modules (the embedding keeps its own). ``fp32`` does nothing."""
-    swaps = quantised_swaps(llm, precision)
-    for s in swaps:
-        setattr(s.parent, s.name, s.new)
-    before = sum(s.old.weight.numel() * s.old.weight.element_size() for s in swaps if _plain(s.old))
-    return QuantReport(precision, sum(_plain(s.old) for s in swaps), before, quantised_bytes(swaps))
+    fp32 weights are freed with the old modules (the embedding keeps its own). ``fp32`` does nothing.
+    Layer by layer, so each layer's fp32 weights are freed before the next is packed (peak memory)."""
+    linears = before = after = 0
+    for swaps in _swap_groups(llm, precision):
+        for s in swaps:
+            setattr(s.parent, s.name, s.new)
+        linears += sum(_plain(s.old) for s in swaps)
+        before += sum(s.old.weight.numel() * s.old.weight.element_size() for s in swaps if _plain(s.old))
+        after += quantised_bytes(swaps)
+        del swaps
+    return QuantReport(precision, linears, before, after)
 
 
 def quantised_bytes(swaps: list[Swap]) -> int:
