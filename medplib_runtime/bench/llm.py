@@ -14,7 +14,7 @@ import torch
 
 from ..modeling.generation import greedy_generate
 from ..modeling.moe import force_expert, moe_layers
-from .table import Row, row_ms
+from .table import Row, row_ms, skipped
 
 PROMPT_TOKENS = 200  # ≈ system + 64 image tokens + a question
 NEW_TOKENS = 32
@@ -66,6 +66,8 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
         for _ in range(max(3, repeats // 2)):  # interleaved: a slow moment of the host hits all four
             first_asks.append(runtime.ask(first).timings_ms["total"])
             chat_asks.append(runtime.ask(chat).timings_ms["total"])
+            if not shipped.per_question:
+                continue  # per-token routing (medplib-7b): no routing prefill, the two variants are the row above
             asker.routing = replace(shipped, reads_history=True)
             read_on_asks.append(runtime.ask(chat).timings_ms["total"])
             asker.reuse_routing_prefix = False
@@ -75,10 +77,8 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
         asker.reuse_routing_prefix, asker.routing = True, shipped
 
     llm = asker.model.llm
-    torch.manual_seed(0)
-    ids = torch.randint(100, 40000, (1, PROMPT_TOKENS)).to(asker.device)
     with torch.inference_mode():
-        embeds = llm.get_input_embeddings()(ids)
+        embeds = llm.get_input_embeddings()(_prompt_ids(llm).to(asker.device))
     layers = moe_layers(llm)
     glue_routing = [m.forced_expert for m in layers]  # restored after: the runtime answers on with it
     choose_ms: list[float] = []
@@ -94,18 +94,13 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
     d_step, m_step = statistics.median(dense_step), statistics.median(moe_step)
     d_pre, m_pre = statistics.median(dense_prefill), statistics.median(moe_prefill)
     tok_s = sorted(1e3 / s for s in moe_step)
-    return [
-        Row("import the LLM modules (cold; transformers not needed)", "ms", import_ms, float("nan"), 1),
-        Row("MedPLIB LLM + glue load (cached folder)", "ms", load_ms, float("nan"), 1),
+    return _load_rows(runtime.released is not None, import_ms, load_ms) + [
         row_ms("ask, 16 new tokens (cached slice)", asks),
         row_ms("ask, 1 new token (the prompt read)", first_asks),
         row_ms("the same after one earlier turn", chat_asks,
                f"{statistics.median(chat_asks) / statistics.median(first_asks):.2f} x alone (earlier turns "
                f"{'read' if shipped.reads_history else 'not read: a single-question glue'})"),
-        row_ms("  ... earlier turn read (routing prefill reused)", read_on_asks,
-               f"{statistics.median(read_on_asks) / statistics.median(first_asks):.2f} x alone"),
-        row_ms("  ... earlier turn read, prompt read whole", whole_asks,
-               f"{statistics.median(whole_asks) / statistics.median(read_on_asks):.2f} x reusing the routing prefill"),
+        *_read_on_rows(first_asks, read_on_asks, whole_asks),
         row_ms(f"LLM prefill {PROMPT_TOKENS} tokens (MoE)", moe_prefill, f"{PROMPT_TOKENS / (m_pre / 1e3):.0f} tok/s"),
         Row("LLM decode (MoE, greedy, KV cache)", "tok/s", statistics.median(tok_s), tok_s[0], len(tok_s),
             "p90 column = slowest run"),
@@ -116,6 +111,33 @@ def llm_rows(runtime, key: str, slice_ref, *, repeats: int) -> list[Row]:
                  "grounding questions only (VQA answers continue the routing prefill's cache); "
                  "one expert per question: the decode step is the dense one")]
          if choose_ms else [])
+
+
+def _prompt_ids(llm) -> torch.Tensor:
+    """``PROMPT_TOKENS`` random ids inside the vocabulary (the test checkpoint's has a few hundred)."""
+    vocab = llm.get_input_embeddings().num_embeddings
+    torch.manual_seed(0)
+    return torch.randint(min(100, vocab // 3), min(40000, vocab), (1, PROMPT_TOKENS))
+
+
+def _load_rows(released: bool, import_ms: float, load_ms: float) -> list[Row]:
+    if released:  # nothing left to time: the checkpoint's one load (the table's first row) built the LLM
+        why = "medplib-7b's LLM is built in the checkpoint load (first row)"
+        return [skipped("import the LLM modules", why), skipped("MedPLIB LLM + glue load", why)]
+    return [Row("import the LLM modules (cold; transformers not needed)", "ms", import_ms, float("nan"), 1),
+            Row("MedPLIB LLM + glue load (cached folder)", "ms", load_ms, float("nan"), 1)]
+
+
+def _read_on_rows(first_asks: list[float], read_on_asks: list[float], whole_asks: list[float]) -> list[Row]:
+    if not read_on_asks:
+        why = "per-token routing: no routing prefill to read on from"
+        return [skipped("  ... earlier turn read (routing prefill reused)", why),
+                skipped("  ... earlier turn read, prompt read whole", why)]
+    return [row_ms("  ... earlier turn read (routing prefill reused)", read_on_asks,
+                   f"{statistics.median(read_on_asks) / statistics.median(first_asks):.2f} x alone"),
+            row_ms("  ... earlier turn read, prompt read whole", whole_asks,
+                   f"{statistics.median(whole_asks) / statistics.median(read_on_asks):.2f} x reusing the routing "
+                   "prefill")]
 
 
 def _question_routing_ms(llm, embeds, repeats: int) -> list[float]:

@@ -1,4 +1,4 @@
-"""``medplib bench``: speed and memory of the default model, measured in one process.
+"""``medplib bench``: speed and memory of a model (the default, or medplib-7b from --weights), in one process.
 
 Prints a table (median and p90 of repeated runs). Ratios are measured in the same run.
 No timing is asserted anywhere: this is a measurement, not a test.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .table import Row, print_table, row_ms, timed
+from .table import Row, print_table, row_ms, skipped, timed
 
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "brain1_image.nrrd"
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "pyradiomics" / "brain1_image.nrrd"
@@ -25,33 +25,63 @@ def _image_path(args) -> Path:
     return SAMPLE if SAMPLE.exists() else SHARED
 
 
+def local_runtime(args):
+    """The bench's LocalRuntime: --preset, --device and medplib-7b's --weights/--dtype/--load-in/--allow-cpu.
+    Built first: its checks (the options, the memory estimate, the CPU refusal) are instant and one line, as
+    on every other model command, and nothing has loaded yet when they refuse."""
+    from ..cli.runtime_args import weights_kwargs
+    from ..local import LocalRuntime
+
+    return LocalRuntime(preset=args.preset, device=getattr(args, "device", "cpu"),
+                        precision=getattr(args, "precision", None), **weights_kwargs(args))
+
+
+def _model_line(runtime) -> str:
+    load = runtime.released
+    if load is None:
+        return f"{runtime.config.preset} (LLM weights {runtime.precision})"
+    return f"medplib-7b from {load.folder} ({load.load_in or load.dtype})"
+
+
 def run_bench(args) -> int:
+    runtime = local_runtime(args)
+    if getattr(args, "remote", None):
+        from ..imaging.io import read_volume
+        from .remote import run_remote_bench
+
+        return run_remote_bench(args, runtime, read_volume(_image_path(args)), _image_path(args).name)
+    try:
+        print_table(_local_rows(args, runtime))
+    finally:
+        runtime.close()
+    return 0
+
+
+def _local_rows(args, runtime) -> list[Row]:
     import torch
 
     from ..imaging.io import read_volume
     from ..imaging.windowing import apply_window
-    from ..local import LocalRuntime
     from ..schemas import Box, Prompt, SegmentRequest, SliceRef
 
     repeats = 3 if args.quick else args.repeats
     volume = read_volume(_image_path(args))
-    if getattr(args, "remote", None):
-        from .remote import run_remote_bench
-
-        return run_remote_bench(args, volume, _image_path(args).name)
     z = volume.array.shape[0]
     mid = z // 2
     rows: list[Row] = []
-    device = getattr(args, "device", "cpu")
+    device = runtime.device
     gpu = f", {torch.cuda.get_device_name(torch.device(device))} (bf16 autocast)" if device != "cpu" else ""
     print(f"# medplib bench — {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}{gpu}, image {_image_path(args).name} {volume.array.shape}")
+          f"torch {torch.__version__}{gpu}, image {_image_path(args).name} {volume.array.shape}, "
+          f"{_model_line(runtime)}")
 
-    runtime = LocalRuntime(preset=args.preset, device=device, precision=getattr(args, "precision", None))
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)  # GPU work is asynchronous
     t0 = time.perf_counter()
     segmenter = runtime.segmenter()
-    rows.append(Row("load segmentation model", "ms", (time.perf_counter() - t0) * 1e3, float("nan"), 1))
+    # medplib-7b: one load builds the SAM-Med2D and the whole model (local.py), the LLM rows below have none
+    loaded = "load segmentation model" if runtime.released is None else \
+        "load medplib-7b checkpoint (SAM-Med2D, LLM, CLIP)"
+    rows.append(Row(loaded, "ms", (time.perf_counter() - t0) * 1e3, float("nan"), 1))
     key = runtime.set_image(volume.array, modality="auto", spacing=volume.spacing)
     window = runtime.images.get(key).window
 
@@ -64,7 +94,7 @@ def run_bench(args) -> int:
         segmenter.embed(plane)
         sync()
         enc.append((time.perf_counter() - t) * 1e3)
-    rows.append(row_ms("slice embedding (encoder, 256²)", enc))
+    rows.append(row_ms(f"slice embedding (encoder, {segmenter.image_size}²)", enc))
 
     # 2. box → mask on a cached slice
     rows_, cols_ = volume.array.shape[1:]
@@ -84,17 +114,22 @@ def run_bench(args) -> int:
     rows += llm_rows(runtime, key, SliceRef(0, mid), repeats=repeats)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows.append(Row("peak RSS (whole bench, one model)", "MB", peak_mb, peak_mb, 1,
-                    f"before the precision rows; LLM weights {runtime.precision}"))
+                    f"before the precision rows; {_model_line(runtime)}"))
     # 5. decode per LLM precision, interleaved on the same model (fp32 runtimes on the CPU only)
-    from .llm import precision_rows
-
-    rows += precision_rows(runtime, key, SliceRef(0, mid), repeats=repeats)
+    rows += _precision_rows(runtime, key, SliceRef(0, mid), repeats)
     if device != "cpu":
         gpu_mb = torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
         rows.append(Row("peak GPU memory allocated", "MB", gpu_mb, gpu_mb, 1))
-    print_table(rows)
-    runtime.close()
-    return 0
+    return rows
+
+
+def _precision_rows(runtime, key, slice_ref, repeats: int) -> list[Row]:
+    if runtime.released is not None:  # the int8/int4 swaps are medplib-lite's CPU kernels on its fp32 LLM
+        return [skipped("LLM decode per weight precision (fp32, int8, int4)",
+                        "medplib-lite's CPU kernels; medplib-7b's precision is --dtype / --load-in: bench each")]
+    from .llm import precision_rows
+
+    return precision_rows(runtime, key, slice_ref, repeats=repeats)
 
 
 def _scroll_simulation(runtime, key, z: int, box) -> list[Row]:

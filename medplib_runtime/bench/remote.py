@@ -23,12 +23,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(preset: str) -> tuple[subprocess.Popen, str]:
+def _model_flags(args) -> list[str]:
+    """The spawned server's model options: the local side's (--preset, --device, medplib-7b's loading ones)."""
+    from ..cli.runtime_args import WEIGHTS_ARGS
+
+    flags = ["--preset", args.preset, "--device", getattr(args, "device", "cpu")]
+    for flag, _ in WEIGHTS_ARGS:
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        flags += [flag] if value is True else [] if value in (None, False) else [flag, str(value)]
+    return flags
+
+
+def _start_server(args) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "medplib_runtime.cli.commands", "serve", "--port", str(port),
-                             "--preset", preset, "--preload", "all"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             *_model_flags(args), "--preload", "all"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     end = time.time() + 300
     while time.time() < end:
@@ -52,10 +64,10 @@ def _first_token_ms(runtime, request) -> tuple[float, float, float]:
     return ((first[0] - t0) * 1e3 if first else total), total, float(result.timings_ms.get("prefill", 0.0))
 
 
-def run_remote_bench(args, volume, image_name: str) -> int:
+def run_remote_bench(args, local, volume, image_name: str) -> int:
+    """``local``: the bench's LocalRuntime (quick.local_runtime), already checked; closed here."""
     import torch
 
-    from ..local import LocalRuntime
     from ..remote import RemoteRuntime
     from ..schemas import AskRequest, Box, Prompt, SegmentRequest, SliceRef
 
@@ -64,15 +76,16 @@ def run_remote_bench(args, volume, image_name: str) -> int:
     proc = None
     url = args.remote
     if url == "spawn":
-        proc, url = _start_server(args.preset)
+        proc, url = _start_server(args)
     print(f"# medplib bench --remote — local in-process vs {url} (loopback server on this machine: "
           f"{proc is not None}); {torch.get_num_threads()} torch threads; image {image_name} {volume.array.shape}")
-    local, remote = LocalRuntime(preset=args.preset), RemoteRuntime(url)
+    remote = RemoteRuntime(url)
     try:
         z = volume.array.shape[0]
         mid = z // 2
         box = Prompt(box=Box(rows_ * 0.35, cols_ * 0.35, rows_ * 0.6, cols_ * 0.6))
         keys = {name: rt.set_image(volume.array) for name, rt in (("local", local), ("remote", remote))}
+        local.segmenter()  # loaded before timing, as the server preloaded (medplib-7b: the whole checkpoint)
         seg = {name: SegmentRequest(keys[name], SliceRef(0, mid), box) for name in keys}
 
         # first use of a slice on the server: upload + embed (the local side embeds only)

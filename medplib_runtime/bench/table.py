@@ -36,9 +36,17 @@ def row_ms(name: str, samples: list[float], note: str = "") -> Row:
     return Row(name, "ms", statistics.median(samples), _p90(samples), len(samples), note)
 
 
+def skipped(name: str, why: str) -> Row:
+    """A measure that does not apply to this model: listed, so the table says so rather than leaving it out."""
+    return Row(name, "", float("nan"), float("nan"), 0, f"skipped: {why}")
+
+
 def print_table(rows: list[Row]) -> None:
     width = max(len(r.name) for r in rows) + 2
     print(f"{'measure':<{width}}{'median':>12}{'p90':>12}  {'unit':<6}{'n':>4}  note")
     print("-" * (width + 48))
     for r in rows:
+        if r.n == 0:  # skipped: no numbers to show
+            print(f"{r.name:<{width}}{'-':>12}{'-':>12}  {'':<6}{0:>4}  {r.note}")
+            continue
         print(f"{r.name:<{width}}{r.median:>12.3f}{r.p90:>12.3f}  {r.unit:<6}{r.n:>4}  {r.note}")

@@ -373,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--remote", nargs="?", const="spawn", default=None, metavar="URL",
                    help="local vs remote latency (no URL: start a `medplib serve` on a free loopback port)")
+    add_weights_args(p)  # medplib-7b: the same loading options (and refusals) as every other model command
     p.set_defaults(func=cmd_bench)
     return parser
 
