@@ -33,9 +33,10 @@ def test_int8_linear_is_close_to_fp32(rows):
     assert _rel(y, x @ q.dequantised().t()) < 0.005  # the kernel multiplies by exactly its own weights
 
 
-def test_int4_is_exact_on_weights_that_are_4_bit_in_groups():
+@pytest.mark.parametrize("n", [40, 5000])  # 40: padded to 48 for the kernel and cut back; 5000: packed in two blocks
+def test_int4_is_exact_on_weights_that_are_4_bit_in_groups(n):
     torch.manual_seed(0)
-    n, k = 40, 64  # 40 rows: padded to 48 for the kernel, and cut back
+    k = 64
     codes = torch.randint(0, 16, (n, k // 32, 32)).float()
     codes[..., 0], codes[..., 1] = 0, 15  # Q4_1 maps a block's minimum to 0 and its maximum to 15
     scale = torch.rand(n, k // 32, 1) * 0.01 + 1e-3
