@@ -118,10 +118,16 @@ class MoEFeedForward(nn.Module):
         return max(1, math.ceil(cf * tokens * self.top_k / self.cfg.num_experts))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.forced_expert is not None and self.trace is None and self.logits_tap is None:
-            # nobody reads the router here (a forced expert, nothing recorded): skip it, as a decode step may
+        if self.forced_expert is not None and not torch.is_grad_enabled() and not self._router_watched():
+            # inference, and nobody reads the router (a forced expert, nothing recorded): a decode step skips it
             return self.expert(x.reshape(-1, x.shape[-1]), self.forced_expert).view(x.shape)
         return self.forward_from_logits(x, self.router(x.reshape(-1, x.shape[-1])))
+
+    def _router_watched(self) -> bool:
+        """Something reads the router's input or output: a recorder, a tap, or a hook on it (training
+        caches the router inputs of a forced-expert forward through a pre-hook)."""
+        r = self.router
+        return self.trace is not None or self.logits_tap is not None or bool(r._forward_pre_hooks or r._forward_hooks)
 
     def forward_from_logits(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """The routing and experts for router ``logits`` ``N×E`` (dense_moe.py computes them its own way)."""
