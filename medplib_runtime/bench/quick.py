@@ -36,6 +36,20 @@ def local_runtime(args):
                         precision=getattr(args, "precision", None), **weights_kwargs(args))
 
 
+def _check_remote_url_options(args) -> None:
+    """``--remote URL`` compares with a server already running its own model: options that choose a model
+    would change only the local side (a server bench starts, ``--remote`` alone, gets them both)."""
+    from ..cli.runtime_args import WEIGHTS_ARGS
+    from ..errors import InputError
+
+    if getattr(args, "remote", None) in (None, "spawn"):
+        return
+    for flag, _ in WEIGHTS_ARGS:
+        if getattr(args, flag[2:].replace("-", "_"), None) not in (None, False):
+            raise InputError(f"{flag} with --remote URL would load that model on the local side only: the server at "
+                             f"URL runs its own; give --remote without a URL to start one with the same options")
+
+
 def _model_line(runtime) -> str:
     load = runtime.released
     if load is None:
@@ -44,6 +58,7 @@ def _model_line(runtime) -> str:
 
 
 def run_bench(args) -> int:
+    _check_remote_url_options(args)
     runtime = local_runtime(args)
     if getattr(args, "remote", None):
         from ..imaging.io import read_volume

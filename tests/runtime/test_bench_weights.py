@@ -76,3 +76,9 @@ def test_a_missing_folder(tmp_path):
 def test_cpu_without_allow_cpu_states_the_speed(remote):
     line = _refused(*SEVEN_B, *remote)  # --remote: refused before a server is started
     assert "on the CPU reads ≈" in line and "tokens/s" in line and "--allow-cpu" in line
+
+
+def test_model_options_with_a_remote_url_are_refused():
+    """A server at a URL runs its own model: --weights would change only the local side of the comparison."""
+    line = _refused(*SEVEN_B, "--allow-cpu", "--remote", "http://127.0.0.1:9")
+    assert "--weights with --remote URL" in line and "without a URL" in line
